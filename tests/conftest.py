@@ -1,0 +1,17 @@
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Everything under tests/sim/ is a cycle-accurate cocotb + Verilator run: `make sim` selects
+    # them with -m sim.
+    sim_dir = ROOT / "tests" / "sim"
+    for item in items:
+        if sim_dir in pathlib.Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.sim)

@@ -1,0 +1,527 @@
+"""Bit-exact integer reference ("intref") of the ternary MatMul-free LM accelerator.
+
+:class:`IntRefModel` defines, bit for bit, what the FPGA computes for one token step: integer
+operations only (numpy ``int64``), fixed widths stated in ``docs/arithmetic.md``, round half
+away from zero everywhere (:func:`models.fixedpoint.round_shift`), multiplies of at most
+18 x 18 bits except where the docs say otherwise, no division, and non-linearities by table.
+It is batched over a leading batch dimension and deterministic.
+
+Data flow of one token (formats from :class:`IntFormats`; ``H`` = residual, ``A`` = activation,
+``S`` = state, all signed fixed point)::
+
+    h = emb_mant[tok] << emb_shift[tok]                                    H
+    per layer l:
+        i, f, g = NQL(h; attn_norm.w, {i,f,g}_proj)                        A (one shared pass)
+        om  = round_shift(OM_LB[l] * (1 - sigmoid(f)), 16)                 Q0.16, = 1 - f'
+        s   = s + round_shift(om * (silu(i) - s), 16)                      S  (= f' s + (1-f') silu(i))
+        h   = h + NQL(g * silu(s); g_norm.w, o_proj)                       H
+        gate, up = NQL(h; mlp_norm.w, gate_proj)                           A
+        h   = h + NQL(silu(gate) * up; 1, down_proj)                       H
+    logits = NQL(h; norm.w, lm_head)                                       Q.logit_frac
+    next   = first index of the maximum logit
+
+``NQL(z; wp, X)`` ("normalise, quantise, ternary linear") is RMSNorm(s) + BitLinear ``X`` in
+integers. Its key property: every positive per-token factor cancels in
+``x_q = round(127 x_n / max|x_n|)``, so the int8 codes depend only on ``z * wc`` with the
+host-precomputed product ``wc = wp * X.norm.weight``; the reciprocal square root only enters
+the single per-token output scale. Steps (per token; ``K`` = input length)::
+
+    z'  = round_shift(z, bit_length(max|z|) - 16)                 block normalisation, |z'| <= 2**16
+    ss  = sum(round_shift(z' * WP, 17) ** 2)                      sum of squares, < 2**45
+    ss  = ms * 2**k, k even, 2**14 <= ms < 2**16;   q = rsqrt_norm(ms)
+    for each consumer X (own WC):
+        u   = z' * WC;  m = max|u| = mn * 2**t  (2**15 <= mn < 2**16, truncated)
+        x_q = clamp(round_shift(round_shift(u, t) * Rq, 25), -127, 127),  Rq = round_shift(127 * recip_norm(mn), 7)
+        acc = W_t @ x_q                                            exact, |acc| <= 127 K
+        S   = C_X * (mn * q)  as a 17-bit mantissa and exponent    (one per token and matrix)
+        y   = sat(round_shift(acc * S_mant, -(S_exp + F_out)))
+
+with ``C_X = beta * sqrt(K) / 127 * 2**(Ep - Ec - 17)`` a host constant. The epsilon of the
+RMSNorms is not used (its effect is measured in ``docs/arithmetic.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .fixedpoint import (
+    RECIP_TABLE,
+    RSQRT_TABLE,
+    SIGMOID_FRAC,
+    SIGMOID_ONE,
+    SIGMOID_TABLE,
+    bit_length,
+    normalize_mant17,
+    quantize,
+    recip_norm,
+    round_half_away,
+    round_shift,
+    rsqrt_norm,
+    saturate,
+    sigmoid_q16,
+    silu_fx,
+    to_float,
+)
+
+__all__ = [
+    "IntFormats",
+    "IntRefModel",
+    "argmax_first",
+    "block_float",
+    "mant17_of_float",
+    "sigmoid_table",
+    "recip_table",
+    "rsqrt_table",
+    "to_float",
+    "Z_NORM_BITS",
+    "WEIGHT_MANT_BITS",
+]
+
+#: Block normalisation target: ``max|z'|`` has this bit length (so ``|z'| <= 2**16``, 18-bit signed).
+Z_NORM_BITS = 16
+#: Norm-weight mantissas: signed, ``2**16 <= max|W| <= 2**17 - 1`` (18-bit signed).
+WEIGHT_MANT_BITS = 18
+_I64 = np.int64
+
+
+def sigmoid_table() -> np.ndarray:
+    """Sigmoid table as loaded into block RAM (1025 x 18-bit unsigned, Q0.18 of sigmoid - 1/2)."""
+    return SIGMOID_TABLE.copy()
+
+
+def recip_table() -> np.ndarray:
+    """Reciprocal seed table (256 x 17-bit unsigned), see :func:`models.fixedpoint.recip_norm`."""
+    return RECIP_TABLE.copy()
+
+
+def rsqrt_table() -> np.ndarray:
+    """Reciprocal-square-root seed table (384 x 17-bit unsigned), see :func:`models.fixedpoint.rsqrt_norm`."""
+    return RSQRT_TABLE.copy()
+
+
+@dataclass(frozen=True)
+class IntFormats:
+    """Widths and fractional bits of the integer datapath (all signed two's complement).
+
+    Parameters
+    ----------
+    h_bits, h_frac : int
+        Residual stream ``h`` and the outputs of o_proj / down_proj: Q11.20 in 32 bits.
+    act_bits, act_frac : int
+        BitLinear outputs feeding the vector unit (i, f, g, gate, up) and SiLU results:
+        Q6.11 in 18 bits (range [-64, 64), step 4.9e-4).
+    state_bits, state_frac : int
+        Recurrent state ``s``: Q7.24 in 32 bits.
+    logit_bits, logit_frac : int
+        LM-head outputs: Q15.16 in 32 bits.
+    emb_bits : int
+        Embedding mantissas (signed), one power-of-two shift per row.
+    """
+
+    h_bits: int = 32
+    h_frac: int = 20
+    act_bits: int = 18
+    act_frac: int = 11
+    state_bits: int = 32
+    state_frac: int = 24
+    logit_bits: int = 32
+    logit_frac: int = 16
+    emb_bits: int = 16
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"IntFormats.{f.name} must be a non-negative int, not {v!r}")
+        if self.act_frac < 6:
+            raise ValueError("act_frac must be >= 6 (sigmoid table step is 2**-6)")
+        if self.state_frac < self.act_frac or self.state_frac > self.act_frac + SIGMOID_FRAC:
+            raise ValueError("need act_frac <= state_frac <= act_frac + 16")
+        if self.act_bits > 18:
+            raise ValueError("act_bits > 18 does not fit the 18x18 multipliers")
+
+
+def block_float(w, mant_bits: int = WEIGHT_MANT_BITS) -> tuple[np.ndarray, int]:
+    """Quantise a float vector to signed mantissas with one shared power-of-two exponent.
+
+    ``W = round_half_away(w * 2**E)`` with ``E`` chosen so that ``max|w| * 2**E`` lies in
+    ``[2**(mant_bits-2), 2**(mant_bits-1))``; saturated to ``+-(2**(mant_bits-1) - 1)``.
+    ``w ~= W * 2**-E``.
+
+    Returns
+    -------
+    W : numpy.ndarray
+        int64 mantissas.
+    E : int
+        Exponent (fractional bits).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    mx = float(np.abs(w).max()) if w.size else 0.0
+    if mx == 0.0:
+        return np.zeros(w.shape, dtype=_I64), 0
+    _, e = np.frexp(mx)
+    exp = (mant_bits - 1) - int(e)
+    lim = (1 << (mant_bits - 1)) - 1
+    return np.clip(round_half_away(w * 2.0 ** exp), -lim, lim).astype(_I64), exp
+
+
+def mant17_of_float(c: float) -> tuple[int, int]:
+    """Positive float to a 17-bit mantissa and exponent: ``c ~= mant * 2**exp``, ``2**16 <= mant < 2**17``."""
+    if not c > 0:
+        raise ValueError(f"need a positive scale, got {c}")
+    m, e = np.frexp(float(c))
+    mant = int(round_half_away(m * 2.0 ** 17))
+    exp = int(e) - 17
+    if mant == 1 << 17:
+        mant, exp = 1 << 16, exp + 1
+    return mant, exp
+
+
+def argmax_first(logits) -> np.ndarray:
+    """Index of the maximum along the last axis; ties go to the LOWEST index.
+
+    This is what a sequential comparator does that replaces the running maximum only when a
+    later value is strictly greater.
+    """
+    return np.argmax(np.asarray(logits), axis=-1)
+
+
+# --------------------------------------------------------------------------- constants
+@dataclass
+class _Group:
+    """One RMSNorm input group: a vector z shared by consumers, with its pre-norm weight."""
+
+    name: str
+    wp: np.ndarray  # (K,) int64, 18-bit signed
+    wp_exp: int
+
+
+@dataclass
+class _Linear:
+    """One ternary BitLinear consumer of a group."""
+
+    name: str
+    w_t: np.ndarray  # (out, in) int8
+    w_f32t: np.ndarray  # (in, out) float32 copy for the exact BLAS GEMV
+    wc: np.ndarray  # (K,) int64, 18-bit signed
+    wc_exp: int
+    c_mant: int
+    c_exp: int
+    out_frac: int
+    out_bits: int
+
+
+def _softmax0(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=0, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=0, keepdims=True)
+
+
+class IntRefModel:
+    """Integer reference of the accelerator for one checkpoint.
+
+    Parameters
+    ----------
+    ckpt_or_path : Checkpoint or path-like
+        A ternary checkpoint (:func:`models.checkpoint.load_checkpoint`).
+    formats : IntFormats, optional
+        Datapath formats (default :class:`IntFormats()`).
+
+    Notes
+    -----
+    Usage: ``m = IntRefModel(path); m.reset(batch); logits = m.step(tokens)``. Logits are int64
+    in Q(logit_bits - logit_frac - 1).(logit_frac); :meth:`to_float` converts them, or any
+    traced vector, back to float.
+    """
+
+    def __init__(self, ckpt_or_path, formats: IntFormats | None = None):
+        from .checkpoint import Checkpoint, load_checkpoint
+
+        ckpt = ckpt_or_path if isinstance(ckpt_or_path, Checkpoint) else load_checkpoint(ckpt_or_path)
+        if not ckpt.config.quantize:
+            raise ValueError("IntRefModel needs a ternary checkpoint (config.quantize = True)")
+        self.config = ckpt.config
+        self.formats = formats or IntFormats()
+        self._build(ckpt.tensors)
+        self.reset(1)
+
+    # ------------------------------------------------------------------ host compiler
+    def _build(self, t: dict[str, np.ndarray]) -> None:
+        cfg, fm = self.config, self.formats
+        d, L = cfg.d_model, cfg.n_layers
+        f64 = lambda k: np.asarray(t[k], dtype=np.float64)  # noqa: E731
+
+        # Embedding: per-row power-of-two shift into the H format.
+        emb = f64("model.embeddings.weight") * 2.0 ** fm.h_frac
+        lim = (1 << (fm.emb_bits - 1)) - 1
+        shift = np.zeros(emb.shape[0], dtype=_I64)
+        mx = np.abs(emb).max(axis=1)
+        for r in range(emb.shape[0]):
+            while round_half_away(mx[r] / 2.0 ** shift[r]) > lim:
+                shift[r] += 1
+        self.emb_mant = np.clip(round_half_away(emb / np.exp2(shift)[:, None]), -lim, lim).astype(_I64)
+        self.emb_shift = shift
+
+        # Forget-gate lower bounds: om_lb = 1 - lb in Q0.16.
+        lb = _softmax0(f64("model.lower_bounds"))
+        lb = np.cumsum(lb, axis=0) - lb[0]
+        self.om_lb = np.clip(round_half_away((1.0 - lb) * SIGMOID_ONE), 0, SIGMOID_ONE).astype(_I64)
+
+        def group(name, wp):
+            wq, we = block_float(wp)
+            return _Group(name, wq, we)
+
+        def linear(grp: _Group, wp, name, out_frac, out_bits):
+            w_t = np.asarray(t[f"{name}.weight"], dtype=np.int8)
+            k = w_t.shape[1]
+            if 127 * k >= 1 << 24:
+                raise ValueError(f"{name}: K = {k} too large for the exact float32 GEMV")
+            wc = wp * f64(f"{name}.norm.weight")
+            wcq, wce = block_float(wc)
+            beta = float(t[f"{name}.beta"][0])
+            cm, ce = mant17_of_float(beta * np.sqrt(k) / 127.0 * 2.0 ** (grp.wp_exp - wce - 17))
+            return _Linear(name, w_t, np.ascontiguousarray(w_t.T.astype(np.float32)), wcq, wce, cm, ce,
+                           out_frac, out_bits)
+
+        A = (fm.act_frac, fm.act_bits)
+        H = (fm.h_frac, fm.h_bits)
+        self.layers = []
+        for n in range(L):
+            p = f"model.layers.{n}."
+            wa = f64(p + "attn_norm.weight")
+            g_attn = group(p + "attn_in", wa)
+            wg = f64(p + "attn.g_norm.weight")
+            g_o = group(p + "attn.o_in", wg)
+            wm = f64(p + "mlp_norm.weight")
+            g_mlp = group(p + "mlp_in", wm)
+            ones = np.ones(cfg.d_ff)
+            g_down = group(p + "mlp.down_in", ones)
+            self.layers.append(dict(
+                attn_in=g_attn,
+                i=linear(g_attn, wa, p + "attn.i_proj", *A),
+                f=linear(g_attn, wa, p + "attn.f_proj", *A),
+                g=linear(g_attn, wa, p + "attn.g_proj", *A),
+                o_in=g_o,
+                o=linear(g_o, wg, p + "attn.o_proj", *H),
+                mlp_in=g_mlp,
+                gu=linear(g_mlp, wm, p + "mlp.gate_proj", *A),
+                down_in=g_down,
+                down=linear(g_down, ones, p + "mlp.down_proj", *H),
+            ))
+        wn = f64("model.norm.weight")
+        self.final_in = group("model.final_in", wn)
+        self.head = linear(self.final_in, wn, "lm_head", fm.logit_frac, fm.logit_bits)
+
+    def constants(self) -> dict[str, Any]:
+        """Everything the host compiler loads into the board's memories, as integers.
+
+        Keys and formats (``X`` a BitLinear name such as ``model.layers.0.attn.i_proj``;
+        ``G`` a group name ``model.layers.N.{attn_in, attn.o_in, mlp_in, mlp.down_in}`` or
+        ``model.final_in``):
+
+        - ``format.*``: the :class:`IntFormats` fields (int).
+        - ``emb.mant`` (V, d) int16 signed, ``emb.shift`` (V,) uint: ``h = mant << shift`` in H.
+        - ``model.layers.N.om_lb`` (d,): ``1 - lb`` in unsigned Q0.16 (0 .. 65536, 17 bits).
+        - ``G.wp`` (K,) 18-bit signed, ``G.wp_exp`` int: pre-norm weight ``~= wp * 2**-wp_exp``.
+        - ``X.weight`` (out, in) int8 ternary; ``X.wc`` (K,) 18-bit signed, ``X.wc_exp`` int:
+          product of the norm weights ``~= wc * 2**-wc_exp``; ``X.scale_mant`` (17-bit unsigned)
+          and ``X.scale_exp`` (int): ``C_X = beta sqrt(K)/127 * 2**(wp_exp - wc_exp - 17)``;
+          ``X.out_frac``, ``X.out_bits``: output format.
+        - ``table.sigmoid`` (1025,), ``table.recip`` (256,), ``table.rsqrt`` (384,).
+
+        Returns
+        -------
+        dict
+            Name to int or numpy integer array.
+        """
+        c: dict[str, Any] = {f"format.{k}": v for k, v in dataclasses.asdict(self.formats).items()}
+        c["emb.mant"] = self.emb_mant.astype(np.int16 if self.formats.emb_bits <= 16 else np.int32)
+        c["emb.shift"] = self.emb_shift.copy()
+        for n, lay in enumerate(self.layers):
+            c[f"model.layers.{n}.om_lb"] = self.om_lb[n].copy()
+        groups = [v for lay in self.layers for v in lay.values() if isinstance(v, _Group)] + [self.final_in]
+        lins = [v for lay in self.layers for v in lay.values() if isinstance(v, _Linear)] + [self.head]
+        for g in groups:
+            c[f"{g.name}.wp"] = g.wp.astype(np.int32)
+            c[f"{g.name}.wp_exp"] = g.wp_exp
+        for x in lins:
+            c[f"{x.name}.weight"] = x.w_t.copy()
+            c[f"{x.name}.wc"] = x.wc.astype(np.int32)
+            c[f"{x.name}.wc_exp"] = x.wc_exp
+            c[f"{x.name}.scale_mant"] = x.c_mant
+            c[f"{x.name}.scale_exp"] = x.c_exp
+            c[f"{x.name}.out_frac"] = x.out_frac
+            c[f"{x.name}.out_bits"] = x.out_bits
+        c["table.sigmoid"] = sigmoid_table()
+        c["table.recip"] = recip_table()
+        c["table.rsqrt"] = rsqrt_table()
+        return c
+
+    # ------------------------------------------------------------------ state
+    def reset(self, batch: int = 1) -> None:
+        """Zero the recurrent state (one S-format d-vector per layer) for ``batch`` sequences."""
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        self.batch = batch
+        self.state = [np.zeros((batch, self.config.d_model), dtype=_I64) for _ in range(self.config.n_layers)]
+
+    # ------------------------------------------------------------------ blocks
+    def _sat(self, x, bits, tag):
+        y = saturate(x, bits)
+        if self._sats is not None:
+            self._sats[tag] = self._sats.get(tag, 0) + int(np.count_nonzero(y != x))
+        return y
+
+    def _nql(self, z: np.ndarray, grp: _Group, lins: list[_Linear], tr: dict | None, tag: str) -> list[np.ndarray]:
+        """Normalise, quantise and apply ternary linears ``lins`` to the group input ``z`` (B, K)."""
+        zero_row = ~np.any(z != 0, axis=1)
+        mz = np.abs(z).max(axis=1)
+        sz = bit_length(mz) - Z_NORM_BITS
+        zp = round_shift(z, sz[:, None])
+        v = round_shift(zp * grp.wp, 17)
+        ss = np.sum(v * v, axis=1)
+        k = bit_length(ss) - 16
+        k = k + (k % 2)
+        ss_zero = ss == 0
+        ms = np.where(k >= 0, ss >> np.maximum(k, 0), ss << np.maximum(-k, 0))
+        ms = np.where(ss_zero, 1 << 14, ms)
+        q = rsqrt_norm(ms)
+        outs = []
+        for lin in lins:
+            u = zp * lin.wc
+            m = np.abs(u).max(axis=1)
+            t = bit_length(m) - Z_NORM_BITS
+            m_zero = m == 0
+            mn = np.where(t >= 0, m >> np.maximum(t, 0), m << np.maximum(-t, 0))
+            mn = np.where(m_zero, 1 << 15, mn)
+            up = round_shift(u, t[:, None])
+            rq = round_shift(127 * recip_norm(mn), 7)
+            x_q = np.clip(round_shift(up * rq[:, None], 25), -127, 127)
+            x_q = np.where(m_zero[:, None], 0, x_q)
+            acc = (x_q.astype(np.float32) @ lin.w_f32t).astype(_I64)  # exact: |acc| <= 127 K < 2**24
+            pm, pe = normalize_mant17(mn * q)
+            sm, se = normalize_mant17(lin.c_mant * pm)
+            se = se + pe + lin.c_exp + t - 23 - k // 2
+            sh = -(se + lin.out_frac)
+            # a left shift this large saturates anything non-zero; keep int64 exact
+            sh = np.maximum(sh, -24)
+            y = round_shift(acc * sm[:, None], sh[:, None])
+            y = self._sat(y, lin.out_bits, f"{lin.name}.out")
+            y = np.where((zero_row | ss_zero | m_zero)[:, None], 0, y)
+            outs.append(y)
+            if tr is not None:
+                short = lin.name.split(".")[-1]
+                tr[f"{tag}.{short}.x_q"] = x_q
+                tr[f"{tag}.{short}.acc"] = acc
+                tr[f"{tag}.{short}.scale_mant"] = sm
+                tr[f"{tag}.{short}.scale_exp"] = se
+        return outs
+
+    # ------------------------------------------------------------------ step
+    def step(self, tokens, trace: bool = False):
+        """Advance every sequence by one token.
+
+        Parameters
+        ----------
+        tokens : int or array_like of int
+            ``(B,)`` token ids (B = the batch of :meth:`reset`), or a single int when B = 1.
+        trace : bool
+            Also return a dict of every intermediate integer vector (see Returns).
+
+        Returns
+        -------
+        logits : numpy.ndarray
+            int64 ``(B, V)`` (``(V,)`` if ``tokens`` was an int), format Q.logit_frac.
+        trace : dict, only with ``trace=True``
+            ``"h"``: list of ``L + 1`` arrays (B, d), the residual after the embedding and after
+            each layer (H format); ``"layers"``: list of dicts per layer with ``i, f, g`` (A),
+            ``om`` (1 - f', Q0.16 unsigned), ``s`` (state, S), ``silu_s`` (A), ``o`` (H),
+            ``h_mid`` (h after the token mixer, H), ``gate, up`` (A), ``silu_gate`` (A),
+            ``down`` (H), plus ``<block>.<proj>.x_q / .acc / .scale_mant / .scale_exp`` of every
+            BitLinear; ``"logits"``; ``"frac"``: the fractional bits of each name (for
+            :meth:`to_float`); ``"saturations"``: count of saturated elements per point.
+        """
+        scalar = np.ndim(tokens) == 0
+        tok = np.atleast_1d(np.asarray(tokens, dtype=_I64))
+        if tok.ndim != 1 or tok.shape[0] != self.batch:
+            raise ValueError(f"expected {self.batch} tokens (batch of reset()), got shape {tok.shape}")
+        if np.any(tok < 0) or np.any(tok >= self.config.vocab_size):
+            raise ValueError("token id out of range")
+        fm = self.formats
+        self._sats = {} if trace else None
+        tr_all: dict[str, Any] = {"h": [], "layers": []}
+
+        h = self._sat(self.emb_mant[tok] << self.emb_shift[tok][:, None], fm.h_bits, "emb")
+        tr_all["h"].append(h)
+        new_state = []
+        for n, lay in enumerate(self.layers):
+            tr = {} if trace else None
+            yi, yf, yg = self._nql(h, lay["attn_in"], [lay["i"], lay["f"], lay["g"]], tr, "attn")
+            om = round_shift(self.om_lb[n] * (SIGMOID_ONE - sigmoid_q16(yf, fm.act_frac)), 16)
+            target = silu_fx(yi, fm.act_frac, fm.state_frac)
+            s = self.state[n]
+            s = s + round_shift(om * (target - s), 16)  # stays between s and target: no overflow
+            new_state.append(s)
+            s_a = self._sat(round_shift(s, fm.state_frac - fm.act_frac), fm.act_bits, f"layer{n}.s_a")
+            silu_s = silu_fx(s_a, fm.act_frac, fm.act_frac)
+            (o,) = self._nql(yg * silu_s, lay["o_in"], [lay["o"]], tr, "attn")
+            h_mid = self._sat(h + o, fm.h_bits, f"layer{n}.h_mid")
+            (gu,) = self._nql(h_mid, lay["mlp_in"], [lay["gu"]], tr, "mlp")
+            gate, up = gu[:, : self.config.d_ff], gu[:, self.config.d_ff:]
+            silu_gate = silu_fx(gate, fm.act_frac, fm.act_frac)
+            (down,) = self._nql(silu_gate * up, lay["down_in"], [lay["down"]], tr, "mlp")
+            h = self._sat(h_mid + down, fm.h_bits, f"layer{n}.h")
+            tr_all["h"].append(h)
+            if trace:
+                tr.update(i=yi, f=yf, g=yg, om=om, s=s, silu_s=silu_s, o=o, h_mid=h_mid, gate=gate, up=up,
+                          silu_gate=silu_gate, down=down)
+                tr_all["layers"].append(tr)
+        self.state = new_state
+        (logits,) = self._nql(h, self.final_in, [self.head], tr_all if trace else None, "head")
+        if not trace:
+            return logits[0] if scalar else logits
+        tr_all["logits"] = logits
+        tr_all["frac"] = self.frac_bits()
+        tr_all["saturations"] = self._sats
+        self._sats = None
+        return (logits[0] if scalar else logits), tr_all
+
+    def frac_bits(self) -> dict[str, int]:
+        """Fractional bits of every named vector of :meth:`step`'s trace."""
+        fm = self.formats
+        a, hf = fm.act_frac, fm.h_frac
+        return dict(h=hf, h_mid=hf, o=hf, down=hf, i=a, f=a, g=a, gate=a, up=a, silu_s=a, silu_gate=a,
+                    s=fm.state_frac, om=SIGMOID_FRAC, logits=fm.logit_frac)
+
+    def to_float(self, x, name: str | int) -> np.ndarray:
+        """Convert a traced integer vector to float: ``name`` is a trace name or a number of fractional bits."""
+        frac = name if isinstance(name, (int, np.integer)) else self.frac_bits()[name]
+        return to_float(x, frac)
+
+    def logits_float(self, logits) -> np.ndarray:
+        """Integer logits to float (``logits * 2**-logit_frac``)."""
+        return to_float(logits, self.formats.logit_frac)
+
+    def generate(self, prompt_tokens, n: int) -> list[int]:
+        """Greedy generation (batch 1): feed the prompt, then ``n`` tokens by :func:`argmax_first`.
+
+        Resets the state first. Returns the ``n`` generated token ids.
+        """
+        prompt = [int(x) for x in prompt_tokens]
+        if not prompt:
+            raise ValueError("prompt must contain at least one token")
+        self.reset(1)
+        logits = None
+        for tok in prompt:
+            logits = self.step(tok)
+        out = []
+        for _ in range(n):
+            nxt = int(argmax_first(logits))
+            out.append(nxt)
+            logits = self.step(nxt)
+        return out

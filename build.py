@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Build a bitstream for a board and report resources and timing.
+
+    python build.py --board ulx3s              # ULX3S-85F
+    python build.py --board ulx3s-25f --design demo
+    python build.py --board ulx3s --program    # build, then load with openFPGALoader
+
+Writes build/<board>/ with the .bit, the tool logs and report.json (LUT4, FF, DP16KD, MULT18X18D
+used/available, Fmax per clock against its constraint, pass/fail, tool versions, wall time) and
+prints a short table. Exits non-zero with a one-line reason when a tool fails, resources overflow
+or timing is not met. The YoWASP tools are taken from this interpreter's environment, so
+`.venv/bin/python build.py ...` works without activating the environment.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
+
+DESIGNS = {
+    "demo": "PLL + LFSR pattern on the LEDs (board and toolchain smoke test)",
+}
+
+
+def make_design(name: str, board, args):
+    if name == "demo":
+        from hw.demo_top import DemoTop
+        return DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz)
+    raise ValueError(name)
+
+
+def print_table(report: dict, out=sys.stdout):
+    print(f"\n{report['board']} ({report['device']}), design '{report['design']}'", file=out)
+    print(f"  {'resource':<12}{'used':>9}{'available':>11}{'%':>7}", file=out)
+    for name, u in report["resources"].items():
+        pct = 100.0 * u["used"] / u["available"] if u["available"] else 0.0
+        print(f"  {name:<12}{u['used']:>9}{u['available']:>11}{pct:>6.1f}%", file=out)
+    for clk, c in report["clocks"].items():
+        status = "met" if c["met"] else "FAILED"
+        print(f"  clock {clk}: Fmax {c['fmax_mhz']:.1f} MHz, constraint {c['constraint_mhz']:.1f} MHz: {status}",
+              file=out)
+    print(f"  wall time {report['wall_time_s']['total_s']:.1f} s", file=out)
+
+
+def program(bitstream: Path) -> int:
+    loader = shutil.which("openFPGALoader")
+    if loader is None:
+        print("error: openFPGALoader not found on PATH; install it (Debian: apt install openfpgaloader) "
+              f"or load {bitstream} with fujprog", file=sys.stderr)
+        return 2
+    proc = subprocess.run([loader, "-b", "ulx3s", str(bitstream)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {proc.returncode}"
+        print(f"error: openFPGALoader could not program the board: {reason} "
+              "(is the ULX3S plugged in and its USB port accessible?)", file=sys.stderr)
+        return 2
+    print(f"programmed {bitstream}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="boards: " + ", ".join(sorted(BOARDS)) + "; designs: "
+               + "; ".join(f"{k}: {v}" for k, v in DESIGNS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--board", default="ulx3s", help="board name (default: ulx3s = ULX3S-85F)")
+    parser.add_argument("--design", default="demo", help="what to build (default: demo)")
+    parser.add_argument("--out", type=Path, help="build folder (default: build/<board>)")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
+    args = parser.parse_args(argv)
+
+    try:
+        board = get_board(args.board)
+    except UnknownBoard as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if args.design not in DESIGNS:
+        parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
+
+    from boards.flow import FlowError, run_flow
+    out = args.out or ROOT / "build" / board.name
+    try:
+        result = run_flow(make_design(args.design, board, args), board, out, seed=args.seed,
+                          progress=lambda msg: print(msg, flush=True))
+    except FlowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    report = dict(result.report, design=args.design)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"  bitstream {result.bitstream}\n  report    {out / 'report.json'}")
+    if not report["timing_met"]:
+        failed = [c for c, v in report["clocks"].items() if not v["met"]]
+        print(f"error: timing not met on {', '.join(failed)}", file=sys.stderr)
+        return 1
+    if args.program:
+        return program(result.bitstream)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

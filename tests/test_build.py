@@ -1,0 +1,66 @@
+"""build.py, the board registry, the PLL settings and the ECP5 flow on a small real design."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from boards import BOARDS, UnknownBoard, get_board
+from hw.pll import pll_divisors
+from sim.cocotb_run import ROOT
+
+
+def test_board_registry():
+    assert get_board("ulx3s") is BOARDS["ulx3s-85f"]
+    assert get_board("ULX3S-25F").device == "LFE5U-25F"
+    b = get_board("ulx3s")
+    assert (b.lut4, b.dp16kd, b.mult18) == (83_640, 208, 156)
+    # The UART divides the system clock to the line rate exactly.
+    assert b.sys_clk_hz % b.baud == 0
+    with pytest.raises(UnknownBoard, match="known boards: .*ulx3s-85f"):
+        get_board("arty")
+
+
+@pytest.mark.parametrize("f_out", [75e6, 50e6, 100e6, 62.5e6])
+def test_pll_divisors(f_out):
+    clki, clkfb, clkop = pll_divisors(25e6, f_out)
+    assert 25e6 * clkfb / clki == f_out
+    assert 400e6 <= f_out * clkop <= 800e6
+
+
+def test_pll_impossible():
+    with pytest.raises(ValueError, match="no ECP5 PLL setting"):
+        pll_divisors(25e6, 1e9)
+
+
+def _build(*args):
+    return subprocess.run([sys.executable, str(ROOT / "build.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+
+
+def test_unknown_board_lists_known_ones():
+    proc = _build("--board", "ulx3s-99f")
+    assert proc.returncode == 2
+    assert "known boards" in proc.stderr and "ulx3s-85f" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_bitstream(tmp_path):
+    out = tmp_path / "b"
+    proc = _build("--board", "ulx3s-12f", "--design", "demo", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    bit = (out / "top.bit").read_bytes()
+    assert len(bit) > 10_000
+    assert report["device"] == "LFE5U-12F" and report["timing_met"]
+    assert 0 < report["resources"]["LUT4"]["used"] < 500
+    assert report["resources"]["PLL"]["used"] == 1
+    (clock,) = report["clocks"].values()
+    assert clock["constraint_mhz"] == 75.0 and clock["fmax_mhz"] > 75.0
+
+
+def test_program_without_loader_is_clear(tmp_path, monkeypatch):
+    import build
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert build.program(tmp_path / "x.bit") == 2

@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+CHECKPOINT ?= models/checkpoints/mmfree-tiny.safetensors
+PROMPT     ?= ROMEO:
+
 demo: $(STAMP)
-	$(PY) -m sw.demo
+	$(PY) -m models.generate --checkpoint $(CHECKPOINT) --backend intref --prompt "$(PROMPT)" -n 200
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -56,8 +56,10 @@ WEIGHT_FORMATS = {"tl2": None, "int2": 2, "int3": 3, "int4": 4}
 X_MAX = 127
 
 
-def check_format(fmt: str, group: int) -> None:
+def check_format(fmt: str, group: int, symmetric: bool = True) -> None:
     """Raise ``ValueError`` unless ``fmt`` is a weight format and ``group`` fits it."""
+    if fmt == "tl2" and not symmetric:
+        raise ValueError("TL2 tables are always symmetric (sign + 4-bit index)")
     if fmt not in WEIGHT_FORMATS:
         raise ValueError(f"weight format must be one of {sorted(WEIGHT_FORMATS)}, not {fmt!r}")
     if fmt == "tl2" and group != 3:
@@ -78,13 +80,17 @@ def weight_range(fmt: str) -> tuple[int, int]:
     return (-1, 1) if k is None else (-(1 << (k - 1)), (1 << (k - 1)) - 1)
 
 
-def table_digits(fmt: str, group: int) -> np.ndarray:
+def table_digits(fmt: str, group: int, symmetric: bool = True) -> np.ndarray:
     """Coefficients ``d[e, j]`` in {-1, 0, +1} such that table entry ``e`` is ``sum_j d[e, j] x_j``.
 
     TL2: ``e = 9 d0 + 3 d1 + d2`` (balanced ternary), 14 entries. Bit planes: entry ``h`` of the
-    half table, ``d_j = 2 bit_j(h) - 1`` for ``j < g - 1`` and ``d_{g-1} = -1``.
+    half table, ``d_j = 2 bit_j(h) - 1`` for ``j < g - 1`` and ``d_{g-1} = -1``; with
+    ``symmetric=False`` the full table, ``d_j = 2 bit_j(p) - 1`` for all ``j`` (``2**g`` entries).
     """
-    check_format(fmt, group)
+    check_format(fmt, group, symmetric)
+    if not symmetric:
+        p = np.arange(1 << group)
+        return np.stack([2 * ((p >> j) & 1) - 1 for j in range(group)], axis=1).astype(np.int64)
     if fmt == "tl2":
         d = np.zeros((14, 3), np.int64)
         for e in range(14):
@@ -101,9 +107,10 @@ def table_digits(fmt: str, group: int) -> np.ndarray:
     return d
 
 
-def table_entries(fmt: str, group: int) -> int:
-    """Stored entries per table: 14 for TL2, ``2**(g-1)`` for a bit-plane half table."""
-    return len(table_digits(fmt, group))
+def table_entries(fmt: str, group: int, symmetric: bool = True) -> int:
+    """Stored entries per table: 14 for TL2, ``2**(g-1)`` for a bit-plane half table, ``2**g``
+    for a full one."""
+    return len(table_digits(fmt, group, symmetric))
 
 
 def signed_width(bound: int) -> int:
@@ -121,7 +128,7 @@ def entry_width(fmt: str, group: int) -> int:
     return signed_width(entry_bound(fmt, group))
 
 
-def build_tables(x, fmt: str, group: int) -> np.ndarray:
+def build_tables(x, fmt: str, group: int, symmetric: bool = True) -> np.ndarray:
     """Tables for the activation vector ``x`` (length a multiple of ``group``), one row per group.
 
     Returns
@@ -134,7 +141,7 @@ def build_tables(x, fmt: str, group: int) -> np.ndarray:
         raise ValueError(f"activations must be 1-D with a length that is a multiple of {group}")
     if np.abs(x).max(initial=0) > X_MAX:
         raise ValueError(f"activations must lie in [-{X_MAX}, {X_MAX}]")
-    return x.reshape(-1, group) @ table_digits(fmt, group).T
+    return x.reshape(-1, group) @ table_digits(fmt, group, symmetric).T
 
 
 def negate_if(e, s):
@@ -144,8 +151,8 @@ def negate_if(e, s):
     return (e ^ -s) + s
 
 
-def lookup(tables: np.ndarray, index, fmt: str, group: int) -> np.ndarray:
-    """Signed table lookups, as the lanes do them.
+def lookup(tables: np.ndarray, index, fmt: str, group: int, symmetric: bool = True) -> np.ndarray:
+    """Signed table lookups, as the lanes do them (a full table is read directly, no sign).
 
     Parameters
     ----------
@@ -160,6 +167,8 @@ def lookup(tables: np.ndarray, index, fmt: str, group: int) -> np.ndarray:
         s, e = index >> 4, index & 15
         if (e > 13).any():
             raise ValueError("TL2 index above 13")
+    elif not symmetric:
+        return tables[cols, index]
     else:
         s = (index >> (group - 1)) & 1
         half = (1 << (group - 1)) - 1
@@ -189,18 +198,18 @@ def _padded(a: np.ndarray, group: int) -> np.ndarray:
     return np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), np.int64)], axis=-1)
 
 
-def lut_gemv(w, x, fmt: str, group: int = 3) -> np.ndarray:
+def lut_gemv(w, x, fmt: str, group: int = 3, symmetric: bool = True) -> np.ndarray:
     """``w @ x`` computed by table lookup (rows of ``w`` are output rows, the last axis is K).
 
     K is padded with zero weights and zero activations to a multiple of ``group``.
     """
-    check_format(fmt, group)
+    check_format(fmt, group, symmetric)
     w = np.atleast_2d(np.asarray(w, np.int64))
     x = _padded(np.asarray(x, np.int64), group)
     w = _padded(w, group)
     if w.shape[-1] != x.shape[-1]:
         raise ValueError(f"w has {w.shape[-1]} columns, x has {len(x)} values")
-    tables = build_tables(x, fmt, group)
+    tables = build_tables(x, fmt, group, symmetric)
     codes = encode_weights(w, fmt)
     if fmt == "tl2":
         return lookup(tables, codes, fmt, group).sum(axis=-1)
@@ -209,15 +218,15 @@ def lut_gemv(w, x, fmt: str, group: int = 3) -> np.ndarray:
     twice = np.zeros(len(w), np.int64)
     for i in range(k):
         p = (((q >> i) & 1) << np.arange(group)).sum(axis=-1)   # (rows, groups) plane-i indices
-        twice += lookup(tables, p, fmt, group).sum(axis=-1) << i
-    twice += tables[:, 0].sum()            # - sum(x), since H[0] = -sum of the group
+        twice += lookup(tables, p, fmt, group, symmetric).sum(axis=-1) << i
+    twice += tables[:, 0].sum()            # - sum(x): entry 0 has every sign negative
     assert not (twice & 1).any(), "2 * dot must be even"
     return twice >> 1
 
 
-def lut_dot(w, x, fmt: str, group: int = 3) -> int:
+def lut_dot(w, x, fmt: str, group: int = 3, symmetric: bool = True) -> int:
     """One dot product ``sum(w * x)`` by table lookup (see :func:`lut_gemv`)."""
-    return int(lut_gemv(np.asarray(w)[None, :], x, fmt, group)[0])
+    return int(lut_gemv(np.asarray(w)[None, :], x, fmt, group, symmetric)[0])
 
 
 def acc_bound(fmt: str, k_max: int) -> int:

@@ -1,0 +1,328 @@
+"""Ternary adder-tree processing element: int8 activations times ternary weights, no multipliers.
+
+A ternary weight either passes an activation, negates it, or drops it, so a dot product needs only
+a mux per bit and an adder tree. Negation is two's complement split in two halves: the leaf passes
+``~x`` (which still fits in 8 bits) and the ``+1`` rides as the carry-in of an adder further up the
+tree (``{a, 1} + {b, c}`` shifted right by one adds ``a + b + c`` in one carry chain), so a lane
+costs one LUT4 per activation bit plus its share of the tree.
+
+Weights arrive in the host packing formats of :mod:`sw.packing`: ``"2bit"`` codes go straight to the
+lanes, ``"trits5"`` bytes (five weights per byte) pass through :class:`Trits5Decoder` first, which
+is its own component so that its cost can be measured separately.
+"""
+
+import math
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["TernaryAdderTree", "Trits5Decoder", "WEIGHT_FORMATS", "acc_width", "row_weight_bits"]
+
+#: Weight formats the PE accepts, as named in :mod:`sw.packing`.
+WEIGHT_FORMATS = ("2bit", "trits5")
+
+
+def acc_width(k_max: int) -> int:
+    """Signed accumulator width that holds any sum of ``k_max`` int8 x ternary products.
+
+    The bound used is ``|acc| <= 128 * k_max`` (an activation of -128 negated gives +128), one
+    step above the ``127 * K`` of symmetric int8; for K = 5632 both need 21 bits.
+    """
+    if not isinstance(k_max, int) or k_max < 1:
+        raise ValueError(f"k_max must be a positive integer, not {k_max!r}")
+    return (128 * k_max).bit_length() + 1
+
+
+def row_weight_bits(lanes: int, weight_format: str) -> int:
+    """Bits of one row of ``lanes`` packed weights on the input port."""
+    if weight_format == "2bit":
+        return 2 * lanes
+    if weight_format == "trits5":
+        return 8 * -(-lanes // 5)
+    raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, not {weight_format!r}")
+
+
+def _check_pos_int(name, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, not {value!r}")
+
+
+class Trits5Decoder(wiring.Component):
+    """Combinational decoder from 5-trits-per-byte packing to 2-bit weight codes.
+
+    Each byte holds five trits (see :func:`sw.packing.pack_trits5`); trit ``n`` of a byte is
+    ``(((byte * 3**n) mod 256) * 3) >> 8``. The decoder evaluates that as a chain: with
+    ``s_0 = byte``, ``p = 3 * s_n`` (10 bits, one adder), ``t_n = p[8:10]`` and ``s_{n+1} = p[0:8]``.
+    No table, no multiplier.
+
+    Parameters
+    ----------
+    count : int
+        Number of weights decoded; ``ceil(count / 5)`` bytes are read, trailing trits of the last
+        byte beyond ``count`` are dropped.
+
+    Members
+    -------
+    packed : ``In(8 * ceil(count / 5))``
+        Packed bytes, byte 0 in bits 7:0.
+    codes : ``Out(2 * count)``
+        2-bit codes ``w + 1`` (the ``"2bit"`` format), weight 0 in bits 1:0.
+    """
+
+    class Signature(wiring.Signature):
+        """Signature of :class:`Trits5Decoder`; checks ``count``."""
+
+        def __init__(self, count: int):
+            _check_pos_int("count", count)
+            self._count = count
+            super().__init__({"packed": In(row_weight_bits(count, "trits5")),
+                              "codes": Out(2 * count)})
+
+        @property
+        def count(self) -> int:
+            return self._count
+
+        def __eq__(self, other):
+            return type(other) is type(self) and other.count == self.count
+
+        def __repr__(self):
+            return f"Trits5Decoder.Signature({self._count})"
+
+    def __init__(self, count: int):
+        super().__init__(self.Signature(count))
+
+    @property
+    def count(self) -> int:
+        return self.signature.count
+
+    def elaborate(self, platform):
+        m = Module()
+        codes = []
+        for b in range(-(-self.count // 5)):
+            s = self.packed[8 * b:8 * b + 8]
+            for n in range(5):
+                p = Signal(10, name=f"b{b}_p{n}")
+                m.d.comb += p.eq(s + (s << 1))
+                codes.append(p[8:10])
+                s = p[0:8]
+        m.d.comb += self.codes.eq(Cat(*codes[:self.count]))
+        return m
+
+
+class TernaryAdderTree(wiring.Component):
+    """Pipelined ternary dot-product engine: ``lanes`` products per row per beat, ``rows`` rows.
+
+    Every accepted input beat carries ``lanes`` int8 activations, shared by all rows, and one packed
+    weight vector per row. The products of a beat are summed by a pipelined adder tree and added to
+    a per-row accumulator; the beat flagged ``last`` closes the dot product and emits one output beat
+    with the ``rows`` sums, after which the accumulators restart from zero. A dot product of ``K``
+    elements takes ``ceil(K / lanes)`` beats (pad with zero weights) and is exact for ``K <= k_max``.
+
+    The pipeline advances whenever the output register is empty or being read, so a stalled output
+    holds every beat in flight (none lost or duplicated) and back-pressures the input.
+
+    Parameters
+    ----------
+    lanes : int
+        Activations (and weights per row) per beat.
+    rows : int
+        Output rows computed in parallel from the same activations.
+    k_max : int
+        Longest dot product (in elements) the accumulators hold exactly; sets :attr:`acc_width`.
+    weight_format : str
+        ``"2bit"`` or ``"trits5"`` (:mod:`sw.packing`).
+    stages : int or None
+        Pipeline registers inside the adder tree, 0 to :attr:`levels`; ``None`` picks one every two
+        adder levels.
+    decode_stage : bool
+        For ``"trits5"``: register the decoded codes before the tree (one more cycle of latency).
+
+    Members
+    -------
+    i : ``In(stream.Signature(data.StructLayout({"x": data.ArrayLayout(signed(8), lanes), "w": data.ArrayLayout(unsigned(row_bits), rows), "last": 1})))``
+        Activations, packed weights of each row (``row_bits`` = :func:`row_weight_bits`) and the
+        end-of-dot-product flag.
+    o : ``Out(stream.Signature(data.ArrayLayout(signed(acc_width), rows)))``
+        One beat of ``rows`` dot products per ``last`` input beat.
+    """
+
+    class Signature(wiring.Signature):
+        """Signature of :class:`TernaryAdderTree`; checks the shape parameters."""
+
+        def __init__(self, lanes: int, rows: int, k_max: int, weight_format: str):
+            _check_pos_int("lanes", lanes)
+            _check_pos_int("rows", rows)
+            _check_pos_int("k_max", k_max)
+            if k_max < lanes:
+                raise ValueError(f"k_max ({k_max}) must be at least lanes ({lanes})")
+            if weight_format not in WEIGHT_FORMATS:
+                raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, "
+                                 f"not {weight_format!r}")
+            self._lanes, self._rows, self._k_max = lanes, rows, k_max
+            self._weight_format = weight_format
+            in_layout = data.StructLayout({
+                "x": data.ArrayLayout(signed(8), lanes),
+                "w": data.ArrayLayout(unsigned(row_weight_bits(lanes, weight_format)), rows),
+                "last": 1,
+            })
+            out_layout = data.ArrayLayout(signed(acc_width(k_max)), rows)
+            super().__init__({"i": In(stream.Signature(in_layout)),
+                              "o": Out(stream.Signature(out_layout))})
+
+        lanes = property(lambda self: self._lanes)
+        rows = property(lambda self: self._rows)
+        k_max = property(lambda self: self._k_max)
+        weight_format = property(lambda self: self._weight_format)
+
+        def __eq__(self, other):
+            return (type(other) is type(self) and
+                    (other.lanes, other.rows, other.k_max, other.weight_format) ==
+                    (self.lanes, self.rows, self.k_max, self.weight_format))
+
+        def __repr__(self):
+            return (f"TernaryAdderTree.Signature(lanes={self._lanes}, rows={self._rows}, "
+                    f"k_max={self._k_max}, weight_format={self._weight_format!r})")
+
+    def __init__(self, lanes: int, rows: int = 1, k_max: int = 4096, weight_format: str = "2bit",
+                 stages: int | None = None, decode_stage: bool = True):
+        sig = self.Signature(lanes, rows, k_max, weight_format)
+        levels = max(1, math.ceil(math.log2(lanes))) if lanes > 1 else 0
+        if stages is None:
+            stages = levels // 2
+        if not isinstance(stages, int) or not 0 <= stages <= levels:
+            raise ValueError(f"stages must be an integer in 0..{levels} for {lanes} lanes, "
+                             f"not {stages!r}")
+        self._levels, self._stages = levels, stages
+        self._decode_stage = bool(decode_stage) and weight_format == "trits5"
+        super().__init__(sig)
+
+    lanes = property(lambda self: self.signature.lanes, doc="Activations per beat.")
+    rows = property(lambda self: self.signature.rows, doc="Rows computed in parallel.")
+    k_max = property(lambda self: self.signature.k_max, doc="Longest exact dot product.")
+    weight_format = property(lambda self: self.signature.weight_format, doc="Packed weight format.")
+    levels = property(lambda self: self._levels, doc="Adder levels in the tree.")
+    stages = property(lambda self: self._stages, doc="Pipeline registers inside the tree.")
+
+    @property
+    def acc_width(self) -> int:
+        """Width of each signed accumulator and output."""
+        return acc_width(self.k_max)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from accepting a ``last`` beat to its output being valid (no stalls)."""
+        return self._stages + int(self._decode_stage) + 1
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """int8 x ternary products consumed per accepted beat."""
+        return self.lanes * self.rows
+
+    def _register_after(self) -> set[int]:
+        # Spread the tree registers evenly over the levels (level index = adders done so far).
+        n, s = self._levels, self._stages
+        return {min(n, max(1, round((i + 1) * (n + 1) / (s + 1)))) for i in range(s)} \
+            if s < n else set(range(1, n + 1))
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, rows = self.lanes, self.rows
+        en = Signal()  # the whole pipeline advances together
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+
+        def stage(values, name):
+            # One pipeline register for a list of values, clocked while the pipeline advances.
+            regs = []
+            for k, v in enumerate(values):
+                r = Signal.like(v, name=f"{name}_{k}") if isinstance(v, Signal) else \
+                    Signal(v.shape(), name=f"{name}_{k}")
+                regs.append(r)
+            with m.If(en):
+                m.d.sync += [r.eq(v) for r, v in zip(regs, values)]
+            return regs
+
+        valid, last = self.i.valid, self.i.payload.last
+        x = [self.i.payload.x[j] for j in range(lanes)]
+
+        # Weight codes per row ("2bit" format: code = w + 1).
+        codes = []
+        for r in range(rows):
+            if self.weight_format == "trits5":
+                dec = Trits5Decoder(lanes)
+                m.submodules[f"decoder{r}"] = dec
+                m.d.comb += dec.packed.eq(self.i.payload.w[r])
+                codes.append(dec.codes)
+            else:
+                codes.append(self.i.payload.w[r])
+        if self._decode_stage:
+            regs = stage([valid, last, *x, *codes], "dec")
+            valid, last = regs[0], regs[1]
+            x = [r.as_signed() for r in regs[2:2 + lanes]]
+            codes = regs[2 + lanes:]
+
+        # Leaves: ~x or x or 0 (8 bits), and a +1 correction bit for every negated lane.
+        values, pools = [], []
+        for r in range(rows):
+            row_vals, row_pool = [], []
+            for j in range(lanes):
+                c = codes[r][2 * j:2 * j + 2]
+                neg = Signal(name=f"r{r}_neg{j}")
+                leaf = Signal(signed(8), name=f"r{r}_leaf{j}")
+                # code 0 -> -1, 1 -> 0, 2 -> +1 (3, never produced by the packer, reads as 0)
+                m.d.comb += [neg.eq(c == 0),
+                             leaf.eq(Mux(c[0], 0, x[j].as_unsigned() ^ neg.replicate(8)))]
+                row_vals.append(leaf)
+                row_pool.append(neg)
+            values.append(row_vals)
+            pools.append(row_pool)
+
+        reg_after = self._register_after()
+        for level in range(1, self._levels + 1):
+            for r in range(rows):
+                nxt = []
+                vals, pool = values[r], pools[r]
+                for k in range(0, len(vals) - 1, 2):
+                    a, b = vals[k], vals[k + 1]
+                    cin = pool.pop() if pool else Const(0, 1)
+                    width = max(len(a), len(b)) + 1
+                    s = Signal(signed(width), name=f"r{r}_l{level}_s{k // 2}")
+                    m.d.comb += s.eq((Cat(Const(1, 1), a).as_signed() +
+                                      Cat(cin, b).as_signed())[1:])
+                    nxt.append(s)
+                if len(vals) % 2:
+                    nxt.append(vals[-1])
+                values[r], pools[r] = nxt, pool
+            if level in reg_after:
+                flat = [valid, last] + [v for row in values for v in row] + \
+                       [p for row in pools for p in row]
+                regs = stage(flat, f"l{level}")
+                valid, last = regs[0], regs[1]
+                pos = 2
+                for r in range(rows):
+                    n = len(values[r])
+                    values[r] = [v.as_signed() for v in regs[pos:pos + n]]
+                    pos += n
+                for r in range(rows):
+                    n = len(pools[r])
+                    pools[r] = regs[pos:pos + n]
+                    pos += n
+
+        # Accumulate: acc + root + the last correction bit, in one carry chain.
+        aw = self.acc_width
+        with m.If(en):
+            m.d.sync += self.o.valid.eq(valid & last)
+        for r in range(rows):
+            assert len(values[r]) == 1 and len(pools[r]) <= 1, (values[r], pools[r])
+            root = values[r][0]
+            cin = pools[r][0] if pools[r] else Const(0, 1)
+            acc = Signal(signed(aw), name=f"acc{r}")
+            total = Signal(signed(aw), name=f"total{r}")
+            m.d.comb += total.eq((Cat(Const(1, 1), acc).as_signed() +
+                                  Cat(cin, root).as_signed())[1:])
+            with m.If(en & valid):
+                with m.If(last):
+                    m.d.sync += [self.o.payload[r].eq(total), acc.eq(0)]
+                with m.Else():
+                    m.d.sync += acc.eq(total)
+        return m

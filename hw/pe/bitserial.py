@@ -1,0 +1,427 @@
+"""Bit-serial mixed-datatype processing element (BitMoD style) with int8 activations.
+
+The PE computes one fixed-point dot product at a time, bit for bit as
+:func:`models.bitmod.bitmod_dot_fixed` defines it. ``lanes`` weights (with their activations)
+arrive per beat, all from one group of ``group_size`` weights along K. Each weight is consumed as
+signed power-of-two terms, one term per lane per cycle (``+-(x << s)`` or 0,
+:func:`models.bitmod.weight_terms`): ternary 1 cycle, every 3- and 4-bit type (INT3, INT4, the
+eight BitMoD FP3/FP4 ER/EA types) 2 cycles, INT8 4 cycles (radix-4 Booth digits). An adder tree
+sums the lanes' terms, the group accumulator collects a group's partial sum ``P_g``, and the
+dequantisation unit rescales it, ``round_half_away(P_g * m_g / 2**e_g)``, and accumulates the
+groups of the dot product. See docs/bitserial.md.
+
+Pipeline
+--------
+decode (comb, from the input beat) -> lane-term registers -> adder tree (a register after every
+two adder levels) -> group accumulator -> pending slot -> dequantisation unit (multiply stage,
+round stage, output accumulator) -> result register. The main pipeline stalls as a whole only
+when a group ends while the pending slot is still full; the dequantisation unit stalls only when
+a dot product ends while the result register is still full. ``operands.ready`` depends on
+registers and on ``operands.payload.dtype`` (the last term of a beat accepts it), never on
+``result.ready``.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from models.bitmod import (EXTRA_VALUE, GROUP_SIZE, MAG_TABLE, SCALE_EXP_BITS, SCALE_MANT_BITS,
+                           TERM_TABLE, DType)
+
+__all__ = ["BitSerialPE", "operand_layout", "pack_operands", "result_width", "group_sum_bound",
+           "BENCH_SIZES"]
+
+#: Constructor keyword arguments of the standalone sizes that bench/pe_sweep.py builds.
+BENCH_SIZES = [
+    {"lanes": 16, "dequant": "serial"},
+    {"lanes": 64, "dequant": "dsp"},
+    {"lanes": 128, "dequant": "dsp"},
+]
+
+_LANE_TERM_BITS = 13      # +-(x << 4) with x in -128..127: |term| <= 2048
+_DEQUANT_KINDS = ("serial", "dsp")
+
+
+def operand_layout(lanes: int) -> data.StructLayout:
+    """Payload of one input beat: ``lanes`` weights and activations plus the group's controls.
+
+    Fields, LSB first: ``w`` (``lanes`` x 8-bit codes, lane 0 lowest), ``x`` (``lanes`` x int8),
+    ``dtype`` (4-bit :class:`models.bitmod.DType`), ``scale_m`` (16 bits), ``scale_e`` (5 bits),
+    ``last`` (1 bit: last beat of the dot product; also ends the group).
+    """
+    return data.StructLayout({
+        "w": data.ArrayLayout(unsigned(8), lanes),
+        "x": data.ArrayLayout(signed(8), lanes),
+        "dtype": unsigned(4),
+        "scale_m": unsigned(SCALE_MANT_BITS),
+        "scale_e": unsigned(SCALE_EXP_BITS),
+        "last": unsigned(1),
+    })
+
+
+def pack_operands(lanes: int, w, x, dtype: int, scale_m: int = 0, scale_e: int = 0,
+                  last: bool = False) -> int:
+    """The flat integer value of one :func:`operand_layout` beat (for testbenches and drivers)."""
+    w, x = list(w), list(x)
+    if len(w) != lanes or len(x) != lanes:
+        raise ValueError(f"need {lanes} weight codes and activations, got {len(w)} and {len(x)}")
+    layout = operand_layout(lanes)
+    fields = dict(iter(layout))
+    value = 0
+    for i, (c, a) in enumerate(zip(w, x)):
+        if not 0 <= int(c) < 256 or not -128 <= int(a) < 128:
+            raise ValueError(f"lane {i}: code {c} or activation {a} out of range")
+        value |= (int(c) & 0xFF) << (fields["w"].offset + 8 * i)
+        value |= (int(a) & 0xFF) << (fields["x"].offset + 8 * i)
+    for name, v in (("dtype", dtype), ("scale_m", scale_m), ("scale_e", scale_e),
+                    ("last", int(bool(last)))):
+        width = fields[name].width
+        if not 0 <= int(v) < 1 << width:
+            raise ValueError(f"{name} = {v} does not fit {width} bits")
+        value |= int(v) << fields[name].offset
+    return value
+
+
+def group_sum_bound(group_size: int) -> int:
+    """Largest ``|P_g|``: INT8 -128 times activation -128 on every weight of the group."""
+    return 128 * 128 * group_size
+
+
+def result_width(group_size: int, max_groups: int) -> int:
+    """Signed width of the result: ``max_groups`` groups of ``|P_g| * (2**16 - 1)``."""
+    bound = max_groups * group_sum_bound(group_size) * ((1 << SCALE_MANT_BITS) - 1)
+    return bound.bit_length() + 1
+
+
+def _is_pow2(n) -> bool:
+    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
+
+
+class BitSerialPE(wiring.Component):
+    """Bit-serial mixed-datatype dot-product PE: int8 activations, per-group weight datatypes.
+
+    Parameters
+    ----------
+    lanes : int
+        Weights consumed per term cycle (power of two, at most ``group_size``).
+    group_size : int
+        Weights per group (power of two, default 128); each group has one datatype and scale.
+    max_groups : int
+        Most groups in one dot product that the result width holds without overflow.
+    dequant : {"serial", "dsp"}
+        Scale multiplier of the dequantisation unit: ``"serial"`` shift-adds one scale bit per
+        cycle (16 cycles per group, no DSP; keeps up while a group takes at least 16 cycles,
+        e.g. lanes <= 16 with 3/4-bit weights); ``"dsp"`` is one ``P * m`` multiply per cycle
+        (maps to two MULT18X18D on ECP5).
+
+    Members
+    -------
+    operands : ``In(stream.Signature(operand_layout(lanes)))``
+        Weight codes, activations and the group's datatype and fixed-point scale. A group is
+        ``group_size / lanes`` beats (or fewer if ``last`` ends it); ``dtype``, ``scale_m`` and
+        ``scale_e`` must be the same on every beat of a group (the scale is taken from the
+        group's final beat). A beat is accepted after its last term cycle.
+    result : ``Out(stream.Signature(signed(result_width(group_size, max_groups))))``
+        One fixed-point dot product per ``last`` beat, equal to
+        :func:`models.bitmod.bitmod_dot_fixed`.
+    """
+
+    class Signature(wiring.Signature):
+        """Signature of :class:`BitSerialPE`; checks ``lanes``, ``group_size``, ``max_groups``."""
+
+        def __init__(self, lanes: int, *, group_size: int = GROUP_SIZE, max_groups: int = 64):
+            if not _is_pow2(group_size):
+                raise ValueError(f"group_size must be a power of two, not {group_size!r}")
+            if not _is_pow2(lanes) or lanes > group_size:
+                raise ValueError(f"lanes must be a power of two no larger than group_size "
+                                 f"({group_size}), not {lanes!r}")
+            if not (isinstance(max_groups, int) and max_groups >= 1):
+                raise ValueError(f"max_groups must be a positive int, not {max_groups!r}")
+            self._lanes, self._group_size, self._max_groups = lanes, group_size, max_groups
+            super().__init__({
+                "operands": In(stream.Signature(operand_layout(lanes))),
+                "result": Out(stream.Signature(signed(result_width(group_size, max_groups)))),
+            })
+
+        @property
+        def lanes(self) -> int:
+            return self._lanes
+
+        @property
+        def group_size(self) -> int:
+            return self._group_size
+
+        @property
+        def max_groups(self) -> int:
+            return self._max_groups
+
+        def __eq__(self, other):
+            return (type(other) is type(self) and other.lanes == self.lanes
+                    and other.group_size == self.group_size
+                    and other.max_groups == self.max_groups)
+
+        def __repr__(self):
+            return (f"BitSerialPE.Signature({self._lanes}, group_size={self._group_size}, "
+                    f"max_groups={self._max_groups})")
+
+    def __init__(self, lanes: int = 16, *, group_size: int = GROUP_SIZE, max_groups: int = 64,
+                 dequant: str = "serial"):
+        if dequant not in _DEQUANT_KINDS:
+            raise ValueError(f"dequant must be one of {_DEQUANT_KINDS}, not {dequant!r}")
+        self._dequant = dequant
+        super().__init__(self.Signature(lanes, group_size=group_size, max_groups=max_groups))
+
+    @property
+    def lanes(self) -> int:
+        return self.signature.lanes
+
+    @property
+    def group_size(self) -> int:
+        return self.signature.group_size
+
+    @property
+    def max_groups(self) -> int:
+        return self.signature.max_groups
+
+    @property
+    def dequant(self) -> str:
+        return self._dequant
+
+    @property
+    def result_width(self) -> int:
+        return result_width(self.group_size, self.max_groups)
+
+    @property
+    def weights_per_cycle(self) -> int:
+        """Weights consumed per cycle in the ternary steady state (one term each)."""
+        return self.lanes
+
+    @property
+    def macs_per_cycle(self) -> float:
+        """Multiply-accumulates per cycle for 3/4-bit (BitMoD) weights: ``lanes / 2``."""
+        return self.lanes / 2
+
+    # -- elaboration ------------------------------------------------------------------------------
+
+    def _lane_term(self, m, code, x, ctl, name):
+        """Combinational term ``+-(x << s)`` or 0 of one lane for the current term index."""
+        nz, neg, shift = (Signal(name=f"{name}_nz"), Signal(name=f"{name}_neg"),
+                          Signal(3, name=f"{name}_shift"))
+        # Ternary: code 0 -> -1, 2 -> +1, 1 and 3 -> 0.
+        t_nz = (code[0:2] == 0) | (code[0:2] == 2)
+        t_neg = code[0:2] == 0
+        # INT8, radix-4 Booth digit j: bits b[2j+1], b[2j], b[2j-1] (b[-1] = 0).
+        triple = Signal(3, name=f"{name}_booth")
+        with m.Switch(ctl["j"]):
+            for j in range(4):
+                with m.Case(j):
+                    m.d.comb += triple.eq(Cat(Const(0, 1), code)[2 * j:2 * j + 3])
+        b_nz = (triple != 0) & (triple != 7)
+        b_neg = triple[2] & ~(triple[0] & triple[1])
+        b_two = (triple == 3) | (triple == 4)
+        # Sign-magnitude (INT3/INT4/FP3/FP4): magnitude table, "-0" is the extra value.
+        sign = Mux(ctl["is4"], code[3], code[2])
+        idx = Mux(ctl["is4"], code[0:3], code[0:2])
+        mag, sm_neg = Signal(5, name=f"{name}_mag"), Signal(name=f"{name}_sneg")
+        with m.Switch(Cat(idx, ctl["is4"], ctl["is_fp"])):
+            for is_fp, is4, table in ((0, 0, MAG_TABLE[DType.INT3]), (0, 1, MAG_TABLE[DType.INT4]),
+                                      (1, 0, MAG_TABLE[DType.FP3_ER_POS]),
+                                      (1, 1, MAG_TABLE[DType.FP4_ER_POS])):
+                for i, v in enumerate(table):
+                    with m.Case(i | is4 << 3 | is_fp << 4):
+                        m.d.comb += mag.eq(v)
+        m.d.comb += sm_neg.eq(sign)
+        with m.If(sign & (idx == 0)):
+            m.d.comb += [mag.eq(ctl["extra_mag"]), sm_neg.eq(ctl["extra_neg"])]
+        s_nz, s_neg, s_shift = Signal(), Signal(), Signal(3)
+        with m.Switch(Cat(ctl["j"][0], mag)):
+            for v, terms in TERM_TABLE.items():
+                for j, t in enumerate(terms):
+                    with m.Case(j | v << 1):
+                        m.d.comb += [s_nz.eq(1), s_neg.eq(sm_neg ^ t[0]), s_shift.eq(t[1])]
+        with m.If(ctl["is_tern"]):
+            m.d.comb += [nz.eq(t_nz), neg.eq(t_neg), shift.eq(0)]
+        with m.Elif(ctl["is_int8"]):
+            m.d.comb += [nz.eq(b_nz), neg.eq(b_neg), shift.eq(b_two)]
+        with m.Else():
+            m.d.comb += [nz.eq(s_nz), neg.eq(s_neg), shift.eq(s_shift)]
+        xs = Signal(signed(_LANE_TERM_BITS), name=f"{name}_xs")
+        term = Signal(signed(_LANE_TERM_BITS), name=f"{name}_term")
+        m.d.comb += xs.eq(x << shift)
+        m.d.comb += term.eq(Mux(nz, Mux(neg, -xs, xs), 0))
+        return term
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, gs = self.lanes, self.group_size
+        inp, res = self.operands, self.result
+        pl = inp.payload
+        rw = self.result_width
+        pbits = group_sum_bound(gs).bit_length() + 1          # signed group partial sum
+        prod_bits = pbits + SCALE_MANT_BITS
+
+        adv = Signal()                                         # the main pipeline moves
+
+        # -- per-beat controls decoded from dtype ----------------------------------------------
+        dtype = pl.dtype
+        ctl = {
+            "is_tern": Signal(name="is_tern"), "is_int8": Signal(name="is_int8"),
+            "is4": Signal(name="is4"), "is_fp": Signal(name="is_fp"),
+            "extra_mag": Signal(5, name="extra_mag"), "extra_neg": Signal(name="extra_neg"),
+            "j": Signal(2, name="term_idx"),
+        }
+        m.d.comb += [
+            ctl["is_tern"].eq(dtype == DType.TERNARY),
+            ctl["is_int8"].eq(dtype == DType.INT8),
+            ctl["is4"].eq((dtype == DType.INT4) | (dtype >= DType.FP4_ER_POS)),
+            ctl["is_fp"].eq(dtype >= DType.FP3_ER_POS),
+        ]
+        with m.Switch(dtype):
+            for dt, v in EXTRA_VALUE.items():
+                if v:
+                    with m.Case(dt):
+                        m.d.comb += [ctl["extra_mag"].eq(abs(v)), ctl["extra_neg"].eq(v < 0)]
+        last_term = Signal()
+        m.d.comb += last_term.eq(Mux(ctl["is_tern"], 1,
+                                     Mux(ctl["is_int8"], ctl["j"] == 3, ctl["j"] == 1)))
+
+        beats_per_group = gs // lanes
+        beat_cnt = Signal(range(beats_per_group))
+        group_end_beat = Signal()
+        m.d.comb += group_end_beat.eq((beat_cnt == beats_per_group - 1) | pl.last)
+        m.d.comb += inp.ready.eq(adv & last_term)
+        with m.If(inp.valid & adv):
+            m.d.sync += ctl["j"].eq(Mux(last_term, 0, ctl["j"] + 1))
+            with m.If(last_term):
+                m.d.sync += beat_cnt.eq(Mux(group_end_beat, 0, beat_cnt + 1))
+
+        # -- stage 1: lane terms and the tag that travels with them -----------------------------
+        tag_layout = data.StructLayout({
+            "valid": 1, "cshift": 2, "group_end": 1, "dot_last": 1, "tern": 1,
+            "m": SCALE_MANT_BITS, "e": SCALE_EXP_BITS,
+        })
+        terms = [Signal(signed(_LANE_TERM_BITS), name=f"t1_{i}") for i in range(lanes)]
+        tag = Signal(tag_layout, name="tag1")
+        lane_terms = [self._lane_term(m, pl.w[i], pl.x[i], ctl, f"lane{i}") for i in range(lanes)]
+        with m.If(adv):
+            m.d.sync += [t.eq(v) for t, v in zip(terms, lane_terms)]
+            m.d.sync += [
+                tag.valid.eq(inp.valid),
+                tag.cshift.eq(Mux(ctl["is_int8"], ctl["j"], 0)),
+                tag.group_end.eq(group_end_beat & last_term),
+                tag.dot_last.eq(pl.last & last_term),
+                tag.tern.eq(ctl["is_tern"]),
+                tag.m.eq(pl.scale_m),
+                tag.e.eq(pl.scale_e),
+            ]
+
+        # -- adder tree, a register stage after every two levels --------------------------------
+        level, width, depth = terms, _LANE_TERM_BITS, 0
+        while len(level) > 1:
+            width += 1
+            nxt = []
+            for k in range(0, len(level), 2):
+                s = Signal(signed(width), name=f"sum{depth}_{k // 2}")
+                m.d.comb += s.eq(level[k] + level[k + 1])
+                nxt.append(s)
+            level, depth = nxt, depth + 1
+            if depth % 2 == 0 and len(level) > 1:
+                regs = [Signal(signed(width), name=f"tree{depth}_{k}") for k in range(len(level))]
+                rtag = Signal(tag_layout, name=f"tag_tree{depth}")
+                with m.If(adv):
+                    m.d.sync += [r.eq(v) for r, v in zip(regs, level)]
+                    m.d.sync += rtag.eq(tag)
+                level, tag = regs, rtag
+        tree = Signal(signed(width), name="tree_sum")
+        ttag = Signal(tag_layout, name="tag_sum")
+        with m.If(adv):
+            m.d.sync += [tree.eq(level[0]), ttag.eq(tag)]
+
+        # -- group accumulator and the pending slot ---------------------------------------------
+        acc_p = Signal(signed(pbits))
+        contrib = Signal(signed(pbits))
+        m.d.comb += contrib.eq(tree << Cat(Const(0, 1), ttag.cshift))
+        pend_full = Signal()
+        pend_p = Signal(signed(pbits))
+        pend_m = Signal(SCALE_MANT_BITS)
+        pend_e = Signal(SCALE_EXP_BITS)
+        pend_last, pend_tern = Signal(), Signal()
+        take = Signal()                                        # the dequantiser loads pending
+        m.d.comb += adv.eq(~(ttag.valid & ttag.group_end & pend_full & ~take))
+        with m.If(take):
+            m.d.sync += pend_full.eq(0)
+        with m.If(adv & ttag.valid):
+            with m.If(ttag.group_end):
+                m.d.sync += [
+                    acc_p.eq(0), pend_full.eq(1), pend_p.eq(acc_p + contrib),
+                    pend_m.eq(ttag.m), pend_e.eq(ttag.e), pend_last.eq(ttag.dot_last),
+                    pend_tern.eq(ttag.tern),
+                ]
+            with m.Else():
+                m.d.sync += acc_p.eq(acc_p + contrib)
+
+        # -- dequantisation unit: D1 multiply, D2 round, D3 accumulate --------------------------
+        out_valid = Signal()
+        out_data = Signal(signed(rw))
+        m.d.comb += [res.valid.eq(out_valid), res.payload.eq(out_data)]
+        with m.If(res.valid & res.ready):
+            m.d.sync += out_valid.eq(0)
+
+        d1_valid, d1_last = Signal(), Signal()
+        d1_prod = Signal(signed(prod_bits))
+        d1_e = Signal(SCALE_EXP_BITS)
+        d1_mrem = Signal(SCALE_MANT_BITS)                      # serial: scale bits still to add
+        d1_mcand = Signal(signed(prod_bits))                   # serial: P << (bits done)
+        d1_done = Signal()
+        m.d.comb += d1_done.eq(d1_valid & (d1_mrem == 0))
+        d2_valid, d2_last = Signal(), Signal()
+        d2_r = Signal(signed(prod_bits))
+        d3_valid, d3_last = Signal(), Signal()
+        d3_r = Signal(signed(prod_bits))
+        acc_out = Signal(signed(rw))
+
+        dq_adv = Signal()
+        m.d.comb += dq_adv.eq(~(d3_valid & d3_last & out_valid))
+        m.d.comb += take.eq(dq_adv & pend_full & (~d1_valid | d1_done))
+
+        # Round half away from zero: (prod + 2**(e-1) - (prod < 0)) >> e for e > 0.
+        neg = d1_prod < 0
+        half = Signal(prod_bits, name="round_half")
+        m.d.comb += half.eq(Mux(d1_e == 0, 0, (Const(1, prod_bits) << d1_e) >> 1))
+        bias = Signal(signed(prod_bits + 1), name="round_bias")
+        m.d.comb += bias.eq(Mux(d1_e == 0, 0, half - neg))
+        rounded = Signal(signed(prod_bits + 1), name="round_sum")
+        m.d.comb += rounded.eq(d1_prod + bias)
+
+        with m.If(dq_adv):
+            with m.If(d3_valid):
+                with m.If(d3_last):
+                    m.d.sync += [out_data.eq(acc_out + d3_r), out_valid.eq(1), acc_out.eq(0)]
+                with m.Else():
+                    m.d.sync += acc_out.eq(acc_out + d3_r)
+            m.d.sync += [d3_valid.eq(d2_valid), d3_last.eq(d2_last), d3_r.eq(d2_r)]
+            m.d.sync += [d2_valid.eq(d1_done), d2_last.eq(d1_last), d2_r.eq(rounded >> d1_e)]
+            with m.If(take):
+                m.d.sync += [d1_valid.eq(1), d1_last.eq(pend_last)]
+                with m.If(pend_tern):
+                    m.d.sync += [d1_prod.eq(pend_p), d1_e.eq(0), d1_mrem.eq(0)]
+                with m.Else():
+                    m.d.sync += d1_e.eq(pend_e)
+                    if self._dequant == "dsp":
+                        m.d.sync += [d1_prod.eq(pend_p * pend_m), d1_mrem.eq(0)]
+                    else:
+                        # First scale bit in the load cycle: 16 cycles for a 16-bit mantissa.
+                        m.d.sync += [
+                            d1_prod.eq(Mux(pend_m[0], pend_p, 0)),
+                            d1_mcand.eq(pend_p << 1),
+                            d1_mrem.eq(pend_m >> 1),
+                        ]
+            with m.Elif(d1_done):
+                m.d.sync += d1_valid.eq(0)
+            with m.Elif(d1_valid):
+                m.d.sync += [
+                    d1_prod.eq(d1_prod + Mux(d1_mrem[0], d1_mcand, 0)),
+                    d1_mcand.eq(d1_mcand << 1),
+                    d1_mrem.eq(d1_mrem >> 1),
+                ]
+        return m

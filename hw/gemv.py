@@ -1,0 +1,152 @@
+"""GEMV engine: a ternary PE array fed from block RAM, one weight word per cycle.
+
+The engine holds the packed ternary weights of every matrix in one weight memory and the int8
+input vector in a double-buffered activation memory. A command names a matrix (its first word
+and its shape in row groups and chunks, see :mod:`sw.gemv_layout`) and an activation bank; the
+engine then streams ``groups * chunks`` beats into a :class:`hw.pe.adder_tree.TernaryAdderTree`
+(one per cycle when nothing stalls) and emits one beat of ``rows`` dot products per row group.
+While it runs on one bank, the other bank can be written with the next vector.
+"""
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .pe.adder_tree import TernaryAdderTree, WEIGHT_FORMATS, acc_width, row_weight_bits
+
+__all__ = ["GemvEngine"]
+
+
+def _write_port_sig(addr_width: int, data_width: int, en_width: int = 1) -> wiring.Signature:
+    return wiring.Signature({"addr": Out(addr_width), "data": Out(data_width), "en": Out(en_width)})
+
+
+class GemvEngine(wiring.Component):
+    """Ternary matrix-vector engine over block-RAM weights.
+
+    Parameters
+    ----------
+    lanes : int
+        Inputs per beat (activations read per cycle).
+    rows : int
+        Outputs computed in parallel.
+    weight_depth : int
+        Weight words (each ``rows * row_bits`` wide) in the weight memory.
+    k_max : int
+        Longest input vector; the activation memory holds two banks of ``k_max / lanes`` words.
+    weight_format : str
+        Packing of the weight words, ``"2bit"`` or ``"trits5"``.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(StructLayout({"base", "groups", "chunks", "bank"})))``
+        Run one matrix: ``base`` first weight word, ``groups`` row groups, ``chunks`` chunks per
+        group (both >= 1), ``bank`` activation bank to read.
+    o : ``Out(stream.Signature(ArrayLayout(signed(acc_width), rows)))``
+        One beat per row group, rows ``g * rows ..`` of the product.
+    w_wr : ``In(addr, data, en)``
+        Weight memory write port.
+    a_wr : ``In(addr, data, en[lanes])``
+        Activation memory write port with a byte enable per lane; address = ``bank * chunks_max +
+        chunk``.
+    busy : ``Out(1)``
+        A command is running (beats still being issued).
+    """
+
+    def __init__(self, lanes: int = 16, rows: int = 4, weight_depth: int = 1024, k_max: int = 1024,
+                 weight_format: str = "2bit", stages: int | None = None):
+        for name, v in (("lanes", lanes), ("rows", rows), ("weight_depth", weight_depth), ("k_max", k_max)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, not {v!r}")
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"weight_format must be one of {WEIGHT_FORMATS}, not {weight_format!r}")
+        if k_max % lanes:
+            raise ValueError(f"k_max ({k_max}) must be a multiple of lanes ({lanes})")
+        self._lanes, self._rows, self._depth, self._k_max = lanes, rows, weight_depth, k_max
+        self._fmt, self._stages = weight_format, stages
+        self._chunks_max = k_max // lanes
+        self._row_bits = row_weight_bits(lanes, weight_format)
+        waw = max(1, (weight_depth - 1).bit_length())
+        aaw = max(1, (2 * self._chunks_max - 1).bit_length())
+        cmd_layout = data.StructLayout({
+            "base": unsigned(waw),
+            "groups": unsigned(max(1, weight_depth.bit_length())),
+            "chunks": unsigned(self._chunks_max.bit_length()),
+            "bank": unsigned(1),
+        })
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout)),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(acc_width(k_max)), rows))),
+            "w_wr": In(_write_port_sig(waw, rows * self._row_bits)),
+            "a_wr": In(_write_port_sig(aaw, 8 * lanes, lanes)),
+            "busy": Out(1),
+        })
+
+    lanes = property(lambda self: self._lanes, doc="Inputs per beat.")
+    rows = property(lambda self: self._rows, doc="Outputs in parallel.")
+    weight_depth = property(lambda self: self._depth, doc="Words in the weight memory.")
+    k_max = property(lambda self: self._k_max, doc="Longest input vector.")
+    weight_format = property(lambda self: self._fmt, doc="Weight packing.")
+    chunks_max = property(lambda self: self._chunks_max, doc="Activation words per bank.")
+
+    @property
+    def word_bits(self) -> int:
+        """Width of one weight word."""
+        return self._rows * self._row_bits
+
+    @property
+    def weight_bits(self) -> int:
+        """Total weight memory in bits."""
+        return self._depth * self.word_bits
+
+    def elaborate(self, platform):
+        m = Module()
+        lanes, rows = self._lanes, self._rows
+        m.submodules.pe = pe = TernaryAdderTree(lanes, rows, k_max=self._k_max,
+                                                weight_format=self._fmt, stages=self._stages)
+        m.submodules.wmem = wmem = memory.Memory(shape=unsigned(self.word_bits), depth=self._depth, init=[])
+        m.submodules.amem = amem = memory.Memory(shape=unsigned(8 * lanes), depth=2 * self._chunks_max,
+                                                 init=[])
+        w_rd = wmem.read_port()
+        a_rd = amem.read_port()
+        w_wp = wmem.write_port()
+        a_wp = amem.write_port(granularity=8)
+        m.d.comb += [w_wp.addr.eq(self.w_wr.addr), w_wp.data.eq(self.w_wr.data), w_wp.en.eq(self.w_wr.en),
+                     a_wp.addr.eq(self.a_wr.addr), a_wp.data.eq(self.a_wr.data), a_wp.en.eq(self.a_wr.en)]
+
+        # Issue stage: counters over (group, chunk); read stage: memory outputs + flags.
+        running = Signal()
+        waddr = Signal.like(w_rd.addr)
+        chunk = Signal.like(self.cmd.payload.chunks)
+        group = Signal.like(self.cmd.payload.groups)
+        chunks = Signal.like(self.cmd.payload.chunks)
+        groups = Signal.like(self.cmd.payload.groups)
+        bank = Signal()
+        s1_valid, s1_last = Signal(), Signal()
+        advance = Signal()
+        m.d.comb += [advance.eq(~s1_valid | pe.i.ready), self.busy.eq(running),
+                     self.cmd.ready.eq(~running)]
+
+        last_chunk = chunk == chunks - 1
+        m.d.comb += [w_rd.en.eq(advance), a_rd.en.eq(advance),
+                     w_rd.addr.eq(waddr), a_rd.addr.eq(bank * self._chunks_max + chunk)]
+        with m.If(advance):
+            m.d.sync += [s1_valid.eq(running), s1_last.eq(last_chunk)]
+            with m.If(running):
+                m.d.sync += waddr.eq(waddr + 1)
+                with m.If(last_chunk):
+                    m.d.sync += [chunk.eq(0), group.eq(group + 1)]
+                    with m.If(group == groups - 1):
+                        m.d.sync += running.eq(0)
+                with m.Else():
+                    m.d.sync += chunk.eq(chunk + 1)
+        with m.If(self.cmd.valid & ~running):
+            p = self.cmd.payload
+            m.d.sync += [running.eq((p.groups != 0) & (p.chunks != 0)), waddr.eq(p.base),
+                         chunk.eq(0), group.eq(0), chunks.eq(p.chunks), groups.eq(p.groups),
+                         bank.eq(p.bank)]
+
+        m.d.comb += [pe.i.valid.eq(s1_valid), pe.i.payload.last.eq(s1_last),
+                     pe.i.payload.x.as_value().eq(a_rd.data), pe.i.payload.w.as_value().eq(w_rd.data)]
+        wiring.connect(m, pe.o, wiring.flipped(self.o))
+        return m

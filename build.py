@@ -26,14 +26,14 @@ sys.path.insert(0, str(ROOT))
 from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
 
 DESIGNS = {
-    "demo": "PLL + LFSR pattern on the LEDs (board and toolchain smoke test)",
+    "demo": "PLL + a ternary adder-tree PE fed by LFSRs, result on the LEDs (--lanes, --rows)",
 }
 
 
 def make_design(name: str, board, args):
     if name == "demo":
         from hw.demo_top import DemoTop
-        return DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz)
+        return DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, lanes=args.lanes, rows=args.rows)
     raise ValueError(name)
 
 
@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("--design", default="demo", help="what to build (default: demo)")
     parser.add_argument("--out", type=Path, help="build folder (default: build/<board>)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--lanes", type=int, default=64, help="PE lanes (activations per cycle)")
+    parser.add_argument("--rows", type=int, default=1, help="PE output rows in parallel")
     parser.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     args = parser.parse_args(argv)
 

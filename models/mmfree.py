@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "RMSNorm",
     "BitLinear",
+    "recurrence_step",
     "HGRNBitAttention",
     "HGRNBitMLP",
     "HGRNBitBlock",
@@ -141,6 +142,43 @@ class BitLinear(nn.Module):
                 f"quantize={self.quantize}, frozen={self.frozen}")
 
 
+def recurrence_step(f: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One step of the element-wise linear recurrence ``s_t = f_t * s_{t-1} + c_t``."""
+    return f * s + c
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """``s_t = f_t * s_{t-1} + c_t`` over ``T`` (dim 1), as a loop with a hand-written backward.
+
+    The forward pass applies :func:`recurrence_step` once per time step, exactly as the recurrent
+    mode does, so both modes produce the same floats. Backward: ``ds_t = g_t + f_{t+1} ds_{t+1}``,
+    ``dc_t = ds_t``, ``df_t = ds_t s_{t-1}``, ``ds_0 = f_1 ds_1``.
+    """
+
+    @staticmethod
+    def forward(ctx, f, c, s0):  # noqa: D102
+        out = torch.empty_like(c)
+        s = s0
+        for t in range(c.shape[1]):
+            s = recurrence_step(f[:, t], c[:, t], s)
+            out[:, t] = s
+        ctx.save_for_backward(f, out, s0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        f, out, s0 = ctx.saved_tensors
+        T = out.shape[1]
+        d_state = torch.empty_like(out)
+        carry = torch.zeros_like(s0)
+        for t in range(T - 1, -1, -1):
+            carry = grad[:, t] + carry
+            d_state[:, t] = carry
+            carry = carry * f[:, t]
+        prev = torch.cat([s0[:, None], out[:, :-1]], dim=1)
+        return d_state * prev, d_state, carry
+
+
 class HGRNBitAttention(nn.Module):
     """MLGRU token mixer: gated linear recurrence with one d-vector of state."""
 
@@ -167,17 +205,13 @@ class HGRNBitAttention(nn.Module):
     def forward(self, x: torch.Tensor, lower_bound: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Parallel mode. ``x`` is ``(B, T, d)``, ``state`` ``(B, d)``; returns ``(o, last_state)``."""
         f, c = self._gates(x, lower_bound)
-        s = state
-        states = []
-        for t in range(x.shape[1]):
-            s = f[:, t] * s + c[:, t]
-            states.append(s)
-        return self._output(x, torch.stack(states, dim=1)), s
+        states = _LinearRecurrence.apply(f, c, state)
+        return self._output(x, states), states[:, -1]
 
     def step(self, x: torch.Tensor, lower_bound: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Recurrent mode. ``x`` is ``(B, d)``; returns ``(o, new_state)``."""
         f, c = self._gates(x, lower_bound)
-        s = f * state + c
+        s = recurrence_step(f, c, state)
         return self._output(x, s), s
 
 

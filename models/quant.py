@@ -54,11 +54,11 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        Tensor of the same dtype and shape holding integer values.
+        New tensor of the same dtype and shape holding integer values.
     """
     t = torch.trunc(x)
-    frac = x - t
-    return t + torch.where(frac.abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
+    away = (x - t).abs_() >= 0.5
+    return t.add_(torch.sign(x).mul_(away))
 
 
 class _RoundHalfAwaySTE(torch.autograd.Function):
@@ -73,16 +73,25 @@ class _RoundHalfAwaySTE(torch.autograd.Function):
         return grad
 
 
-class _ClampSTE(torch.autograd.Function):
-    """Clamp in the forward pass, identity in the backward pass."""
+class _ScaledRoundClampSTE(torch.autograd.Function):
+    """``clamp(round_half_away(x * num / den), lo, hi)``; backward ``grad * num / den``.
+
+    ``den`` is treated as a constant (no gradient), as in the reference quantisation-aware
+    training where scales are detached.
+    """
 
     @staticmethod
-    def forward(ctx, x, lo, hi):  # noqa: D102
-        return x.clamp(lo, hi)
+    def forward(ctx, x, num, den, lo, hi):  # noqa: D102
+        ctx.save_for_backward(den)
+        ctx.num = num
+        y = x * num if num != 1.0 else x.clone()
+        return round_half_away(y.div_(den)).clamp_(lo, hi)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        return grad, None, None
+        (den,) = ctx.saved_tensors
+        g = grad * ctx.num if ctx.num != 1.0 else grad
+        return g / den, None, None, None, None
 
 
 def round_half_away_ste(x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +135,7 @@ def ternary_quant_ste(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The returned ``beta`` is detached.
     """
     beta = _weight_scale(w.detach())
-    w_t = _ClampSTE.apply(round_half_away_ste(w / beta), -1.0, 1.0)
-    return w_t, beta
+    return _ScaledRoundClampSTE.apply(w, 1.0, beta, -1.0, 1.0), beta
 
 
 def act_quant_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,5 +165,4 @@ def act_quant_int8_ste(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     The returned ``a`` is detached.
     """
     a = _act_scale(x.detach())
-    x_q = _ClampSTE.apply(round_half_away_ste(x * 127.0 / a), -128.0, 127.0)
-    return x_q, a
+    return _ScaledRoundClampSTE.apply(x, 127.0, a, -128.0, 127.0), a

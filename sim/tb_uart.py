@@ -73,6 +73,7 @@ async def uart_recv(dut, pin, count: int, divisor: int, *, timeout_cycles: int =
             await ReadOnly()
             assert int(pin.value) == 1, f"stop bit low after byte {byte:#04x}"
             out.append(byte)
+        await RisingEdge(dut.clk)  # leave the read-only phase: the caller may drive pins next
     finally:
         counter.cancel()
     return out

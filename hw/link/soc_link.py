@@ -1,0 +1,145 @@
+"""The link-only SoC: UART, receive FIFO, :class:`~hw.link.protocol.LinkProtocol`, a test memory and
+the :class:`~hw.link.protocol.NullCore`.
+
+This is what the host talks to before the accelerator exists, and what the board model
+(``sim/board.py``) simulates: HELLO, WRITE, READ, CRC, STATUS and RESET work against a block-RAM
+test memory (memory id 0, :data:`sw.protocol.MemoryId.TEST`); LOAD and RUN are answered with
+``UNSUPPORTED``. The accelerator SoC will replace the test memory and the null core behind the
+same two ports.
+"""
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw import protocol as P
+
+from .protocol import LinkProtocol, MemPortSignature, NullCore
+from .uart import UART, uart_divisor
+
+__all__ = ["LinkTestMemory", "SocLink"]
+
+
+class LinkTestMemory(wiring.Component):
+    """A block RAM of ``size`` bytes behind a :class:`MemPortSignature` port (memory id 0).
+
+    Parameters
+    ----------
+    size : int
+        Bytes.
+
+    Members
+    -------
+    port : ``In(MemPortSignature(32))``
+        Always ready; read data one cycle after ``re``.
+    """
+
+    def __init__(self, size: int):
+        if not isinstance(size, int) or not 1 <= size <= 1 << 24:
+            raise ValueError(f"test memory size must be an integer in 1..2**24, not {size!r}")
+        self._size = size
+        super().__init__({"port": In(MemPortSignature(32))})
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.ram = ram = Memory(shape=8, depth=self._size, init=[])
+        wr = ram.write_port()
+        rd = ram.read_port(domain="sync")
+        p = self.port
+        m.d.comb += [wr.addr.eq(p.addr), wr.data.eq(p.wdata), wr.en.eq(p.we),
+                     rd.addr.eq(p.addr), rd.en.eq(p.re), p.rdata.eq(rd.data), p.ready.eq(1)]
+        m.d.sync += p.rvalid.eq(p.re)
+        return m
+
+
+class SocLink(wiring.Component):
+    """Host link with a test memory, on a pair of UART pins.
+
+    Parameters
+    ----------
+    clk_freq : int
+        Clock in Hz (75 MHz on the ULX3S; the board model uses 24 MHz, 8 cycles per bit).
+    baud : int
+        Line rate; ``clk_freq / baud`` must be within 2 % of an integer >= 4.
+    mem_size : int
+        Test memory bytes.
+    max_data : int
+        WRITE/READ bytes per frame.
+    timeout_cycles : int, optional
+        Inter-byte timeout; default 10 ms.
+    build_id : int
+        Reported in the manifest.
+    rx_fifo_depth : int
+        Bytes buffered between the UART and the parser while a command executes.
+
+    Members
+    -------
+    rx : ``In(1)``
+        UART input pin.
+    tx : ``Out(1)``
+        UART output pin.
+    busy : ``Out(1)``
+        Something is in flight (a byte on either line, a frame in the parser, bytes in the FIFO).
+        Not needed on a board; the board model stops its clock while the link is idle.
+    """
+
+    def __init__(self, *, clk_freq: int = 75_000_000, baud: int = 3_000_000, mem_size: int = 65536,
+                 max_data: int = P.DEFAULT_MAX_DATA, timeout_cycles: int | None = None,
+                 build_id: int = 0, rx_fifo_depth: int = 64):
+        uart_divisor(clk_freq, baud)  # validates
+        if timeout_cycles is None:
+            timeout_cycles = clk_freq // 100
+        if not isinstance(rx_fifo_depth, int) or rx_fifo_depth < 2:
+            raise ValueError(f"rx_fifo_depth must be an integer >= 2, not {rx_fifo_depth!r}")
+        self._clk_freq, self._baud = clk_freq, baud
+        self._rx_fifo_depth = rx_fifo_depth
+        self._memory = LinkTestMemory(mem_size)
+        self._protocol = LinkProtocol(mem_sizes=(mem_size,), max_data=max_data,
+                                      timeout_cycles=timeout_cycles, clk_freq=clk_freq, baud=baud,
+                                      build_id=build_id)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1)})
+
+    @property
+    def clk_freq(self) -> int:
+        return self._clk_freq
+
+    @property
+    def baud(self) -> int:
+        return self._baud
+
+    @property
+    def divisor(self) -> int:
+        return uart_divisor(self._clk_freq, self._baud)
+
+    @property
+    def manifest(self) -> P.Manifest:
+        return self._protocol.manifest
+
+    @property
+    def timeout_cycles(self) -> int:
+        return self._protocol.timeout_cycles
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart = uart = UART(clk_freq=self._clk_freq, baud=self._baud)
+        m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._rx_fifo_depth)
+        m.submodules.protocol = proto = self._protocol
+        m.submodules.memory = self._memory
+        m.submodules.core = core = NullCore()
+
+        wiring.connect(m, uart.rx_stream, fifo.w_stream)
+        wiring.connect(m, fifo.r_stream, proto.rx)
+        wiring.connect(m, proto.tx, uart.tx_stream)
+        wiring.connect(m, proto.mem, self._memory.port)
+        wiring.connect(m, proto.core, core.port)
+        m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx),
+                     proto.uart_error.eq(uart.framing_error | uart.overrun),
+                     self.busy.eq(proto.busy | fifo.r_rdy | uart.rx_busy | uart.tx_busy
+                                  | uart.rx_stream.valid)]
+        return m

@@ -143,6 +143,8 @@ def round_shift(x, s) -> np.ndarray:
     sr = np.maximum(s, 1)
     a = (np.abs(x) + (_I64(1) << (sr - 1))) >> sr
     right = np.where(x < 0, -a, a)
+    if s.size and s.min() > 0:
+        return right
     left = x << np.maximum(-s, 0)
     return np.where(s > 0, right, left)
 
@@ -160,7 +162,7 @@ def bit_length(x) -> np.ndarray:
     ``0 <= x < 2**53`` (checked).
     """
     x = np.asarray(x, dtype=_I64)
-    if np.any(x < 0) or np.any(x >= (1 << 53)):
+    if x.size and (x.min() < 0 or x.max() >= (1 << 53)):
         raise ValueError("bit_length needs 0 <= x < 2**53")
     _, e = np.frexp(x.astype(np.float64))
     return e.astype(_I64)
@@ -245,7 +247,7 @@ def recip_norm(mn) -> np.ndarray:
 
 # --------------------------------------------------------------------------- rsqrt
 RSQRT_OUT_FRAC = 23
-"""Reciprocal square root output ``q ~= 2**23 / sqrt(ms)`` (``2**15 < q <= 2**16``)."""
+"""Reciprocal square root output ``q ~= 2**23 / sqrt(ms)`` (``2**15 <= q <= 2**16``)."""
 RSQRT_INDEX_SHIFT = 7
 """Table index ``(ms >> 7) - 128``: 384 entries covering ``ms`` in [2**14, 2**16)."""
 

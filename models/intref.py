@@ -72,6 +72,7 @@ __all__ = [
     "IntFormats",
     "IntRefModel",
     "argmax_first",
+    "silu_block",
     "block_float",
     "mant17_of_float",
     "sigmoid_table",
@@ -79,6 +80,7 @@ __all__ = [
     "rsqrt_table",
     "to_float",
     "Z_NORM_BITS",
+    "CALIBRATION_TEXT",
     "WEIGHT_MANT_BITS",
 ]
 
@@ -87,6 +89,27 @@ Z_NORM_BITS = 16
 #: Norm-weight mantissas: signed, ``2**16 <= max|W| <= 2**17 - 1`` (18-bit signed).
 WEIGHT_MANT_BITS = 18
 _I64 = np.int64
+
+#: The calibration text is cut into this many sequences, run as one batch.
+CALIBRATION_CHUNKS = 8
+
+#: Built-in calibration text (plain English prose written for this project, 1 KB) on which
+#: :class:`IntRefModel` measures the output range of every A-format BitLinear. Fixed, so that
+#: the host compiler and the reference choose the same formats.
+CALIBRATION_TEXT = (
+    b"The old harbour town woke slowly that morning. Fishermen carried their nets down to the "
+    b"water, and the baker opened his shutters to let the smell of bread into the street. "
+    b"\"Will you come with us?\" asked the boy, but his sister shook her head and said nothing. "
+    b"She had promised her mother to mend the sails before noon, and a promise, she thought, "
+    b"was worth more than a day at sea.\n\nBy the afternoon the wind had turned. Clouds came in "
+    b"from the west, grey and heavy, and the gulls flew low over the roofs. In the tavern the men "
+    b"spoke of storms they had known: the winter of the great flood, the night the lighthouse "
+    b"went dark, the ship that never came home. WHAT SHALL WE DO? cried one of them, and the "
+    b"others laughed, for they had heard the question many times before.\n\nThe girl finished "
+    b"her work as the first drops fell. She folded the canvas, counted the stitches twice, and "
+    b"walked home along the wall, where the sea was beating on the stones: one, two, three, "
+    b"four; again and again, as it had for a thousand years, and as it will for a thousand more.\n"
+)
 
 
 def sigmoid_table() -> np.ndarray:
@@ -113,8 +136,14 @@ class IntFormats:
     h_bits, h_frac : int
         Residual stream ``h`` and the outputs of o_proj / down_proj: Q11.20 in 32 bits.
     act_bits, act_frac : int
-        BitLinear outputs feeding the vector unit (i, f, g, gate, up) and SiLU results:
-        Q6.11 in 18 bits (range [-64, 64), step 4.9e-4).
+        BitLinear outputs feeding the vector unit (i, f, g, gate, up): 18-bit signed. Each such
+        BitLinear gets its own fractional bits from a calibration run (see
+        :class:`IntRefModel`); ``act_frac`` (Q6.11, range [-64, 64)) is used without
+        calibration and as the format of the calibration run itself.
+    act_headroom_bits, act_frac_min, act_frac_max : int
+        Calibration: the range of each A output is at least ``2**act_headroom_bits`` times the
+        largest magnitude seen, with its fractional bits clipped to
+        ``[act_frac_min, act_frac_max]``.
     state_bits, state_frac : int
         Recurrent state ``s``: Q7.24 in 32 bits.
     logit_bits, logit_frac : int
@@ -127,6 +156,9 @@ class IntFormats:
     h_frac: int = 20
     act_bits: int = 18
     act_frac: int = 11
+    act_headroom_bits: int = 3
+    act_frac_min: int = 8
+    act_frac_max: int = 16
     state_bits: int = 32
     state_frac: int = 24
     logit_bits: int = 32
@@ -140,8 +172,11 @@ class IntFormats:
                 raise ValueError(f"IntFormats.{f.name} must be a non-negative int, not {v!r}")
         if self.act_frac < 6:
             raise ValueError("act_frac must be >= 6 (sigmoid table step is 2**-6)")
-        if self.state_frac < self.act_frac or self.state_frac > self.act_frac + SIGMOID_FRAC:
-            raise ValueError("need act_frac <= state_frac <= act_frac + 16")
+        for a in (self.act_frac, self.act_frac_min, self.act_frac_max):
+            if self.state_frac < a or self.state_frac > a + SIGMOID_FRAC or a < 6:
+                raise ValueError("need 6 <= act_frac(_min/_max) <= state_frac <= act_frac(_min/_max) + 16")
+        if self.act_frac_min > self.act_frac_max:
+            raise ValueError("act_frac_min > act_frac_max")
         if self.act_bits > 18:
             raise ValueError("act_bits > 18 does not fit the 18x18 multipliers")
 
@@ -182,6 +217,33 @@ def mant17_of_float(c: float) -> tuple[int, int]:
     return mant, exp
 
 
+def silu_block(y, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """SiLU of every row of ``y`` (B, K) as a block-normalised vector (mantissas, per-row exponent).
+
+    ::
+
+        y'  = round_shift(y, bit_length(max|y|) - 16)      |y'| <= 2**16 (18-bit signed)
+        p   = y' * sigmoid_q16(y, frac_bits)                18 x 17-bit multiply
+        out = round_shift(p, 16)                            |out| <= 2**16
+
+    The sigmoid is looked up from the full-precision input; only the multiplicand is
+    normalised. ``silu(y / 2**frac_bits) ~= out * 2**-out_frac`` with
+    ``out_frac = frac_bits - (bit_length(max|y|) - 16)`` per row. The consumers (o_proj and
+    down_proj inputs) are scale-invariant, so the per-row exponent only enters the epsilon term.
+
+    Returns
+    -------
+    out : numpy.ndarray
+        (B, K) int64.
+    out_frac : numpy.ndarray
+        (B,) int64 fractional bits per row.
+    """
+    y = np.asarray(y, dtype=_I64)
+    sh = bit_length(np.abs(y).max(axis=1)) - Z_NORM_BITS
+    yp = round_shift(y, sh[:, None])
+    return round_shift(yp * sigmoid_q16(y, frac_bits), SIGMOID_FRAC), frac_bits - sh
+
+
 def argmax_first(logits) -> np.ndarray:
     """Index of the maximum along the last axis; ties go to the LOWEST index.
 
@@ -199,6 +261,8 @@ class _Group:
     name: str
     wp: np.ndarray  # (K,) int64, 18-bit signed
     wp_exp: int
+    eps_mant: int = 0  # single-norm groups only: eps K 2**(2 wp_exp - 34) as mant17 * 2**eps_exp
+    eps_exp: int = 0
 
 
 @dataclass
@@ -239,7 +303,8 @@ class IntRefModel:
     traced vector, back to float.
     """
 
-    def __init__(self, ckpt_or_path, formats: IntFormats | None = None):
+    def __init__(self, ckpt_or_path, formats: IntFormats | None = None, calibration=CALIBRATION_TEXT,
+                 act_fracs: dict[str, int] | None = None):
         from .checkpoint import Checkpoint, load_checkpoint
 
         ckpt = ckpt_or_path if isinstance(ckpt_or_path, Checkpoint) else load_checkpoint(ckpt_or_path)
@@ -247,8 +312,48 @@ class IntRefModel:
             raise ValueError("IntRefModel needs a ternary checkpoint (config.quantize = True)")
         self.config = ckpt.config
         self.formats = formats or IntFormats()
+        self._sats = None
+        self._ymax = None
         self._build(ckpt.tensors)
+        self.calibration_max: dict[str, float] = {}
+        if act_fracs is not None:
+            for lin in self._a_linears():
+                lin.out_frac = int(act_fracs[lin.name])
+        elif calibration is not None:
+            self._calibrate(calibration)
         self.reset(1)
+
+    def act_fracs(self) -> dict[str, int]:
+        """Fractional bits of every A-format BitLinear output (pass to ``act_fracs=`` to skip calibration)."""
+        return {lin.name: lin.out_frac for lin in self._a_linears()}
+
+    def _a_linears(self) -> list[_Linear]:
+        return [lay[k] for lay in self.layers for k in ("i", "f", "g", "gu")]
+
+    def _calibrate(self, tokens) -> None:
+        """Choose each A-format BitLinear's fractional bits from the largest output on ``tokens``."""
+        fm = self.formats
+        tokens = np.frombuffer(tokens, dtype=np.uint8) if isinstance(tokens, (bytes, bytearray)) else tokens
+        tokens = [int(x) for x in tokens]
+        if not tokens:
+            raise ValueError("empty calibration sequence")
+        lins = self._a_linears()
+        for lin in lins:
+            lin.out_frac = fm.act_frac
+        # CALIBRATION_CHUNKS independent sequences (state from zero) run as one batch
+        n = max(1, len(tokens) // CALIBRATION_CHUNKS)
+        chunks = np.array(tokens[: n * CALIBRATION_CHUNKS] if len(tokens) >= CALIBRATION_CHUNKS else tokens)
+        chunks = chunks.reshape(-1, n)
+        self.reset(chunks.shape[0])
+        self._ymax = {}
+        for col in chunks.T:
+            self.step(col)
+        ymax, self._ymax = self._ymax, None
+        for lin in lins:
+            mx = ymax.get(lin.name, 0.0)
+            self.calibration_max[lin.name] = mx
+            e = int(np.frexp(mx)[1]) if mx > 0 else -64
+            lin.out_frac = int(np.clip(fm.act_bits - 1 - fm.act_headroom_bits - e, fm.act_frac_min, fm.act_frac_max))
 
     # ------------------------------------------------------------------ host compiler
     def _build(self, t: dict[str, np.ndarray]) -> None:
@@ -272,9 +377,12 @@ class IntRefModel:
         lb = np.cumsum(lb, axis=0) - lb[0]
         self.om_lb = np.clip(round_half_away((1.0 - lb) * SIGMOID_ONE), 0, SIGMOID_ONE).astype(_I64)
 
-        def group(name, wp):
+        def group(name, wp, single_norm=False):
             wq, we = block_float(wp)
-            return _Group(name, wq, we)
+            g = _Group(name, wq, we)
+            if single_norm:  # the only RMSNorm before the codes: keep its epsilon (see docs)
+                g.eps_mant, g.eps_exp = mant17_of_float(cfg.eps * len(wp) * 2.0 ** (2 * we - 34))
+            return g
 
         def linear(grp: _Group, wp, name, out_frac, out_bits):
             w_t = np.asarray(t[f"{name}.weight"], dtype=np.int8)
@@ -288,7 +396,7 @@ class IntRefModel:
             return _Linear(name, w_t, np.ascontiguousarray(w_t.T.astype(np.float32)), wcq, wce, cm, ce,
                            out_frac, out_bits)
 
-        A = (fm.act_frac, fm.act_bits)
+        A = (fm.act_frac, fm.act_bits)  # out_frac of A outputs is refined by _calibrate
         H = (fm.h_frac, fm.h_bits)
         self.layers = []
         for n in range(L):
@@ -300,7 +408,7 @@ class IntRefModel:
             wm = f64(p + "mlp_norm.weight")
             g_mlp = group(p + "mlp_in", wm)
             ones = np.ones(cfg.d_ff)
-            g_down = group(p + "mlp.down_in", ones)
+            g_down = group(p + "mlp.down_in", ones, single_norm=True)
             self.layers.append(dict(
                 attn_in=g_attn,
                 i=linear(g_attn, wa, p + "attn.i_proj", *A),
@@ -349,6 +457,9 @@ class IntRefModel:
         for g in groups:
             c[f"{g.name}.wp"] = g.wp.astype(np.int32)
             c[f"{g.name}.wp_exp"] = g.wp_exp
+            if g.eps_mant:
+                c[f"{g.name}.eps_mant"] = g.eps_mant
+                c[f"{g.name}.eps_exp"] = g.eps_exp
         for x in lins:
             c[f"{x.name}.weight"] = x.w_t.copy()
             c[f"{x.name}.wc"] = x.wc.astype(np.int32)
@@ -377,14 +488,22 @@ class IntRefModel:
             self._sats[tag] = self._sats.get(tag, 0) + int(np.count_nonzero(y != x))
         return y
 
-    def _nql(self, z: np.ndarray, grp: _Group, lins: list[_Linear], tr: dict | None, tag: str) -> list[np.ndarray]:
-        """Normalise, quantise and apply ternary linears ``lins`` to the group input ``z`` (B, K)."""
+    def _nql(self, z: np.ndarray, grp: _Group, lins: list[_Linear], tr: dict | None, tag: str,
+             z_frac: np.ndarray | None = None) -> list[np.ndarray]:
+        """Normalise, quantise and apply ternary linears ``lins`` to the group input ``z`` (B, K).
+
+        ``z_frac`` (per token) is only needed by single-norm groups, whose epsilon is kept.
+        """
         zero_row = ~np.any(z != 0, axis=1)
         mz = np.abs(z).max(axis=1)
         sz = bit_length(mz) - Z_NORM_BITS
         zp = round_shift(z, sz[:, None])
         v = round_shift(zp * grp.wp, 17)
         ss = np.sum(v * v, axis=1)
+        if grp.eps_mant:
+            # eps in units of ss: eps K 2**(2 (Fz - sz) + 2 Ep - 34); capped at 2**50 (z ~ 0 anyway)
+            corr = round_shift(grp.eps_mant, np.maximum(2 * sz - 2 * z_frac - grp.eps_exp, -33))
+            ss = ss + np.minimum(corr, 1 << 50)
         k = bit_length(ss) - 16
         k = k + (k % 2)
         ss_zero = ss == 0
@@ -411,9 +530,13 @@ class IntRefModel:
             # a left shift this large saturates anything non-zero; keep int64 exact
             sh = np.maximum(sh, -24)
             y = round_shift(acc * sm[:, None], sh[:, None])
+            if self._ymax is not None:
+                mx = float(np.abs(y).max()) * 2.0 ** -lin.out_frac
+                self._ymax[lin.name] = max(self._ymax.get(lin.name, 0.0), mx)
             y = self._sat(y, lin.out_bits, f"{lin.name}.out")
             y = np.where((zero_row | ss_zero | m_zero)[:, None], 0, y)
             outs.append(y)
+            self._last_acc = acc
             if tr is not None:
                 short = lin.name.split(".")[-1]
                 tr[f"{tag}.{short}.x_q"] = x_q
@@ -462,24 +585,26 @@ class IntRefModel:
         for n, lay in enumerate(self.layers):
             tr = {} if trace else None
             yi, yf, yg = self._nql(h, lay["attn_in"], [lay["i"], lay["f"], lay["g"]], tr, "attn")
-            om = round_shift(self.om_lb[n] * (SIGMOID_ONE - sigmoid_q16(yf, fm.act_frac)), 16)
-            target = silu_fx(yi, fm.act_frac, fm.state_frac)
+            acc_g = self._last_acc  # o_proj's input is scale-invariant: use g's exact accumulator
+            om = round_shift(self.om_lb[n] * (SIGMOID_ONE - sigmoid_q16(yf, lay["f"].out_frac)), 16)
+            target = silu_fx(yi, lay["i"].out_frac, fm.state_frac)
             s = self.state[n]
             s = s + round_shift(om * (target - s), 16)  # stays between s and target: no overflow
             new_state.append(s)
-            s_a = self._sat(round_shift(s, fm.state_frac - fm.act_frac), fm.act_bits, f"layer{n}.s_a")
-            silu_s = silu_fx(s_a, fm.act_frac, fm.act_frac)
-            (o,) = self._nql(yg * silu_s, lay["o_in"], [lay["o"]], tr, "attn")
+            silu_s, silu_s_frac = silu_block(s, fm.state_frac)
+            (o,) = self._nql(acc_g * silu_s, lay["o_in"], [lay["o"]], tr, "attn")
             h_mid = self._sat(h + o, fm.h_bits, f"layer{n}.h_mid")
             (gu,) = self._nql(h_mid, lay["mlp_in"], [lay["gu"]], tr, "mlp")
             gate, up = gu[:, : self.config.d_ff], gu[:, self.config.d_ff:]
-            silu_gate = silu_fx(gate, fm.act_frac, fm.act_frac)
-            (down,) = self._nql(silu_gate * up, lay["down_in"], [lay["down"]], tr, "mlp")
+            silu_gate, silu_gate_frac = silu_block(gate, lay["gu"].out_frac)
+            (down,) = self._nql(silu_gate * up, lay["down_in"], [lay["down"]], tr, "mlp",
+                                z_frac=silu_gate_frac + lay["gu"].out_frac)
             h = self._sat(h_mid + down, fm.h_bits, f"layer{n}.h")
             tr_all["h"].append(h)
             if trace:
-                tr.update(i=yi, f=yf, g=yg, om=om, s=s, silu_s=silu_s, o=o, h_mid=h_mid, gate=gate, up=up,
-                          silu_gate=silu_gate, down=down)
+                tr["frac"] = self.frac_bits(n)
+                tr.update(i=yi, f=yf, g=yg, om=om, s=s, silu_s=silu_s, silu_s_frac=silu_s_frac, o=o, h_mid=h_mid, gate=gate, up=up,
+                          silu_gate=silu_gate, silu_gate_frac=silu_gate_frac, down=down)
                 tr_all["layers"].append(tr)
         self.state = new_state
         (logits,) = self._nql(h, self.final_in, [self.head], tr_all if trace else None, "head")
@@ -491,16 +616,33 @@ class IntRefModel:
         self._sats = None
         return (logits[0] if scalar else logits), tr_all
 
-    def frac_bits(self) -> dict[str, int]:
-        """Fractional bits of every named vector of :meth:`step`'s trace."""
-        fm = self.formats
-        a, hf = fm.act_frac, fm.h_frac
-        return dict(h=hf, h_mid=hf, o=hf, down=hf, i=a, f=a, g=a, gate=a, up=a, silu_s=a, silu_gate=a,
-                    s=fm.state_frac, om=SIGMOID_FRAC, logits=fm.logit_frac)
+    def frac_bits(self, layer: int | None = None) -> dict[str, int]:
+        """Fractional bits of the named vectors of :meth:`step`'s trace.
 
-    def to_float(self, x, name: str | int) -> np.ndarray:
-        """Convert a traced integer vector to float: ``name`` is a trace name or a number of fractional bits."""
-        frac = name if isinstance(name, (int, np.integer)) else self.frac_bits()[name]
+        ``i, f, g, gate, up`` have per-layer (calibrated) formats and are only present when
+        ``layer`` is given.
+        """
+        fm = self.formats
+        hf = fm.h_frac
+        out = dict(h=hf, h_mid=hf, o=hf, down=hf, s=fm.state_frac, om=SIGMOID_FRAC, logits=fm.logit_frac)
+        if layer is not None:
+            lay = self.layers[layer]
+            out.update(i=lay["i"].out_frac, f=lay["f"].out_frac, g=lay["g"].out_frac,
+                       gate=lay["gu"].out_frac, up=lay["gu"].out_frac)
+        return out
+
+    def to_float(self, x, name: str | int, layer: int | None = None) -> np.ndarray:
+        """Convert a traced integer vector to float.
+
+        Parameters
+        ----------
+        x : array_like of int
+        name : str or int
+            A trace name (see :meth:`frac_bits`) or a number of fractional bits.
+        layer : int, optional
+            Layer index, needed for the per-layer formats (``i, f, g, gate, up``).
+        """
+        frac = name if isinstance(name, (int, np.integer)) else self.frac_bits(layer)[name]
         return to_float(x, frac)
 
     def logits_float(self, logits) -> np.ndarray:

@@ -48,7 +48,7 @@ class DspMac(wiring.Component):
         Longest dot product (elements) held exactly; sets :attr:`acc_width`.
     stages : int or None
         Pipeline registers inside the adder tree (after the product register), 0 to
-        :attr:`levels`; ``None``: one every two adder levels.
+        :attr:`levels`; ``None`` (default): one after every adder level.
 
     Members
     -------
@@ -89,13 +89,18 @@ class DspMac(wiring.Component):
             return f"DspMac.Signature(lanes={self._lanes}, rows={self._rows}, k_max={self._k_max})"
 
     def __init__(self, lanes: int, rows: int = 1, k_max: int = 4096, stages: int | None = None):
-        sig = self.Signature(lanes, rows, k_max)
-        levels = math.ceil(math.log2(lanes)) if lanes > 1 else 0
-        if stages is None:
-            stages = levels // 2
-        if not isinstance(stages, int) or isinstance(stages, bool) or not 0 <= stages <= levels:
-            raise ValueError(f"stages must be an integer in 0..{levels} for {lanes} lanes, "
-                             f"not {stages!r}")
+        try:
+            sig = self.Signature(lanes, rows, k_max)
+            levels = math.ceil(math.log2(lanes)) if lanes > 1 else 0
+            if stages is None:
+                stages = levels
+            if not isinstance(stages, int) or isinstance(stages, bool) or \
+                    not 0 <= stages <= levels:
+                raise ValueError(f"stages must be an integer in 0..{levels} for {lanes} lanes, "
+                                 f"not {stages!r}")
+        except Exception:
+            self._MustUse__silence = True  # a failed construction is not an unused elaboratable
+            raise
         self._levels, self._stages = levels, stages
         super().__init__(sig)
 

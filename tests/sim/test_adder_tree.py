@@ -1,4 +1,5 @@
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.lib import wiring
 
 from hw.pe.adder_tree import TernaryAdderTree, Trits5Decoder, acc_width, row_weight_bits
@@ -18,6 +19,8 @@ def test_signature():
     assert pe.signature == TernaryAdderTree.Signature(8, 2, 64, "2bit")
     t5 = TernaryAdderTree(7, rows=1, k_max=56, weight_format="trits5")
     assert len(t5.i.payload.w[0]) == 16 and t5.latency == t5.stages + 2
+    for dut in (pe, t5):
+        Fragment.get(dut, None)  # elaborates
     for bad in [dict(lanes=0), dict(lanes=2.5), dict(rows=0), dict(k_max=4),
                 dict(weight_format="tl2"), dict(stages=4), dict(stages=-1)]:
         kw = dict(lanes=8, rows=1, k_max=64, weight_format="2bit")
@@ -32,6 +35,7 @@ def test_widths():
     assert row_weight_bits(64, "2bit") == 128 and row_weight_bits(64, "trits5") == 104
     dec = Trits5Decoder(12)
     assert len(dec.packed) == 24 and len(dec.codes) == 24 and dec.count == 12
+    Fragment.get(dec, None)
     with pytest.raises(ValueError, match="count"):
         Trits5Decoder(0)
 

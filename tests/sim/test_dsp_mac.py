@@ -1,4 +1,5 @@
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.lib import wiring
 
 from hw.pe.dsp_mac import DspMac, dsp_acc_width
@@ -15,6 +16,7 @@ def test_signature():
     assert len(pe.i.payload.as_value()) == 8 * 8 + 2 * 8 * 8 + 1
     assert len(pe.o.payload.as_value()) == 2 * 22
     assert pe.signature == DspMac.Signature(8, 2, 64)
+    Fragment.get(pe, None)  # elaborates
     for bad in [dict(lanes=0), dict(rows=-1), dict(k_max=4), dict(stages=9), dict(lanes=True)]:
         kw = dict(lanes=8, rows=1, k_max=64)
         kw.update(bad)

@@ -21,7 +21,6 @@ Usage::
 import argparse
 import dataclasses
 import datetime
-import importlib
 import json
 import os
 import re
@@ -64,85 +63,100 @@ class Config:
 
 
 # --- configurations per family -------------------------------------------------------------------
+# A size is a string: "N" or "NxP" (lanes x rows) for the adder tree and the DSP baseline, "N"
+# (lanes) for the bit-serial PE, "P" or "PxG" (lanes x tables) for the LUT unit.
+
+def _nxp(size, default_second=1):
+    parts = str(size).lower().split("x")
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else default_second
+
 
 def adder_tree_configs(sizes):
     from hw.pe.adder_tree import TernaryAdderTree
     out = []
-    for n in sizes:
-        out.append(Config("adder_tree", f"{n}x1 2bit",
-                          lambda n=n: TernaryAdderTree(n, 1, k_max=5632, weight_format="2bit"),
-                          n, n, "2-bit weights, K_max 5632 (21-bit accumulator)"))
+    for size in sizes:
+        n, p = _nxp(size)
+        out.append(Config("adder_tree", f"{n}x{p} 2bit",
+                          lambda n=n, p=p: TernaryAdderTree(n, p, k_max=5632, weight_format="2bit"),
+                          n * p, n * p,
+                          f"{n} lanes x {p} rows, 2-bit weights, K_max 5632 (21-bit accumulator), "
+                          f"fully pipelined"))
     return out
 
 
 def adder_tree_trits5_configs(sizes):
     from hw.pe.adder_tree import TernaryAdderTree
-    return [Config("adder_tree_trits5", f"{n}x1 trits5",
-                   lambda n=n: TernaryAdderTree(n, 1, k_max=5632, weight_format="trits5"),
-                   n, n, "5-trits-per-byte weights decoded on the fly (decoder + 1 register)")
-            for n in sizes]
+    out = []
+    for size in sizes:
+        n, p = _nxp(size)
+        out.append(Config("adder_tree_trits5", f"{n}x{p} trits5",
+                          lambda n=n, p=p: TernaryAdderTree(n, p, k_max=5632,
+                                                            weight_format="trits5"),
+                          n * p, n * p,
+                          "5-trits-per-byte weights decoded on the fly (decoder + 1 register)"))
+    return out
 
 
 def trits5_decoder_configs(sizes):
     from hw.pe.adder_tree import Trits5Decoder
-    return [Config("trits5_decoder", f"{n} weights", lambda n=n: Trits5Decoder(n), n, 0,
-                   "decoder alone (combinational, between harness registers)")
+    return [Config("trits5_decoder", f"{int(n)} weights", lambda n=int(n): Trits5Decoder(n),
+                   int(n), 0, "decoder alone (combinational, between harness registers)")
             for n in sizes]
 
 
 def dsp_mac_configs(sizes):
     from hw.pe.dsp_mac import DspMac
-    return [Config("dsp_mac", f"{n}x1 int8",
-                   lambda n=n: DspMac(n, 1, k_max=5632), n, n,
-                   "int8 x int8 products on MULT18X18D, same adder tree and stream")
-            for n in sizes]
-
-
-def _introspect_family(module_name, class_name, family, sizes):
-    """Configurations for a family written elsewhere: constructed with ``lanes``/size only, and
-    its throughput taken from the properties it exposes."""
-    mod = importlib.import_module(module_name)
-    cls = getattr(mod, class_name)
     out = []
-    for n in sizes:
-        def make(n=n):
-            try:
-                return cls(n)
-            except TypeError:
-                return cls(lanes=n)
-        probe = make()
-        w = _first_attr(probe, ["weights_per_cycle", "ternary_weights_per_cycle"])
-        macs = _first_attr(probe, ["macs_per_cycle", "ternary_macs_per_cycle"])
-        if macs is None:
-            raise RuntimeError(f"{class_name} exposes no macs_per_cycle; cannot compare it")
-        out.append(Config(family, f"{n}", make, w if w is not None else macs, macs,
-                          f"{class_name}({n}) with its default parameters"))
+    for size in sizes:
+        n, p = _nxp(size)
+        out.append(Config("dsp_mac", f"{n}x{p} int8",
+                          lambda n=n, p=p: DspMac(n, p, k_max=5632), n * p, n * p,
+                          "int8 x int8 products on MULT18X18D (ternary weights would use the same "
+                          "datapath), same adder tree and stream"))
     return out
 
 
-def _first_attr(obj, names):
-    for name in names:
-        if hasattr(obj, name):
-            value = getattr(obj, name)
-            return value() if callable(value) else value
-    return None
+def _silenced(component):
+    # A probe built only to read its properties is not an unused elaboratable.
+    component._MustUse__silence = True
+    return component
 
 
 def bitserial_configs(sizes):
-    return _introspect_family("hw.pe.bitserial", "BitSerialPE", "bitserial", sizes)
+    from hw.pe.bitserial import BitSerialPE
+    out = []
+    for size in sizes:
+        n = int(size)
+        probe = _silenced(BitSerialPE(n))
+        out.append(Config("bitserial", f"{n} lanes", lambda n=n: BitSerialPE(n),
+                          probe.weights_per_cycle, probe.weights_per_cycle,
+                          f"BitSerialPE({n}), default group 128 and serial dequantisation; "
+                          f"ternary steady state one term per lane per cycle (BitMoD 3/4-bit "
+                          f"weights: {probe.macs_per_cycle:g} MACs/cycle)"))
+    return out
 
 
 def lut_gemm_configs(sizes):
-    return _introspect_family("hw.pe.lut_gemm", "LutGemv", "lut_gemm", sizes)
+    from hw.pe.lut_gemm import LutGemv
+    out = []
+    for size in sizes:
+        p, g = _nxp(size, 4)
+        probe = _silenced(LutGemv(weight_format="tl2", group=3, lanes=p, tables=g))
+        out.append(Config("lut_gemm", f"{p}x{g} tl2",
+                          lambda p=p, g=g: LutGemv(weight_format="tl2", group=3, lanes=p, tables=g),
+                          probe.weights_per_cycle, probe.macs_per_cycle,
+                          f"LutGemv TL2, {p} lanes x {g} tables (g = 3), rows {probe.rows}, "
+                          f"sustained MACs/cycle from its macs_per_cycle"))
+    return out
 
 
 FAMILIES = {
-    "adder_tree": (adder_tree_configs, [16, 64, 256]),
-    "adder_tree_trits5": (adder_tree_trits5_configs, [64]),
-    "trits5_decoder": (trits5_decoder_configs, [64]),
-    "dsp_mac": (dsp_mac_configs, [16, 64]),
-    "bitserial": (bitserial_configs, [16, 64]),
-    "lut_gemm": (lut_gemm_configs, [16, 64]),
+    "adder_tree": (adder_tree_configs, ["16", "64", "256", "64x4"]),
+    "adder_tree_trits5": (adder_tree_trits5_configs, ["64"]),
+    "trits5_decoder": (trits5_decoder_configs, ["64"]),
+    "dsp_mac": (dsp_mac_configs, ["16", "64"]),
+    "bitserial": (bitserial_configs, ["16", "64"]),
+    "lut_gemm": (lut_gemm_configs, ["4", "16"]),
 }
 
 
@@ -229,7 +243,7 @@ def _tool_versions():
     return out
 
 
-def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False):
+def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False, dry_run=False):
     results = _load()
     results["tool"] = _tool_versions()
     results["flow"] = (f"synth_ecp5 -abc9; nextpnr-ecp5 --package {PACKAGE} --speed {SPEED} "
@@ -250,6 +264,16 @@ def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False
         plan += [(c, dev) for c in configs for dev in devices]
     if jobs != 1:
         print("note: builds run one at a time (--jobs 1); the machine is shared", flush=True)
+    if dry_run:
+        from amaranth.back import rtlil
+
+        from hw.pe.harness import StandaloneHarness
+        for cfg, dev in plan:
+            text = rtlil.convert(StandaloneHarness(cfg.make()), name="top")
+            print(f"{cfg.family} {cfg.label} {dev}: elaborates ({len(text)} bytes of RTLIL), "
+                  f"{cfg.weights_per_cycle:g} weights/cycle, {cfg.macs_per_cycle:g} MACs/cycle",
+                  flush=True)
+        return results
     for n, (cfg, dev) in enumerate(plan, 1):
         print(f"[{n}/{len(plan)}] {cfg.family} {cfg.label} on {DEVICES[dev]['part']} ...",
               flush=True)
@@ -384,22 +408,25 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--family", action="append", choices=sorted(FAMILIES),
                     help="family to build (repeatable; default: all)")
-    ap.add_argument("--sizes", help="comma-separated lane counts, overriding each family's default")
+    ap.add_argument("--sizes", help="comma-separated sizes (e.g. 16,64,64x4), overriding each "
+                                    "family's default; see the configuration functions")
     ap.add_argument("--device", action="append", choices=sorted(DEVICES),
                     help="device (repeatable; default: 85f)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel builds (only 1 is supported)")
     ap.add_argument("--freq", type=int, default=TARGET_MHZ, help="nextpnr target MHz")
     ap.add_argument("--keep", action="store_true", help="keep the netlists in build/")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="only construct and elaborate each configuration (no tools run)")
     ap.add_argument("--docs-only", action="store_true", help="only rewrite the docs from the JSON")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite the docs")
     args = ap.parse_args(argv)
     if args.docs_only:
         write_docs(_load())
         return 0
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    sizes = args.sizes.split(",") if args.sizes else None
     results = sweep(args.family or list(FAMILIES), sizes, args.device or ["85f"], args.jobs,
-                    args.freq, args.keep)
-    if not args.no_docs:
+                    args.freq, args.keep, args.dry_run)
+    if not args.no_docs and not args.dry_run:
         write_docs(results)
     return 0
 

@@ -29,17 +29,20 @@ from models.bitmod import (EXTRA_VALUE, GROUP_SIZE, MAG_TABLE, SCALE_EXP_BITS, S
                            TERM_TABLE, DType)
 
 __all__ = ["BitSerialPE", "operand_layout", "pack_operands", "result_width", "group_sum_bound",
-           "BENCH_SIZES"]
+           "BENCH_SIZES", "SERIAL_DEQUANT_CYCLES"]
 
 #: Constructor keyword arguments of the standalone sizes that bench/pe_sweep.py builds.
 BENCH_SIZES = [
-    {"lanes": 16, "dequant": "serial"},
-    {"lanes": 64, "dequant": "dsp"},
-    {"lanes": 128, "dequant": "dsp"},
+    {"lanes": 16},                       # serial dequantiser (auto)
+    {"lanes": 16, "dequant": "dsp"},     # the same with the DSP dequantiser, for comparison
+    {"lanes": 64},                       # DSP dequantiser (auto)
+    {"lanes": 128},                      # DSP dequantiser (auto)
 ]
 
 _LANE_TERM_BITS = 13      # +-(x << 4) with x in -128..127: |term| <= 2048
-_DEQUANT_KINDS = ("serial", "dsp")
+_DEQUANT_KINDS = ("auto", "serial", "dsp")
+#: Cycles the serial dequantiser spends on one group with a full 16-bit scale mantissa.
+SERIAL_DEQUANT_CYCLES = SCALE_MANT_BITS
 
 
 def operand_layout(lanes: int) -> data.StructLayout:
@@ -108,11 +111,12 @@ class BitSerialPE(wiring.Component):
         Weights per group (power of two, default 128); each group has one datatype and scale.
     max_groups : int
         Most groups in one dot product that the result width holds without overflow.
-    dequant : {"serial", "dsp"}
+    dequant : {"auto", "serial", "dsp"}
         Scale multiplier of the dequantisation unit: ``"serial"`` shift-adds one scale bit per
-        cycle (16 cycles per group, no DSP; keeps up while a group takes at least 16 cycles,
-        e.g. lanes <= 16 with 3/4-bit weights); ``"dsp"`` is one ``P * m`` multiply per cycle
-        (maps to two MULT18X18D on ECP5).
+        cycle (at most 16 cycles per group, no DSP); it keeps up while a 3/4-bit group takes at
+        least 16 cycles, ``2 * group_size / lanes >= 16`` (lanes <= 16 at group 128).
+        ``"dsp"`` is one ``P * m`` multiply per cycle (two MULT18X18D on ECP5). ``"auto"``
+        (default) picks ``"serial"`` where it keeps up and ``"dsp"`` otherwise.
 
     Members
     -------
@@ -165,11 +169,19 @@ class BitSerialPE(wiring.Component):
                     f"max_groups={self._max_groups})")
 
     def __init__(self, lanes: int = 16, *, group_size: int = GROUP_SIZE, max_groups: int = 64,
-                 dequant: str = "serial"):
-        if dequant not in _DEQUANT_KINDS:
-            raise ValueError(f"dequant must be one of {_DEQUANT_KINDS}, not {dequant!r}")
+                 dequant: str = "auto"):
+        try:
+            if dequant not in _DEQUANT_KINDS:
+                raise ValueError(f"dequant must be one of {_DEQUANT_KINDS}, not {dequant!r}")
+            signature = self.Signature(lanes, group_size=group_size, max_groups=max_groups)
+        except Exception:
+            self._MustUse__silence = True  # a failed construction is not an unused elaboratable
+            raise
+        if dequant == "auto":
+            keeps_up = 2 * group_size // lanes >= SERIAL_DEQUANT_CYCLES
+            dequant = "serial" if keeps_up else "dsp"
         self._dequant = dequant
-        super().__init__(self.Signature(lanes, group_size=group_size, max_groups=max_groups))
+        super().__init__(signature)
 
     @property
     def lanes(self) -> int:
@@ -185,6 +197,7 @@ class BitSerialPE(wiring.Component):
 
     @property
     def dequant(self) -> str:
+        """The dequantiser built: ``"serial"`` or ``"dsp"`` (``"auto"`` resolved)."""
         return self._dequant
 
     @property

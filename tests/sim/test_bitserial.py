@@ -38,6 +38,7 @@ def _top(cfg):
 def test_signature():
     pe = BitSerialPE(16)
     assert (pe.lanes, pe.group_size, pe.max_groups, pe.dequant) == (16, 128, 64, "serial")
+    assert BitSerialPE(16, dequant="dsp").dequant == "dsp"
     assert pe.weights_per_cycle == 16 and pe.macs_per_cycle == 8
     # 64 groups of |P| <= 2**21 times a mantissa <= 2**16 - 1: below 2**43, plus the sign.
     assert pe.result_width == result_width(128, 64) == 44
@@ -48,8 +49,9 @@ def test_signature():
     assert pe.signature == BitSerialPE.Signature(16)
     assert pe.signature != BitSerialPE.Signature(16, max_groups=8)
     assert operand_layout(16).size == 16 * 16 + 4 + 16 + 5 + 1
-    for kwargs in BENCH_SIZES:
-        BitSerialPE(**kwargs)
+    assert [BitSerialPE(**kw).dequant for kw in BENCH_SIZES] == ["serial", "dsp", "dsp", "dsp"]
+    # "auto": serial while a 3/4-bit group (2 * 128 / lanes cycles) lasts >= 16 cycles.
+    assert BitSerialPE(8).dequant == "serial" and BitSerialPE(32).dequant == "dsp"
     with pytest.raises(AttributeError):
         pe.lanes = 8
 
@@ -80,6 +82,8 @@ def test_bitserial_cocotb(cfg, tmp_path):
                    params={**cfg, "report": str(report)}, extra_args=VERILATOR_ARGS)
     assert n == 4
     measured = json.loads(report.read_text())["cycles_per_weight"]
+    print(f"\nBitSerialPE({cfg['lanes']}, dequant={cfg['dequant']!r}) measured cycles per weight "
+          f"per lane: {measured}")
     # Steady state: one term per lane per cycle, the dequantiser never stalls these sizes.
     assert measured == {d.name: float(TERMS_PER_WEIGHT[d]) for d in DType}
 

@@ -271,13 +271,25 @@ class _Linear:
 
     name: str
     w_t: np.ndarray  # (out, in) int8
-    w_f32t: np.ndarray  # (in, out) float32 copy for the exact BLAS GEMV
+    w_f32t: Any  # (in, out) float32 torch tensor for the exact GEMV
     wc: np.ndarray  # (K,) int64, 18-bit signed
     wc_exp: int
     c_mant: int
     c_exp: int
     out_frac: int
     out_bits: int
+
+
+def _gemv(x_q: np.ndarray, w_f32t) -> np.ndarray:
+    """Ternary GEMV ``x_q @ W_t^T`` as int64.
+
+    Computed with float32 products and sums, which is exact: every partial sum is an integer of
+    magnitude <= 127 K < 2**24 (checked at load), whatever the summation order. torch is used
+    because numpy's threaded BLAS is slow on these small shapes.
+    """
+    import torch
+
+    return (torch.from_numpy(x_q.astype(np.float32)) @ w_f32t).numpy().astype(_I64)
 
 
 def _softmax0(x: np.ndarray) -> np.ndarray:
@@ -393,7 +405,10 @@ class IntRefModel:
             wcq, wce = block_float(wc)
             beta = float(t[f"{name}.beta"][0])
             cm, ce = mant17_of_float(beta * np.sqrt(k) / 127.0 * 2.0 ** (grp.wp_exp - wce - 17))
-            return _Linear(name, w_t, np.ascontiguousarray(w_t.T.astype(np.float32)), wcq, wce, cm, ce,
+            import torch
+
+            w32 = torch.from_numpy(np.ascontiguousarray(w_t.T.astype(np.float32)))
+            return _Linear(name, w_t, w32, wcq, wce, cm, ce,
                            out_frac, out_bits)
 
         A = (fm.act_frac, fm.act_bits)  # out_frac of A outputs is refined by _calibrate
@@ -522,7 +537,7 @@ class IntRefModel:
             rq = round_shift(127 * recip_norm(mn), 7)
             x_q = np.clip(round_shift(up * rq[:, None], 25), -127, 127)
             x_q = np.where(m_zero[:, None], 0, x_q)
-            acc = (x_q.astype(np.float32) @ lin.w_f32t).astype(_I64)  # exact: |acc| <= 127 K < 2**24
+            acc = _gemv(x_q, lin.w_f32t)
             pm, pe = normalize_mant17(mn * q)
             sm, se = normalize_mant17(lin.c_mant * pm)
             se = se + pe + lin.c_exp + t - 23 - k // 2

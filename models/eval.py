@@ -62,7 +62,36 @@ def measure_approximations() -> dict:
     mn = np.arange(1 << 15, 1 << 16)
     r = recip_norm(mn)
     ex_r = 2.0 ** 32 / mn
+    # int8 codes of the normalise-quantise block against exact rational rounding of 127 u / max|u|
+    from .intref import block_normalize, int8_codes, mant17_of_float, output_scale, rsqrt_sum_squares
+
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((4096, 128)) * np.exp2(rng.integers(0, 30, (4096, 1)))).astype(np.int64)
+    wc = rng.integers(-(1 << 17) + 1, 1 << 17, 128)
+    zp, _ = block_normalize(z)
+    codes, mn, t, _ = int8_codes(zp, wc)
+    u = zp * wc
+    m = np.abs(u).max(axis=1, keepdims=True)
+    exact = np.sign(u) * ((254 * np.abs(u) + m) // (2 * m))
+    diff = codes - exact
+    # per-token output scale against c * m / sqrt(ss) in float64
+    ss = rng.integers(1, 1 << 45, 4096)
+    mm = rng.integers(1 << 10, 1 << 33, 4096)
+    c = float(np.exp2(-20.3))
+    cm, ce = mant17_of_float(c)
+    qs, k, _ = rsqrt_sum_squares(ss)
+    tt = np.array([int(x).bit_length() - 16 for x in mm])
+    mnn = mm >> tt
+    sm, se = output_scale(mnn, tt, qs, k, cm, ce)
+    ex = c * mm / np.sqrt(ss.astype(np.float64))
+    rel_scale = np.abs(sm * np.exp2(se.astype(np.float64)) - ex) / ex
     return {
+        "int8_codes": {"inputs": "4096 random tokens of K=128, magnitudes 2^0..2^30, random 18-bit wc",
+                       "fraction_differing_from_exact_rounding": float(np.mean(diff != 0)),
+                       "max_abs_code_difference": int(np.abs(diff).max()),
+                       "max_abs_code": int(np.abs(codes).max())},
+        "output_scale": {"inputs": "4096 random (max|u| in 2^10..2^33, ss in 1..2^45)",
+                         "max_rel": float(rel_scale.max()), "mean_rel": float(rel_scale.mean())},
         "sigmoid": {"inputs": "all 2^18 Q6.11 values", "max_abs": float(e_sig.max()), "mean_abs": float(e_sig.mean()),
                     "max_abs_lsb_q16": float(e_sig.max() * 65536)},
         "silu_q11": {"inputs": "all 2^18 Q6.11 values", "max_abs": float(e_silu.max()), "mean_abs": float(e_silu.mean()),

@@ -73,6 +73,10 @@ __all__ = [
     "IntRefModel",
     "argmax_first",
     "silu_block",
+    "block_normalize",
+    "rsqrt_sum_squares",
+    "int8_codes",
+    "output_scale",
     "block_float",
     "mant17_of_float",
     "sigmoid_table",
@@ -215,6 +219,75 @@ def mant17_of_float(c: float) -> tuple[int, int]:
     if mant == 1 << 17:
         mant, exp = 1 << 16, exp + 1
     return mant, exp
+
+
+def block_normalize(z) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row block normalisation ``z' = round_shift(z, s)``, ``s = bit_length(max|z|) - 16``.
+
+    Returns ``(z', s)``; ``|z'| <= 2**16`` and ``max|z'| >= 2**15`` for non-zero rows.
+    """
+    z = np.asarray(z, dtype=_I64)
+    s = bit_length(np.abs(z).max(axis=-1)) - Z_NORM_BITS
+    return round_shift(z, s[..., None]), s
+
+
+def rsqrt_sum_squares(ss) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``1/sqrt(ss) ~= q * 2**-(23 + k/2)`` for sums of squares ``0 < ss < 2**53``.
+
+    ``k = bit_length(ss) - 16`` rounded up to even, ``ms = ss >> k`` (truncating; a left shift
+    when ``k < 0``) in ``[2**14, 2**16)``, ``q = rsqrt_norm(ms)``.
+
+    Returns
+    -------
+    q, k, zero : numpy.ndarray
+        ``zero`` marks ``ss == 0`` (``q`` is then meaningless; the output is forced to 0).
+    """
+    ss = np.asarray(ss, dtype=_I64)
+    k = bit_length(ss) - 16
+    k = k + (k % 2)
+    zero = ss == 0
+    ms = np.where(k >= 0, ss >> np.maximum(k, 0), ss << np.maximum(-k, 0))
+    ms = np.where(zero, 1 << 14, ms)
+    return rsqrt_norm(ms), k, zero
+
+
+def int8_codes(zp, wc) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-token absmax int8 codes of ``u = z' * wc`` (rows of ``zp``), without division.
+
+    ::
+
+        u   = z' * wc                      |u| < 2**33
+        m   = max|u| = mn * 2**t  (+ remainder), 2**15 <= mn < 2**16 by truncation
+        Rq  = round_shift(127 * recip_norm(mn), 7)          ~ 127 * 2**25 / mn, <= 130048
+        x_q = clamp(round_shift(round_shift(u, t) * Rq, 25), -127, 127)
+
+    Returns
+    -------
+    x_q, mn, t, zero : numpy.ndarray
+        Codes (B, K); mantissa and exponent of the maximum (B,); ``zero`` marks ``m == 0``
+        (codes are then 0).
+    """
+    u = np.asarray(zp, dtype=_I64) * wc
+    m = np.abs(u).max(axis=-1)
+    t = bit_length(m) - Z_NORM_BITS
+    zero = m == 0
+    mn = np.where(t >= 0, m >> np.maximum(t, 0), m << np.maximum(-t, 0))
+    mn = np.where(zero, 1 << 15, mn)
+    up = round_shift(u, t[..., None])
+    rq = round_shift(127 * recip_norm(mn), 7)
+    x_q = np.clip(round_shift(up * rq[..., None], 25), -127, 127)
+    return np.where(zero[..., None], 0, x_q), mn, t, zero
+
+
+def output_scale(mn, t, q, k, c_mant: int, c_exp: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token output scale ``C * mn * q * 2**(t - 23 - k/2)`` as a 17-bit mantissa and exponent.
+
+    Two pseudo-float multiplies, each normalised with :func:`normalize_mant17`:
+    ``P = mn * q`` (16 x 17 bits) then ``S = c_mant * P_mant`` (17 x 17 bits).
+    """
+    pm, pe = normalize_mant17(np.asarray(mn, dtype=_I64) * q)
+    sm, se = normalize_mant17(c_mant * pm)
+    return sm, se + pe + c_exp + t - 23 - k // 2
 
 
 def silu_block(y, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -510,37 +583,19 @@ class IntRefModel:
         ``z_frac`` (per token) is only needed by single-norm groups, whose epsilon is kept.
         """
         zero_row = ~np.any(z != 0, axis=1)
-        mz = np.abs(z).max(axis=1)
-        sz = bit_length(mz) - Z_NORM_BITS
-        zp = round_shift(z, sz[:, None])
+        zp, sz = block_normalize(z)
         v = round_shift(zp * grp.wp, 17)
         ss = np.sum(v * v, axis=1)
         if grp.eps_mant:
             # eps in units of ss: eps K 2**(2 (Fz - sz) + 2 Ep - 34); capped at 2**50 (z ~ 0 anyway)
             corr = round_shift(grp.eps_mant, np.maximum(2 * sz - 2 * z_frac - grp.eps_exp, -33))
             ss = ss + np.minimum(corr, 1 << 50)
-        k = bit_length(ss) - 16
-        k = k + (k % 2)
-        ss_zero = ss == 0
-        ms = np.where(k >= 0, ss >> np.maximum(k, 0), ss << np.maximum(-k, 0))
-        ms = np.where(ss_zero, 1 << 14, ms)
-        q = rsqrt_norm(ms)
+        q, k, ss_zero = rsqrt_sum_squares(ss)
         outs = []
         for lin in lins:
-            u = zp * lin.wc
-            m = np.abs(u).max(axis=1)
-            t = bit_length(m) - Z_NORM_BITS
-            m_zero = m == 0
-            mn = np.where(t >= 0, m >> np.maximum(t, 0), m << np.maximum(-t, 0))
-            mn = np.where(m_zero, 1 << 15, mn)
-            up = round_shift(u, t[:, None])
-            rq = round_shift(127 * recip_norm(mn), 7)
-            x_q = np.clip(round_shift(up * rq[:, None], 25), -127, 127)
-            x_q = np.where(m_zero[:, None], 0, x_q)
+            x_q, mn, t, m_zero = int8_codes(zp, lin.wc)
             acc = _gemv(x_q, lin.w_f32t)
-            pm, pe = normalize_mant17(mn * q)
-            sm, se = normalize_mant17(lin.c_mant * pm)
-            se = se + pe + lin.c_exp + t - 23 - k // 2
+            sm, se = output_scale(mn, t, q, k, lin.c_mant, lin.c_exp)
             sh = -(se + lin.out_frac)
             # a left shift this large saturates anything non-zero; keep int64 exact
             sh = np.maximum(sh, -24)

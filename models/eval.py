@@ -170,7 +170,7 @@ def eval_intref(ir, seqs: np.ndarray, reference=None) -> dict:
             for i, (hi, hr) in enumerate(zip(tr["h"], rh)):
                 h_err[i] += np.linalg.norm(ir.to_float(hi, "h") - hr) / np.linalg.norm(hr)
             for i, (lay, sr) in enumerate(zip(tr["layers"], rs)):
-                s_err[i] += np.linalg.norm(ir.to_float(lay["s"], "s") - sr) / max(np.linalg.norm(sr), 1e-30)
+                s_err[i] += np.linalg.norm(ir.to_float(lay["s"], "s", i) - sr) / max(np.linalg.norm(sr), 1e-30)
             lg_err += np.linalg.norm(lf - rl) / np.linalg.norm(rl)
     out = {"bpb": float(np.mean(bits)), "saturations": {k: v for k, v in sats.items() if v},
            "saturated_elements_total": int(sum(sats.values()))}

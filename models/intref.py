@@ -148,8 +148,12 @@ class IntFormats:
         Calibration: the range of each A output is at least ``2**act_headroom_bits`` times the
         largest magnitude seen, with its fractional bits clipped to
         ``[act_frac_min, act_frac_max]``.
-    state_bits, state_frac : int
-        Recurrent state ``s``: Q7.24 in 32 bits.
+    state_bits : int
+        Recurrent state ``s`` of layer ``l``: ``state_bits`` wide with
+        ``state_frac(l) = frac(i_proj of l) + state_bits - act_bits`` fractional bits, i.e. the
+        integer range of that layer's ``i`` format and 14 more fractional bits (Q6.25 for
+        ``frac(i) = 11``). Then ``|silu(i)| < 2**(state_bits-1)`` in the state format, and the
+        state, a convex combination of such values, cannot overflow.
     logit_bits, logit_frac : int
         LM-head outputs: Q15.16 in 32 bits.
     emb_bits : int
@@ -164,7 +168,6 @@ class IntFormats:
     act_frac_min: int = 8
     act_frac_max: int = 16
     state_bits: int = 32
-    state_frac: int = 24
     logit_bits: int = 32
     logit_frac: int = 16
     emb_bits: int = 16
@@ -176,9 +179,8 @@ class IntFormats:
                 raise ValueError(f"IntFormats.{f.name} must be a non-negative int, not {v!r}")
         if self.act_frac < 6:
             raise ValueError("act_frac must be >= 6 (sigmoid table step is 2**-6)")
-        for a in (self.act_frac, self.act_frac_min, self.act_frac_max):
-            if self.state_frac < a or self.state_frac > a + SIGMOID_FRAC or a < 6:
-                raise ValueError("need 6 <= act_frac(_min/_max) <= state_frac <= act_frac(_min/_max) + 16")
+        if not 6 <= self.act_frac_min <= self.act_frac_max or not 0 <= self.state_bits - self.act_bits <= SIGMOID_FRAC:
+            raise ValueError("need 6 <= act_frac_min <= act_frac_max and 0 <= state_bits - act_bits <= 16")
         if self.act_frac_min > self.act_frac_max:
             raise ValueError("act_frac_min > act_frac_max")
         if self.act_bits > 18:
@@ -657,11 +659,12 @@ class IntRefModel:
             yi, yf, yg = self._nql(h, lay["attn_in"], [lay["i"], lay["f"], lay["g"]], tr, "attn")
             acc_g = self._last_acc  # o_proj's input is scale-invariant: use g's exact accumulator
             om = round_shift(self.om_lb[n] * (SIGMOID_ONE - sigmoid_q16(yf, lay["f"].out_frac)), 16)
-            target = silu_fx(yi, lay["i"].out_frac, fm.state_frac)
+            s_frac = lay["i"].out_frac + fm.state_bits - fm.act_bits
+            target = silu_fx(yi, lay["i"].out_frac, s_frac)
             s = self.state[n]
             s = s + round_shift(om * (target - s), 16)  # stays between s and target: no overflow
             new_state.append(s)
-            silu_s, silu_s_frac = silu_block(s, fm.state_frac)
+            silu_s, silu_s_frac = silu_block(s, s_frac)
             (o,) = self._nql(acc_g * silu_s, lay["o_in"], [lay["o"]], tr, "attn")
             h_mid = self._sat(h + o, fm.h_bits, f"layer{n}.h_mid")
             (gu,) = self._nql(h_mid, lay["mlp_in"], [lay["gu"]], tr, "mlp")
@@ -694,10 +697,10 @@ class IntRefModel:
         """
         fm = self.formats
         hf = fm.h_frac
-        out = dict(h=hf, h_mid=hf, o=hf, down=hf, s=fm.state_frac, om=SIGMOID_FRAC, logits=fm.logit_frac)
+        out = dict(h=hf, h_mid=hf, o=hf, down=hf, om=SIGMOID_FRAC, logits=fm.logit_frac)
         if layer is not None:
             lay = self.layers[layer]
-            out.update(i=lay["i"].out_frac, f=lay["f"].out_frac, g=lay["g"].out_frac,
+            out.update(s=lay["i"].out_frac + fm.state_bits - fm.act_bits, i=lay["i"].out_frac, f=lay["f"].out_frac, g=lay["g"].out_frac,
                        gate=lay["gu"].out_frac, up=lay["gu"].out_frac)
         return out
 

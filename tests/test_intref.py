@@ -72,7 +72,8 @@ def test_layer_by_layer_against_float_model(ckpt, tokens, fracs):
         with torch.no_grad():
             flog, state, hidden = fm.step(torch.from_numpy(tok), state, return_hidden=True)
         h_err.append([_rel(ir.to_float(hi, "h"), hf.double().numpy()) for hi, hf in zip(tr["h"], hidden)])
-        s_err.append([_rel(ir.to_float(lay["s"], "s"), sf.double().numpy()) for lay, sf in zip(tr["layers"], state)])
+        s_err.append([_rel(ir.to_float(lay["s"], "s", n), sf.double().numpy())
+                      for n, (lay, sf) in enumerate(zip(tr["layers"], state))])
         agree.append(np.mean(argmax_first(logits) == flog.argmax(-1).numpy()))
         assert not any(tr["saturations"].values()), tr["saturations"]
     h_err, s_err = np.array(h_err), np.array(s_err)
@@ -147,7 +148,7 @@ def test_int8_codes_never_minus_128_and_widths(ckpt, tokens, fracs):
                     assert np.abs(v).max() <= 127 * ir.config.d_ff
         for lay in tr["layers"]:
             assert lay["om"].min() >= 0 and lay["om"].max() <= 1 << 16
-            assert np.abs(lay["s"]).max() < 1 << (fm.state_bits - 2)
+            assert np.abs(lay["s"]).max() < 1 << (fm.state_bits - 1)
             for k in ("i", "f", "g", "gate", "up"):
                 assert np.abs(lay[k]).max() < 1 << (fm.act_bits - 1)
             assert np.abs(lay["silu_s"]).max() <= 1 << 16 and np.abs(lay["silu_gate"]).max() <= 1 << 16

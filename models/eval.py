@@ -158,12 +158,18 @@ def eval_intref(ir, seqs: np.ndarray, reference=None) -> dict:
     s_err = np.zeros(ir.config.n_layers)
     lg_err = 0.0
     sats: dict[str, int] = {}
+    shift_range = [10 ** 9, -(10 ** 9)]
     for k in range(t - 1):
         logits, tr = ir.step(seqs[:, k], trace=True)
         lf = ir.logits_float(logits)
         bits.append(_nll_bits(lf, seqs[:, k + 1]))
         for name, v in tr["saturations"].items():
             sats[name] = sats.get(name, 0) + v
+        for where in [tr] + tr["layers"]:
+            for name, v in where.items():
+                if name.endswith(".out_shift"):
+                    shift_range[0] = min(shift_range[0], int(v.min()))
+                    shift_range[1] = max(shift_range[1], int(v.max()))
         if reference is not None:
             rl, rh, rs = reference[k]
             agree.append(argmax_first(logits) == rl.argmax(axis=1))
@@ -173,7 +179,7 @@ def eval_intref(ir, seqs: np.ndarray, reference=None) -> dict:
                 s_err[i] += np.linalg.norm(ir.to_float(lay["s"], "s", i) - sr) / max(np.linalg.norm(sr), 1e-30)
             lg_err += np.linalg.norm(lf - rl) / np.linalg.norm(rl)
     out = {"bpb": float(np.mean(bits)), "saturations": {k: v for k, v in sats.items() if v},
-           "saturated_elements_total": int(sum(sats.values()))}
+           "saturated_elements_total": int(sum(sats.values())), "output_shift_range": shift_range}
     if reference is not None:
         n = t - 1
         out.update(top1_agreement=float(np.mean(agree)),

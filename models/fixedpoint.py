@@ -51,6 +51,7 @@ __all__ = [
     "SIGMOID_TABLE_FRAC",
     "SIGMOID_STEP_BITS",
     "SIGMOID_RANGE",
+    "SIGMOID_MAX_IN_FRAC",
     "SIGMOID_TABLE",
     "sigmoid_table",
     "sigmoid_q16",
@@ -299,6 +300,8 @@ SIGMOID_TABLE_FRAC = 18
 SIGMOID_STEP_BITS = 6
 """Table step ``2**-6``: entries at ``x = k/64``, ``k = 0..1024``."""
 SIGMOID_RANGE = 16
+SIGMOID_MAX_IN_FRAC = 16
+"""Inputs with more fractional bits are first rounded to 16 (interpolation fraction <= 10 bits)."""
 """Table covers ``|x|`` in [0, 16]; larger inputs are clamped (sigmoid(16) = 1 - 1.1e-7)."""
 
 
@@ -316,6 +319,7 @@ def sigmoid_q16(y, frac_bits: int) -> np.ndarray:
 
     ::
 
+        if F > 16: y = round_shift(y, F - 16); F = 16   at most 16 fractional bits enter
         a   = min(|y|, 16 * 2**F - 1)                  clamp to the table range
         k   = a >> (F - 6);  fr = a & (2**(F-6) - 1)    index and interpolation fraction
         d   = T[k] + round_shift((T[k+1] - T[k]) * fr, F - 6)    Q0.18, linear interpolation
@@ -337,6 +341,9 @@ def sigmoid_q16(y, frac_bits: int) -> np.ndarray:
     if frac_bits < SIGMOID_STEP_BITS:
         raise ValueError(f"sigmoid_q16 needs at least {SIGMOID_STEP_BITS} fractional input bits")
     y = np.asarray(y, dtype=_I64)
+    if frac_bits > SIGMOID_MAX_IN_FRAC:
+        y = round_shift(y, frac_bits - SIGMOID_MAX_IN_FRAC)
+        frac_bits = SIGMOID_MAX_IN_FRAC
     fb = frac_bits - SIGMOID_STEP_BITS
     a = np.minimum(np.abs(y), (SIGMOID_RANGE << frac_bits) - 1)
     k = a >> fb

@@ -615,6 +615,7 @@ class IntRefModel:
                 tr[f"{tag}.{short}.acc"] = acc
                 tr[f"{tag}.{short}.scale_mant"] = sm
                 tr[f"{tag}.{short}.scale_exp"] = se
+                tr[f"{tag}.{short}.out_shift"] = sh
         return outs
 
     # ------------------------------------------------------------------ step

@@ -1,0 +1,259 @@
+"""Host client of the board link protocol (:mod:`sw.protocol`).
+
+Stop-and-wait: each request is one frame with a fresh sequence number; the client waits for the
+reply with that sequence number. A reply that does not come within the attempt's time, a reply
+with a bad CRC (dropped by the decoder) or an error reply saying the frame was damaged on the way
+(BAD_CRC, TIMEOUT, LEN over the maximum) makes the client send the same frame again, at most
+``retries`` times; then :class:`LinkTimeout` (or :class:`RemoteError` with the last code). Every
+request is idempotent (WRITE writes the same bytes to the same place again), so a retransmission
+is always safe. Errors that say the request itself is wrong (bad address, unknown command,
+unsupported) are raised at once as :class:`RemoteError`.
+
+A board that stops answering therefore ends in :class:`LinkTimeout` after at most
+``(retries + 1) * (timeout + transfer time)`` seconds, never a hang.
+"""
+
+import time
+
+from . import protocol as P
+from .transport import TransportError, open_transport
+
+__all__ = ["LinkError", "LinkTimeout", "RemoteError", "VerifyError", "Client"]
+
+C, E = P.Command, P.ErrorCode
+
+# Error codes that mean "the frame was damaged or cut off on the way": worth retransmitting.
+TRANSIENT = frozenset({E.BAD_CRC, E.TIMEOUT, E.BAD_LENGTH})
+
+
+class LinkError(Exception):
+    """Base class of the link errors."""
+
+
+class LinkTimeout(LinkError):
+    """The board did not answer (after the retries), or cannot be reached at all."""
+
+
+class RemoteError(LinkError):
+    """The board answered with an error code."""
+
+    def __init__(self, code: int, command: int, message: str = ""):
+        self.code, self.command = code, command
+        try:
+            name = E(code).name
+        except ValueError:
+            name = f"code {code:#04x}"
+        try:
+            cmd = C(command).name
+        except ValueError:
+            cmd = f"{command:#04x}"
+        super().__init__(f"board answered {name} to {cmd}" + (f": {message}" if message else ""))
+
+
+class VerifyError(LinkError):
+    """The CRC of the board's memory differs from that of the data uploaded."""
+
+
+class Client:
+    """Talks to a board (or the board model) over a transport.
+
+    Parameters
+    ----------
+    transport
+        See :mod:`sw.transport`.
+    timeout : float
+        Seconds an attempt waits for a reply beyond the frames' transfer time at ``baud``.
+        Must exceed the board's inter-byte timeout (10 ms on the ULX3S build).
+    retries : int
+        Retransmissions of a frame before giving up.
+    baud : int
+        Line rate, for the transfer time.
+    """
+
+    def __init__(self, transport, *, timeout: float = 1.0, retries: int = 4, baud: int = 3_000_000):
+        if timeout <= 0 or retries < 0:
+            raise ValueError("timeout must be > 0 and retries >= 0")
+        self._t = transport
+        self.timeout = timeout
+        self.retries = retries
+        self.baud = baud
+        self._seq = 0
+        self._dec = P.FrameDecoder(max_len=0xFFFF)
+        self.manifest: P.Manifest | None = None
+        self.retransmissions = 0   #: frames sent again (for diagnostics and tests)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @classmethod
+    def open(cls, url: str, *, baud: int = 3_000_000, **kwargs) -> "Client":
+        """Open ``url`` (``/dev/ttyUSB0``, ``socket://...``); :class:`LinkTimeout` if unreachable."""
+        try:
+            transport = open_transport(url, baud)
+        except TransportError as exc:
+            raise LinkTimeout(f"no board answers at {url}: {exc}") from exc
+        return cls(transport, baud=baud, **kwargs)
+
+    def close(self):
+        self._t.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # --- frames ---------------------------------------------------------------------------------
+
+    def _line_time(self, nbytes: int) -> float:
+        return nbytes * 10 / self.baud
+
+    def request(self, cmd: int, payload: bytes = b"", *, reply_bytes: int = 64) -> P.Frame:
+        """Send one request and return its (successful) reply frame."""
+        self._seq = (self._seq + 1) & 0xFF
+        seq = self._seq
+        frame = P.encode_frame(cmd, seq, payload)
+        attempt_time = self.timeout + 2 * self._line_time(len(frame) + reply_bytes + P.OVERHEAD)
+        last = "no reply"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retransmissions += 1
+                self._drain()
+            try:
+                self._t.write(frame)
+                self.bytes_sent += len(frame)
+            except TransportError as exc:
+                last = str(exc)
+                time.sleep(min(attempt_time, 0.05))
+                continue
+            reply, why = self._await(seq, cmd, attempt_time)
+            if reply is None:
+                last = why
+                continue
+            if reply.is_error:
+                code = reply.error_code
+                if code in TRANSIENT:
+                    last = f"board reported {E(code).name}"
+                    continue
+                raise RemoteError(code, cmd)
+            return reply
+        if last.startswith("board reported"):
+            code = E[last.split()[-1]]
+            raise RemoteError(code, cmd, f"still after {self.retries} retransmissions")
+        raise LinkTimeout(f"{C(cmd).name if cmd in C._value2member_map_ else hex(cmd)}: "
+                          f"no valid reply after {self.retries + 1} attempts ({last})")
+
+    def _drain(self):
+        self._dec.reset()
+        try:
+            while self._t.read(65536, 0):
+                pass
+        except TransportError:
+            pass
+
+    def _await(self, seq, cmd, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None, "timed out"
+            try:
+                chunk = self._t.read(65536, left)
+            except TransportError as exc:
+                time.sleep(min(left, 0.05))
+                return None, str(exc)
+            self.bytes_received += len(chunk)
+            for f in self._dec.feed(chunk):
+                if f.seq == seq and f.type == cmd | P.REPLY_FLAG:
+                    return f, ""
+                if f.is_error and f.payload and (f.seq == seq or f.error_code in TRANSIENT):
+                    # A damaged frame of ours may have reached the board with a garbage SEQ.
+                    return f, ""
+                # anything else is a stale reply to an earlier attempt: ignore it
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def hello(self) -> P.Manifest:
+        """Read the board's manifest (and check it speaks this protocol)."""
+        m = P.Manifest.unpack(self.request(C.HELLO).payload)
+        if m.magic != P.MANIFEST_MAGIC:
+            raise LinkError(f"not a ternary-fpga board (magic {m.magic:#010x})")
+        if m.version != P.PROTOCOL_VERSION:
+            raise LinkError(f"board speaks protocol {m.version}, host {P.PROTOCOL_VERSION}")
+        self.manifest = m
+        return m
+
+    def _max_data(self) -> int:
+        if self.manifest is None:
+            self.hello()
+        return self.manifest.max_data
+
+    def _check_range(self, mem, addr, n):
+        m = self.manifest
+        if m is not None and (mem >= len(m.mem_sizes) or addr < 0 or addr + n > m.mem_sizes[mem]):
+            raise ValueError(f"{n} bytes at {addr:#x} do not fit memory {mem} "
+                             f"({m.mem_sizes[mem] if mem < len(m.mem_sizes) else 'none'} bytes)")
+
+    def write(self, mem: int, addr: int, data, progress=None, chunk: int | None = None):
+        """Write ``data`` (bytes or a uint8 array) at ``addr`` of memory ``mem``, in frames of at
+        most ``max_data`` bytes; ``progress(done, total)`` is called after each frame."""
+        data = bytes(data)
+        size = min(chunk or self._max_data(), self._max_data())
+        self._check_range(mem, addr, len(data))
+        for off in range(0, len(data), size):
+            part = data[off:off + size]
+            self.request(C.WRITE, P.write_request(mem, addr + off, part), reply_bytes=0)
+            if progress is not None:
+                progress(off + len(part), len(data))
+
+    def read(self, mem: int, addr: int, count: int) -> bytes:
+        """Read ``count`` bytes from ``addr`` of memory ``mem``."""
+        size = self._max_data()
+        self._check_range(mem, addr, count)
+        out = bytearray()
+        for off in range(0, count, size):
+            n = min(size, count - off)
+            reply = self.request(C.READ, P.read_request(mem, addr + off, n), reply_bytes=n)
+            if len(reply.payload) != n:
+                raise LinkError(f"READ returned {len(reply.payload)} bytes, asked for {n}")
+            out += reply.payload
+        return bytes(out)
+
+    def crc(self, mem: int, addr: int, count: int) -> int:
+        """CRC-32 (:func:`sw.protocol.crc32`) the board computes over a memory range."""
+        self._check_range(mem, addr, count)
+        # The board reads one byte per two cycles; allow for that on top of the line time.
+        extra = 2 * count / (self.manifest.clk_hz if self.manifest else 24_000_000)
+        old = self.timeout
+        self.timeout = old + extra
+        try:
+            reply = self.request(C.CRC, P.crc_request(mem, addr, count), reply_bytes=4)
+        finally:
+            self.timeout = old
+        return int.from_bytes(reply.payload, "little")
+
+    def verify(self, mem: int, addr: int, data) -> None:
+        """Raise :class:`VerifyError` unless the board's memory holds ``data`` at ``addr``."""
+        data = bytes(data)
+        got, want = self.crc(mem, addr, len(data)), P.crc32(data)
+        if got != want:
+            raise VerifyError(f"memory {mem} at {addr:#x}, {len(data)} bytes: board CRC {got:#010x}, "
+                              f"expected {want:#010x}")
+
+    def upload(self, mem: int, addr: int, data, progress=None):
+        """:meth:`write` then :meth:`verify`."""
+        self.write(mem, addr, data, progress)
+        self.verify(mem, addr, data)
+
+    def status(self) -> P.Status:
+        return P.Status.unpack(self.request(C.STATUS).payload)
+
+    def reset(self):
+        """Reset the core's state and the link counters."""
+        self.request(C.RESET)
+
+    def load(self, program_addr: int):
+        self.request(C.LOAD, program_addr.to_bytes(4, "little"))
+
+    def run(self, steps: int):
+        self.request(C.RUN, steps.to_bytes(4, "little"))

@@ -22,7 +22,8 @@ columns (pad with zero weights and zero activations) runs as ``blocks`` column b
    ``p`` gets the codes of output row ``r * lanes + p``. Each lane looks up one entry per group
    (per bit plane), negates it on the sign bit as ``(e XOR s) + s`` with the ``+ s`` riding as
    the carry-in of an adder, sums them and adds the sum to its accumulator for row ``r`` (a small
-   per-lane memory of ``rows`` words).
+   per-lane memory of ``rows + 1`` words; the extra word stays zero and is read instead of the
+   accumulator during the first block, so starting a new GEMV costs no per-lane logic).
 3. During the last block, each weight beat produces one ``result`` beat: the ``lanes`` finished
    dot products of row tile ``r``.
 
@@ -82,7 +83,7 @@ class LutGemv(wiring.Component):
     rows : int
         Row tiles per block (``R``): the tables of a block are reused for ``R`` weight beats.
         With ``rows >= table_entries + 1`` the table writer hides behind the lanes and the unit
-        takes one weight beat per cycle.
+        takes one weight beat per cycle. ``rows = 15`` fills a 16-word LUTRAM accumulator.
     k_max : int
         Longest dot product (K) the accumulators hold exactly, for activations in [-127, 127].
     symmetric : bool
@@ -144,7 +145,7 @@ class LutGemv(wiring.Component):
             return (f"LutGemv.Signature({self._weight_format!r}, group={self._group}, "
                     f"lanes={self._lanes}, tables={self._tables}, k_max={self._k_max})")
 
-    def __init__(self, weight_format: str = "tl2", *, group: int = 3, lanes: int = 16,
+    def __init__(self, *, weight_format: str = "tl2", group: int = 3, lanes: int = 16,
                  tables: int = 4, rows: int = 16, k_max: int = 4096, symmetric: bool = True):
         sig = self.Signature(weight_format, group, lanes, tables, k_max)
         _check_pos_int("rows", rows)
@@ -283,7 +284,7 @@ class LutGemv(wiring.Component):
         bvalid = Signal()
         bfirst = Signal()
         blast = Signal()
-        brow = Signal(range(max(R, 2)))
+        brow = Signal(range(R + 1))
         y_run = Signal(signed(lm.signed_width(ybound)))
 
         lane_sum, lane_cin = [], []
@@ -365,15 +366,18 @@ class LutGemv(wiring.Component):
 
         # ---- lanes, stage B: accumulate; the last block emits the results -----------------------
         acc_bound = lm.acc_bound(fmt, self.k_max)
+        acc_raddr = Signal(range(R + 1))
+        m.d.comb += acc_raddr.eq(Mux(bfirst, R, brow))
         results = []
         for p in range(P):
-            accmem = Memory(shape=signed(self.acc_width), depth=max(R, 2), init=[])
+            # Word R is never written and stays zero: the first block of a GEMV reads it instead
+            # of the row's accumulator (one shared address mux instead of a mux per lane bit).
+            accmem = Memory(shape=signed(self.acc_width), depth=R + 1, init=[0] * (R + 1))
             m.submodules[f"acc_l{p}"] = accmem
             ard = accmem.read_port(domain="comb")
             awr = accmem.write_port()
-            acc_in = Signal(signed(self.acc_width), name=f"acc_in_l{p}")
-            m.d.comb += [ard.addr.eq(brow), acc_in.eq(Mux(bfirst, 0, ard.data))]
-            acc_new = _add_cin(m, acc_in, lane_sum[p], lane_cin[p], acc_bound, f"acc_new_l{p}")
+            m.d.comb += ard.addr.eq(acc_raddr)
+            acc_new = _add_cin(m, ard.data, lane_sum[p], lane_cin[p], acc_bound, f"acc_new_l{p}")
             m.d.comb += [awr.addr.eq(brow), awr.data.eq(acc_new), awr.en.eq(bvalid & advance)]
             if tl2:
                 results.append(acc_new)
@@ -392,8 +396,8 @@ class LutGemv(wiring.Component):
 
 #: Constructor arguments of the sizes that bench/pe_sweep.py builds standalone.
 BENCH_SIZES = [
-    dict(weight_format="tl2", group=3, lanes=16, tables=2, rows=16, k_max=4096),
-    dict(weight_format="int2", group=3, lanes=16, tables=2, rows=16, k_max=4096, symmetric=False),
-    dict(weight_format="int2", group=4, lanes=16, tables=2, rows=16, k_max=4096),
-    dict(weight_format="int4", group=3, lanes=16, tables=2, rows=16, k_max=4096, symmetric=False),
+    dict(weight_format="tl2", group=3, lanes=16, tables=2, rows=15, k_max=4096),
+    dict(weight_format="int2", group=3, lanes=16, tables=2, rows=15, k_max=4096, symmetric=False),
+    dict(weight_format="int2", group=4, lanes=16, tables=2, rows=15, k_max=4096),
+    dict(weight_format="int4", group=3, lanes=16, tables=2, rows=15, k_max=4096, symmetric=False),
 ]

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 import pytest
 from amaranth.lib import wiring
 
@@ -6,7 +7,7 @@ from sim.cocotb_run import CocotbFailure, run_cocotb
 
 
 def test_signature():
-    dut = LutGemv("tl2", lanes=4, tables=2, rows=16, k_max=5632)
+    dut = LutGemv(weight_format="tl2", lanes=4, tables=2, rows=16, k_max=5632)
     assert (dut.weight_format, dut.group, dut.lanes, dut.tables, dut.rows) == ("tl2", 3, 4, 2, 16)
     assert dut.entry_width == 10 and dut.table_entries == 14
     assert dut.result_width == 21 and dut.acc_width == 21          # 127 * 5632 needs 21 bits
@@ -16,10 +17,13 @@ def test_signature():
     assert len(dut.weights.payload.as_value()) == 4 * 2 * 5
     assert len(dut.act.payload.as_value()) == 2 * 3 * 8 + 1
     assert dut.signature == LutGemv.Signature("tl2", 3, 4, 2, 5632)
-    k4 = LutGemv("int4", group=4, lanes=2, tables=3, rows=4, k_max=100)
+    k4 = LutGemv(weight_format="int4", group=4, lanes=2, tables=3, rows=4, k_max=100)
     assert len(k4.weights.payload.as_value()) == 2 * 3 * 4 * 4 and k4.table_entries == 8
     assert k4.macs_per_cycle == 24 * 4 / 9                         # writer-bound: 8 entries + 1
-    assert LutGemv("int2", group=4, symmetric=False).table_entries == 16
+    assert LutGemv(weight_format="int2", group=4, symmetric=False).table_entries == 16
+    with pytest.raises(TypeError):
+        LutGemv(16)                      # keyword-only: a bare size is not silently a format
+    assert LutGemv(lanes=16).lanes == 16
     for size in BENCH_SIZES:
         d = LutGemv(**size)
         assert d.macs_per_cycle == d.weights_per_cycle

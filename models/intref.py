@@ -524,7 +524,8 @@ class IntRefModel:
 
         - ``format.*``: the :class:`IntFormats` fields (int).
         - ``emb.mant`` (V, d) int16 signed, ``emb.shift`` (V,) uint: ``h = mant << shift`` in H.
-        - ``model.layers.N.om_lb`` (d,): ``1 - lb`` in unsigned Q0.16 (0 .. 65536, 17 bits).
+        - ``model.layers.N.om_lb`` (d,): ``1 - lb`` in unsigned Q0.16 (0 .. 65536, 17 bits);
+          ``model.layers.N.state_frac``: fractional bits of that layer's state.
         - ``G.wp`` (K,) 18-bit signed, ``G.wp_exp`` int: pre-norm weight ``~= wp * 2**-wp_exp``.
         - ``X.weight`` (out, in) int8 ternary; ``X.wc`` (K,) 18-bit signed, ``X.wc_exp`` int:
           product of the norm weights ``~= wc * 2**-wc_exp``; ``X.scale_mant`` (17-bit unsigned)
@@ -542,6 +543,7 @@ class IntRefModel:
         c["emb.shift"] = self.emb_shift.copy()
         for n, lay in enumerate(self.layers):
             c[f"model.layers.{n}.om_lb"] = self.om_lb[n].copy()
+            c[f"model.layers.{n}.state_frac"] = lay["i"].out_frac + self.formats.state_bits - self.formats.act_bits
         groups = [v for lay in self.layers for v in lay.values() if isinstance(v, _Group)] + [self.final_in]
         lins = [v for lay in self.layers for v in lay.values() if isinstance(v, _Linear)] + [self.head]
         for g in groups:

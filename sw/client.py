@@ -1,10 +1,12 @@
 """Host client of the board link protocol (:mod:`sw.protocol`).
 
-Stop-and-wait: each request is one frame with a fresh sequence number; the client waits for the
-reply with that sequence number. A reply that does not come within the attempt's time, a reply
-with a bad CRC (dropped by the decoder) or an error reply saying the frame was damaged on the way
-(BAD_CRC, TIMEOUT, LEN over the maximum) makes the client send the same frame again, at most
-``retries`` times; then :class:`LinkTimeout` (or :class:`RemoteError` with the last code). Every
+Each request is one frame with a fresh sequence number; replies echo it. Single commands are
+stop-and-wait; uploads and reads keep two frames in flight (go-back-N), which hides the host's
+turnaround (USB latency) behind the next frame. A reply that does not come within the attempt's
+time, a reply with a bad CRC (dropped by the decoder), a reply overtaken by a later one, or an
+error reply saying the frame was damaged on the way (BAD_CRC, TIMEOUT, LEN over the maximum)
+makes the client send the oldest unanswered frame and those after it again, at most ``retries``
+times per frame; then :class:`LinkTimeout` (or :class:`RemoteError` with the last code). Every
 request is idempotent (WRITE writes the same bytes to the same place again), so a retransmission
 is always safe. Errors that say the request itself is wrong (bad address, unknown command,
 unsupported) are raised at once as :class:`RemoteError`.
@@ -13,6 +15,7 @@ A board that stops answering therefore ends in :class:`LinkTimeout` after at mos
 ``(retries + 1) * (timeout + transfer time)`` seconds, never a hang.
 """
 
+import collections
 import time
 
 from . import protocol as P
@@ -79,6 +82,7 @@ class Client:
         self.baud = baud
         self._seq = 0
         self._dec = P.FrameDecoder(max_len=0xFFFF)
+        self._frames = collections.deque()  # decoded replies not yet consumed
         self.manifest: P.Manifest | None = None
         self.retransmissions = 0   #: frames sent again (for diagnostics and tests)
         self.bytes_sent = 0
@@ -110,65 +114,109 @@ class Client:
 
     def request(self, cmd: int, payload: bytes = b"", *, reply_bytes: int = 64) -> P.Frame:
         """Send one request and return its (successful) reply frame."""
-        self._seq = (self._seq + 1) & 0xFF
-        seq = self._seq
-        frame = P.encode_frame(cmd, seq, payload)
-        attempt_time = self.timeout + 2 * self._line_time(len(frame) + reply_bytes + P.OVERHEAD)
-        last = "no reply"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retransmissions += 1
-                self._drain()
-            try:
-                self._t.write(frame)
-                self.bytes_sent += len(frame)
-            except TransportError as exc:
-                last = str(exc)
-                time.sleep(min(attempt_time, 0.05))
-                continue
-            reply, why = self._await(seq, cmd, attempt_time)
-            if reply is None:
-                last = why
-                continue
-            if reply.is_error:
-                code = reply.error_code
-                if code in TRANSIENT:
-                    last = f"board reported {E(code).name}"
+        return self.pipeline([(cmd, payload, reply_bytes)], window=1)[0]
+
+    def pipeline(self, requests, *, window: int = 2, progress=None) -> list:
+        """Run ``requests`` (``(cmd, payload, reply_bytes)`` tuples) in order with up to ``window``
+        frames in flight; return their reply frames.
+
+        The board executes frames in arrival order, so replies come in order. A reply missing,
+        damaged, or overtaken by the reply to a later frame makes the client go back: it sends
+        the oldest unanswered frame and all after it again (go-back-N; the commands are
+        idempotent). ``progress(i)`` is called as request ``i`` completes.
+        """
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        frames, seqs = [], []
+        for cmd, payload, _ in requests:
+            self._seq = (self._seq + 1) & 0xFF
+            seqs.append(self._seq)
+            frames.append(P.encode_frame(cmd, self._seq, payload))
+        n = len(requests)
+        results = [None] * n
+        failures = [0] * n
+        last = ["no reply"] * n
+        base = next_send = 0
+        while base < n:
+            sent_ok = True
+            while next_send < n and next_send - base < window:
+                try:
+                    self._t.write(frames[next_send])
+                    self.bytes_sent += len(frames[next_send])
+                except TransportError as exc:
+                    last[base] = str(exc)
+                    sent_ok = False
+                    break
+                next_send += 1
+            if sent_ok:
+                inflight = range(base, next_send)
+                line = sum(len(frames[i]) + requests[i][2] + P.OVERHEAD for i in inflight)
+                reply, index, why = self._await({seqs[i]: i for i in inflight},
+                                                {seqs[i]: requests[i][0] for i in inflight},
+                                                self.timeout + 2 * self._line_time(line))
+                if reply is not None and index == base and not reply.is_error:
+                    results[base] = reply
+                    if progress is not None:
+                        progress(base)
+                    base += 1
                     continue
-                raise RemoteError(code, cmd)
-            return reply
-        if last.startswith("board reported"):
-            code = E[last.split()[-1]]
-            raise RemoteError(code, cmd, f"still after {self.retries} retransmissions")
-        raise LinkTimeout(f"{C(cmd).name if cmd in C._value2member_map_ else hex(cmd)}: "
-                          f"no valid reply after {self.retries + 1} attempts ({last})")
+                if reply is not None and reply.is_error and reply.error_code not in TRANSIENT:
+                    raise RemoteError(reply.error_code, requests[index][0])
+                if reply is None:
+                    last[base] = why
+                elif reply.is_error:
+                    last[base] = f"board reported {E(reply.error_code).name}"
+                else:
+                    last[base] = "a later frame was answered first"
+            else:
+                time.sleep(min(self.timeout, 0.05))
+            # Go back: everything from the oldest unanswered frame is sent again.
+            failures[base] += 1
+            cmd = requests[base][0]
+            if failures[base] > self.retries:
+                if last[base].startswith("board reported"):
+                    raise RemoteError(E[last[base].split()[-1]], cmd,
+                                      f"still after {self.retries} retransmissions")
+                name = C(cmd).name if cmd in C._value2member_map_ else hex(cmd)
+                raise LinkTimeout(f"{name}: no valid reply after {self.retries + 1} attempts "
+                                  f"({last[base]})")
+            self.retransmissions += max(1, next_send - base)
+            next_send = base
+            self._drain()
+        return results
 
     def _drain(self):
         self._dec.reset()
+        self._frames.clear()
         try:
             while self._t.read(65536, 0):
                 pass
         except TransportError:
             pass
 
-    def _await(self, seq, cmd, timeout):
+    def _await(self, index_of, cmd_of, timeout):
+        """Wait for a reply to one of the in-flight frames; (frame, index, why-not)."""
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None, "timed out"
-            try:
-                chunk = self._t.read(65536, left)
-            except TransportError as exc:
-                time.sleep(min(left, 0.05))
-                return None, str(exc)
-            self.bytes_received += len(chunk)
-            for f in self._dec.feed(chunk):
-                if f.seq == seq and f.type == cmd | P.REPLY_FLAG:
-                    return f, ""
-                if f.is_error and f.payload and (f.seq == seq or f.error_code in TRANSIENT):
+            if not self._frames:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None, None, "timed out"
+                try:
+                    chunk = self._t.read(65536, left)
+                except TransportError as exc:
+                    time.sleep(min(left, 0.05))
+                    return None, None, str(exc)
+                self.bytes_received += len(chunk)
+                self._frames.extend(self._dec.feed(chunk))
+            while self._frames:
+                f = self._frames.popleft()  # frames decoded but not yet looked at are kept
+                i = index_of.get(f.seq)
+                if i is not None and f.type == cmd_of[f.seq] | P.REPLY_FLAG:
+                    return f, i, ""
+                if f.is_error and f.payload and (i is not None or f.error_code in TRANSIENT):
                     # A damaged frame of ours may have reached the board with a garbage SEQ.
-                    return f, ""
+                    return f, i if i is not None else min(index_of.values()), ""
                 # anything else is a stale reply to an earlier attempt: ignore it
 
     # --- commands -------------------------------------------------------------------------------
@@ -194,26 +242,31 @@ class Client:
             raise ValueError(f"{n} bytes at {addr:#x} do not fit memory {mem} "
                              f"({m.mem_sizes[mem] if mem < len(m.mem_sizes) else 'none'} bytes)")
 
-    def write(self, mem: int, addr: int, data, progress=None, chunk: int | None = None):
+    def write(self, mem: int, addr: int, data, progress=None, chunk: int | None = None,
+              window: int = 2):
         """Write ``data`` (bytes or a uint8 array) at ``addr`` of memory ``mem``, in frames of at
-        most ``max_data`` bytes; ``progress(done, total)`` is called after each frame."""
+        most ``max_data`` bytes with ``window`` frames in flight; ``progress(done, total)`` is
+        called as each frame is acknowledged."""
         data = bytes(data)
         size = min(chunk or self._max_data(), self._max_data())
         self._check_range(mem, addr, len(data))
-        for off in range(0, len(data), size):
-            part = data[off:off + size]
-            self.request(C.WRITE, P.write_request(mem, addr + off, part), reply_bytes=0)
-            if progress is not None:
-                progress(off + len(part), len(data))
+        offsets = list(range(0, len(data), size))
+        reqs = [(C.WRITE, P.write_request(mem, addr + off, data[off:off + size]), 0) for off in offsets]
+        report = None
+        if progress is not None:
+            def report(i):
+                progress(min(offsets[i] + size, len(data)), len(data))
+        self.pipeline(reqs, window=window, progress=report)
 
-    def read(self, mem: int, addr: int, count: int) -> bytes:
+    def read(self, mem: int, addr: int, count: int, window: int = 2) -> bytes:
         """Read ``count`` bytes from ``addr`` of memory ``mem``."""
         size = self._max_data()
         self._check_range(mem, addr, count)
+        offsets = list(range(0, count, size))
+        reqs = [(C.READ, P.read_request(mem, addr + off, min(size, count - off)), min(size, count - off))
+                for off in offsets]
         out = bytearray()
-        for off in range(0, count, size):
-            n = min(size, count - off)
-            reply = self.request(C.READ, P.read_request(mem, addr + off, n), reply_bytes=n)
+        for (_, _, n), reply in zip(reqs, self.pipeline(reqs, window=window)):
             if len(reply.payload) != n:
                 raise LinkError(f"READ returned {len(reply.payload)} bytes, asked for {n}")
             out += reply.payload

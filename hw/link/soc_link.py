@@ -76,7 +76,9 @@ class SocLink(wiring.Component):
     build_id : int
         Reported in the manifest.
     rx_fifo_depth : int
-        Bytes buffered between the UART and the parser while a command executes.
+        Bytes buffered between the UART and the parser while a command executes. 512 (one
+        DP16KD on the ECP5) holds the next frame's bytes while a 4 KB WRITE is copied and
+        answered, so the host can keep two frames in flight.
 
     Members
     -------
@@ -91,7 +93,7 @@ class SocLink(wiring.Component):
 
     def __init__(self, *, clk_freq: int = 75_000_000, baud: int = 3_000_000, mem_size: int = 65536,
                  max_data: int = P.DEFAULT_MAX_DATA, timeout_cycles: int | None = None,
-                 build_id: int = 0, rx_fifo_depth: int = 64):
+                 build_id: int = 0, rx_fifo_depth: int = 512):
         uart_divisor(clk_freq, baud)  # validates
         if timeout_cycles is None:
             timeout_cycles = clk_freq // 100

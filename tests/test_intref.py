@@ -207,3 +207,16 @@ def test_rejects_float_checkpoint_and_bad_tokens(tmp_path, ckpt, fracs):
         ir.step(np.array([1, 256]))
     with pytest.raises(ValueError):
         IntFormats(act_frac=4)
+
+
+def test_saturation_is_counted_and_clamps(ckpt, tokens, fracs):
+    """A residual format too narrow for the model saturates; the trace counts it and values clamp."""
+    ir = IntRefModel(ckpt, formats=IntFormats(h_bits=19), act_fracs=fracs)   # range +-0.25
+    ir.reset(B)
+    total = 0
+    for tok in tokens:
+        _, tr = ir.step(tok, trace=True)
+        total += sum(tr["saturations"].values())
+        for h in tr["h"]:
+            assert h.min() >= -(1 << 18) and h.max() <= (1 << 18) - 1
+    assert total > 0

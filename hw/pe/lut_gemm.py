@@ -224,7 +224,10 @@ class LutGemv(wiring.Component):
         wlast = Signal()
         next_first = Signal(init=1)
 
-        m.d.comb += self.act.ready.eq(~wbusy & ~full.bit_select(wp, 1))
+        # The activations are taken as soon as the previous table is written; the entries are
+        # computed and written once bank `wp` is free (`go`).
+        go = Signal()
+        m.d.comb += [self.act.ready.eq(~wbusy), go.eq(wbusy & ~full.bit_select(wp, 1))]
         with m.If(self.act.valid & self.act.ready):
             m.d.sync += [xreg.eq(self.act.payload.x), wlast.eq(self.act.payload.last),
                          wfirst.eq(next_first), next_first.eq(self.act.payload.last),
@@ -256,21 +259,33 @@ class LutGemv(wiring.Component):
         bank_y = [Signal(signed(lm.signed_width(G * g * lm.X_MAX)), name=f"bank_y{b}")
                   for b in range(2)]
         if not tl2:
-            with m.If(wbusy & (wcnt == 0)):
+            with m.If(go & (wcnt == 0)):
                 m.d.sync += ycap.eq(sum(entries))
 
-        with m.If(wbusy):
+        # The entries are registered before the write (the writer's adders are off the RAM path);
+        # the bank is marked full once its last entry has landed.
+        entry_d = [Signal(signed(ew), name=f"wr_entry{t}_d") for t in range(G)]
+        waddr_d = Signal(ib + 1)
+        we_d = Signal()
+        done_d = Signal()
+        m.d.sync += [we_d.eq(go), waddr_d.eq(Cat(wcnt[:ib], wp)), done_d.eq(0)]
+        m.d.sync += [d.eq(e) for d, e in zip(entry_d, entries)]
+        with m.If(go):
             with m.If(wcnt == E - 1):
-                m.d.sync += [wbusy.eq(0), wp.eq(~wp)]
+                m.d.sync += [wbusy.eq(0), wp.eq(~wp), done_d.eq(1)]
                 with m.Switch(wp):
                     for b in range(2):
                         with m.Case(b):
-                            m.d.sync += [full[b].eq(1), bank_first[b].eq(wfirst),
-                                         bank_last[b].eq(wlast)]
+                            m.d.sync += [bank_first[b].eq(wfirst), bank_last[b].eq(wlast)]
                             if not tl2:
                                 m.d.sync += bank_y[b].eq(ycap)
             with m.Else():
                 m.d.sync += wcnt.eq(wcnt + 1)
+        with m.If(done_d):
+            with m.Switch(waddr_d[ib]):
+                for b in range(2):
+                    with m.Case(b):
+                        m.d.sync += full[b].eq(1)
 
         # ---- lanes, stage A: lookups and the per-lane sum of one beat ---------------------------
         rp = Signal()                                  # bank being read
@@ -298,8 +313,7 @@ class LutGemv(wiring.Component):
                     mem = Memory(shape=signed(ew), depth=2 << ib, init=[])
                     m.submodules[f"table_l{p}_g{t}_b{i}"] = mem
                     wr = mem.write_port()
-                    m.d.comb += [wr.addr.eq(Cat(wcnt[:ib], wp)),
-                                 wr.data.eq(entries[t]), wr.en.eq(wbusy)]
+                    m.d.comb += [wr.addr.eq(waddr_d), wr.data.eq(entry_d[t]), wr.en.eq(we_d)]
                     rd = mem.read_port(domain="comb")
                     if tl2:
                         code = codes[t]

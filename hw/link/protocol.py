@@ -35,7 +35,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw import protocol as P
 
-__all__ = ["MemPortSignature", "CorePortSignature", "LinkProtocol", "NullCore"]
+__all__ = ["MemPortSignature", "CorePortSignature", "LinkProtocol", "NullCore", "link_manifest"]
 
 
 class MemPortSignature(wiring.Signature):
@@ -122,6 +122,31 @@ class NullCore(wiring.Component):
         return m
 
 
+def link_manifest(*, mem_sizes, max_data: int, clk_freq: int, baud: int, build_id: int = 0,
+                  pe_kind: int = P.PEKind.NONE, lanes: int = 0) -> P.Manifest:
+    """Check the link parameters and return the manifest a :class:`LinkProtocol` with them sends.
+
+    Raises
+    ------
+    ValueError
+        On a parameter the gateware cannot implement.
+    """
+    mem_sizes = tuple(mem_sizes)
+    if not 1 <= len(mem_sizes) <= 16:
+        raise ValueError(f"between 1 and 16 memories, not {len(mem_sizes)}")
+    for s in mem_sizes:
+        if not isinstance(s, int) or not 1 <= s <= 1 << 31:
+            raise ValueError(f"memory sizes must be integers in 1..2**31, not {s!r}")
+    if not isinstance(max_data, int) or not 1 <= max_data <= 32768:
+        raise ValueError(f"max_data must be an integer in 1..32768, not {max_data!r}")
+    if not isinstance(build_id, int) or not 0 <= build_id < 1 << 32:
+        raise ValueError(f"build_id must fit 32 bits, not {build_id!r}")
+    if not isinstance(lanes, int) or not 0 <= lanes < 1 << 16:
+        raise ValueError(f"lanes must fit 16 bits, not {lanes!r}")
+    return P.Manifest(P.MANIFEST_MAGIC, P.PROTOCOL_VERSION, int(P.PEKind(pe_kind)), lanes,
+                      build_id, clk_freq, baud, max_data, mem_sizes)
+
+
 class LinkProtocol(wiring.Component):
     """Parses request frames from ``rx``, executes them and sends reply frames on ``tx``.
 
@@ -157,23 +182,13 @@ class LinkProtocol(wiring.Component):
     def __init__(self, *, mem_sizes=(4096,), max_data: int = P.DEFAULT_MAX_DATA,
                  timeout_cycles: int = 750_000, clk_freq: int = 75_000_000, baud: int = 3_000_000,
                  build_id: int = 0, pe_kind: int = P.PEKind.NONE, lanes: int = 0):
-        mem_sizes = tuple(mem_sizes)
-        if not 1 <= len(mem_sizes) <= 16:
-            raise ValueError(f"between 1 and 16 memories, not {len(mem_sizes)}")
-        for s in mem_sizes:
-            if not isinstance(s, int) or not 1 <= s <= 1 << 31:
-                raise ValueError(f"memory sizes must be integers in 1..2**31, not {s!r}")
-        if not isinstance(max_data, int) or not 1 <= max_data <= 32768:
-            raise ValueError(f"max_data must be an integer in 1..32768, not {max_data!r}")
+        self._manifest = link_manifest(mem_sizes=mem_sizes, max_data=max_data, clk_freq=clk_freq,
+                                       baud=baud, build_id=build_id, pe_kind=pe_kind, lanes=lanes)
         if not isinstance(timeout_cycles, int) or timeout_cycles < 16:
             raise ValueError(f"timeout_cycles must be an integer >= 16, not {timeout_cycles!r}")
-        if not isinstance(build_id, int) or not 0 <= build_id < 1 << 32:
-            raise ValueError(f"build_id must fit 32 bits, not {build_id!r}")
-        self._mem_sizes = mem_sizes
+        self._mem_sizes = self._manifest.mem_sizes
         self._max_data = max_data
         self._timeout = timeout_cycles
-        self._manifest = P.Manifest(P.MANIFEST_MAGIC, P.PROTOCOL_VERSION, int(pe_kind), lanes,
-                                    build_id, clk_freq, baud, max_data, mem_sizes)
         super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
                           "mem": Out(MemPortSignature(32)), "core": Out(CorePortSignature()),
                           "uart_error": In(1), "busy": Out(1)})

@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw import protocol as P
 
-from .protocol import LinkProtocol, MemPortSignature, NullCore
+from .protocol import LinkProtocol, MemPortSignature, NullCore, link_manifest
 from .uart import UART, uart_divisor
 
 __all__ = ["LinkTestMemory", "SocLink"]
@@ -97,14 +97,18 @@ class SocLink(wiring.Component):
         uart_divisor(clk_freq, baud)  # validates
         if timeout_cycles is None:
             timeout_cycles = clk_freq // 100
+        if not isinstance(timeout_cycles, int) or timeout_cycles < 16:
+            raise ValueError(f"timeout_cycles must be an integer >= 16, not {timeout_cycles!r}")
         if not isinstance(rx_fifo_depth, int) or rx_fifo_depth < 2:
             raise ValueError(f"rx_fifo_depth must be an integer >= 2, not {rx_fifo_depth!r}")
+        if not isinstance(mem_size, int) or not 1 <= mem_size <= 1 << 24:
+            raise ValueError(f"test memory size must be an integer in 1..2**24, not {mem_size!r}")
+        self._manifest = link_manifest(mem_sizes=(mem_size,), max_data=max_data, clk_freq=clk_freq,
+                                       baud=baud, build_id=build_id)
         self._clk_freq, self._baud = clk_freq, baud
+        self._mem_size, self._max_data = mem_size, max_data
+        self._timeout, self._build_id = timeout_cycles, build_id
         self._rx_fifo_depth = rx_fifo_depth
-        self._memory = LinkTestMemory(mem_size)
-        self._protocol = LinkProtocol(mem_sizes=(mem_size,), max_data=max_data,
-                                      timeout_cycles=timeout_cycles, clk_freq=clk_freq, baud=baud,
-                                      build_id=build_id)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1)})
 
     @property
@@ -121,24 +125,26 @@ class SocLink(wiring.Component):
 
     @property
     def manifest(self) -> P.Manifest:
-        return self._protocol.manifest
+        return self._manifest
 
     @property
     def timeout_cycles(self) -> int:
-        return self._protocol.timeout_cycles
+        return self._timeout
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.uart = uart = UART(clk_freq=self._clk_freq, baud=self._baud)
         m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._rx_fifo_depth)
-        m.submodules.protocol = proto = self._protocol
-        m.submodules.memory = self._memory
+        m.submodules.protocol = proto = LinkProtocol(
+            mem_sizes=(self._mem_size,), max_data=self._max_data, timeout_cycles=self._timeout,
+            clk_freq=self._clk_freq, baud=self._baud, build_id=self._build_id)
+        m.submodules.memory = memory = LinkTestMemory(self._mem_size)
         m.submodules.core = core = NullCore()
 
         wiring.connect(m, uart.rx_stream, fifo.w_stream)
         wiring.connect(m, fifo.r_stream, proto.rx)
         wiring.connect(m, proto.tx, uart.tx_stream)
-        wiring.connect(m, proto.mem, self._memory.port)
+        wiring.connect(m, proto.mem, memory.port)
         wiring.connect(m, proto.core, core.port)
         m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx),
                      proto.uart_error.eq(uart.framing_error | uart.overrun),

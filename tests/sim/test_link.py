@@ -1,7 +1,8 @@
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.lib import wiring
 
-from hw.link.protocol import CorePortSignature, LinkProtocol, MemPortSignature, NullCore
+from hw.link.protocol import CorePortSignature, LinkProtocol, MemPortSignature, NullCore, link_manifest
 from hw.link.soc_link import SocLink, LinkTestMemory
 from sim.cocotb_run import run_cocotb
 from sw import protocol as P
@@ -16,23 +17,27 @@ def test_signatures():
     assert MemPortSignature(16) == MemPortSignature(16) != MemPortSignature(32)
     with pytest.raises(ValueError, match="addr_width"):
         MemPortSignature(0)
-    lp = LinkProtocol(mem_sizes=(100, 200), max_data=128)
+    lp = LinkProtocol(mem_sizes=(100, 200), max_data=128, pe_kind=P.PEKind.LUT, lanes=64)
+    assert lp.manifest.mem_sizes == (100, 200) and (lp.manifest.pe_kind, lp.manifest.lanes) == (3, 64)
     assert lp.max_payload == 133 and lp.mem_sizes == (100, 200)
     assert lp.signature.members["mem"].signature == MemPortSignature(32)
     assert lp.signature.members["core"].signature == CorePortSignature()
-    assert NullCore().signature.members["port"].flow == wiring.In
+    core = NullCore()
+    assert core.signature.members["port"].flow == wiring.In
+    # Parameters are checked by link_manifest() (and uart_divisor(), tested with the UART) before
+    # anything is built; a component whose constructor raised would warn as an unused elaboratable.
+    good = dict(mem_sizes=(16,), max_data=8, clk_freq=1, baud=1)
     for bad in [dict(mem_sizes=()), dict(mem_sizes=(0,)), dict(max_data=0), dict(max_data=40000),
-                dict(timeout_cycles=3), dict(build_id=-1)]:
+                dict(build_id=-1), dict(pe_kind=9), dict(lanes=1 << 16)]:
         with pytest.raises(ValueError):
-            LinkProtocol(**bad)
-    with pytest.raises(ValueError):
-        LinkTestMemory(0)
+            link_manifest(**{**good, **bad})
     soc = SocLink(**CONFIG)
     assert soc.divisor == 4 and soc.timeout_cycles == 600
     assert soc.manifest.mem_sizes == (256,) and soc.manifest.build_id == 0x5EED
-    with pytest.raises(ValueError, match="off"):
-        SocLink(clk_freq=40_000_000)  # 13.3 cycles per bit at 3 Mbaud
-    assert SocLink().timeout_cycles == 750_000
+    default = SocLink()
+    assert default.timeout_cycles == 750_000 and default.divisor == 25
+    for block in (lp, core, soc, default, LinkTestMemory(16)):
+        Fragment.get(block, None)  # elaborates (an unused elaboratable is a warning, an error here)
 
 
 def test_link_cocotb():

@@ -182,3 +182,21 @@ class BoardModel(contextlib.AbstractContextManager):
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+def main():
+    """``python -m sim.board [PORT]``: run the board model until its client disconnects."""
+    import sys
+    board = BoardModel(port=int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    url = board.start()
+    print(f"board model listening at {url}  (e.g. python -m sw.client --device {url} selftest)",
+          flush=True)
+    try:
+        board.wait(timeout=float("inf"))
+    except KeyboardInterrupt:
+        board.stop()
+    print(board.log.strip())
+
+
+if __name__ == "__main__":
+    main()

@@ -310,3 +310,73 @@ class Client:
 
     def run(self, steps: int):
         self.request(C.RUN, steps.to_bytes(4, "little"))
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def _selftest(c: "Client", nbytes: int, seed: int, out) -> bool:
+    import random
+    m = c.hello()
+    out(f"manifest: version {m.version}, build {m.build_id:#010x}, PE kind {m.pe_kind}, "
+        f"{m.lanes} lanes, {m.clk_hz} Hz, {m.baud} baud, max_data {m.max_data}, memories {m.mem_sizes}")
+    c.reset()
+    nbytes = min(nbytes, m.mem_sizes[0])
+    data = random.Random(seed).randbytes(nbytes)
+    t = time.monotonic()
+    c.upload(P.MemoryId.TEST, 0, data)
+    up = time.monotonic() - t
+    back = c.read(P.MemoryId.TEST, 0, nbytes)
+    s = c.status()
+    ok = back == data
+    out(f"upload of {nbytes} bytes verified by CRC in {up:.2f} s; read back "
+        f"{'identical' if ok else 'DIFFERENT'}; status {s}; retransmissions {c.retransmissions}")
+    return ok
+
+
+def main(argv=None, out=print) -> int:
+    """``python -m sw.client``: talk to a board (or the board model) from the command line."""
+    import argparse
+
+    from .record import RecordingTransport, ReplayMismatch, ReplayTransport
+    ap = argparse.ArgumentParser(prog="python -m sw.client", description=main.__doc__)
+    ap.add_argument("command", choices=["hello", "status", "reset", "selftest"])
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--device", default="/dev/ttyUSB0",
+                     help="pyserial URL: /dev/ttyUSB0, or socket://127.0.0.1:PORT for the board model")
+    src.add_argument("--replay", metavar="PATH", help="replay a recorded session instead")
+    ap.add_argument("--record", metavar="PATH", help="record the session (JSON lines, sw.record)")
+    ap.add_argument("--baud", type=int, default=3_000_000)
+    ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--retries", type=int, default=4)
+    ap.add_argument("--bytes", type=int, default=16384, help="selftest: bytes to upload")
+    ap.add_argument("--seed", type=int, default=1, help="selftest: data seed")
+    args = ap.parse_args(argv)
+    try:
+        if args.replay:
+            transport = ReplayTransport(args.replay)
+        else:
+            try:
+                transport = open_transport(args.device, args.baud)
+            except TransportError as exc:
+                raise LinkTimeout(f"no board answers at {args.device}: {exc}") from exc
+        if args.record:
+            transport = RecordingTransport(transport, args.record, command=args.command,
+                                           bytes=args.bytes, seed=args.seed)
+        with Client(transport, timeout=args.timeout, retries=args.retries, baud=args.baud) as c:
+            if args.command == "hello":
+                out(c.hello())
+            elif args.command == "status":
+                out(c.status())
+            elif args.command == "reset":
+                c.reset()
+                out("reset")
+            else:
+                return 0 if _selftest(c, args.bytes, args.seed, out) else 1
+        return 0
+    except (LinkError, ReplayMismatch) as exc:
+        out(f"error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

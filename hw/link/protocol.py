@@ -12,7 +12,9 @@ link:
 * :class:`CorePortSignature` -- LOAD, RUN and RESET. The protocol pulses ``start`` for one cycle
   with ``op`` (a :class:`sw.protocol.Command` value) and ``arg``; the core answers by pulsing
   ``done`` with ``result`` (0 = done, else a :class:`sw.protocol.ErrorCode` sent to the host).
-  ``busy`` and ``cycles`` are reported by STATUS.
+  ``busy`` and ``cycles`` are reported by STATUS. The link waits for ``done`` without a
+  timeout, so a core must answer every command in bounded time; a long operation (RUN of many
+  steps) should answer when it has started and report progress through ``busy``/``cycles``.
 
 Frame format, command payloads and error codes are defined once in :mod:`sw.protocol` (and
 described in ``docs/protocol.md``). Rules the gateware follows so that it never hangs:

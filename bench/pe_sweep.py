@@ -71,16 +71,25 @@ def _nxp(size, default_second=1):
     return int(parts[0]), int(parts[1]) if len(parts) > 1 else default_second
 
 
+def _nxps(size):
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?(?:s(\d+))?", str(size).lower())
+    if not m:
+        raise ValueError(f"size {size!r} is not N, NxP or NxPsS")
+    return int(m[1]), int(m[2] or 1), None if m[3] is None else int(m[3])
+
+
 def adder_tree_configs(sizes):
     from hw.pe.adder_tree import TernaryAdderTree
     out = []
     for size in sizes:
-        n, p = _nxp(size)
-        out.append(Config("adder_tree", f"{n}x{p} 2bit",
-                          lambda n=n, p=p: TernaryAdderTree(n, p, k_max=5632, weight_format="2bit"),
+        n, p, st = _nxps(size)
+        label = f"{n}x{p} 2bit" + ("" if st is None else f" {st} stages")
+        out.append(Config("adder_tree", label,
+                          lambda n=n, p=p, st=st: TernaryAdderTree(n, p, k_max=5632,
+                                                                   weight_format="2bit", stages=st),
                           n * p, n * p,
                           f"{n} lanes x {p} rows, 2-bit weights, K_max 5632 (21-bit accumulator), "
-                          f"fully pipelined"))
+                          + ("fully pipelined" if st is None else f"{st} tree registers")))
     return out
 
 
@@ -151,11 +160,11 @@ def lut_gemm_configs(sizes):
 
 
 FAMILIES = {
-    "adder_tree": (adder_tree_configs, ["16", "64", "256", "64x4"]),
+    "adder_tree": (adder_tree_configs, ["16", "64", "64s3", "128", "64x2"]),
     "adder_tree_trits5": (adder_tree_trits5_configs, ["64"]),
     "trits5_decoder": (trits5_decoder_configs, ["64"]),
     "dsp_mac": (dsp_mac_configs, ["16", "64"]),
-    "bitserial": (bitserial_configs, ["16", "64"]),
+    "bitserial": (bitserial_configs, ["16", "32"]),
     "lut_gemm": (lut_gemm_configs, ["4", "16"]),
 }
 
@@ -171,7 +180,7 @@ def _run(cmd, log: Path, cwd: Path, timeout: int):
 
 
 def measure(component, device: str, workdir: Path, freq: int = TARGET_MHZ,
-            timeout: int = 900, seed: int = 1) -> dict:
+            timeout: int = 600, seed: int = 1) -> dict:
     """Synthesise and place-and-route ``component`` inside the harness; return the figures."""
     from amaranth.back import rtlil
 
@@ -243,7 +252,8 @@ def _tool_versions():
     return out
 
 
-def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False, dry_run=False):
+def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False, dry_run=False,
+          timeout=600):
     results = _load()
     results["tool"] = _tool_versions()
     results["flow"] = (f"synth_ecp5 -abc9; nextpnr-ecp5 --package {PACKAGE} --speed {SPEED} "
@@ -284,7 +294,7 @@ def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False
         tmp = ROOT / "build" / "pe_sweep" / re.sub(r"[^A-Za-z0-9_.-]+", "_",
                                                     f"{cfg.family}-{cfg.label}-{dev}")
         try:
-            entry.update(measure(cfg.make(), dev, tmp, freq=freq))
+            entry.update(measure(cfg.make(), dev, tmp, freq=freq, timeout=timeout))
             entry["status"] = "ok"
             if entry["macs_per_cycle"]:
                 entry["macs_per_klut"] = round(1000 * entry["macs_per_cycle"] / entry["lut4"], 2)
@@ -414,6 +424,8 @@ def main(argv=None):
                     help="device (repeatable; default: 85f)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel builds (only 1 is supported)")
     ap.add_argument("--freq", type=int, default=TARGET_MHZ, help="nextpnr target MHz")
+    ap.add_argument("--timeout", type=int, default=600,
+                    help="seconds allowed to each tool run before the build is recorded as failed")
     ap.add_argument("--keep", action="store_true", help="keep the netlists in build/")
     ap.add_argument("--dry-run", action="store_true",
                     help="only construct and elaborate each configuration (no tools run)")
@@ -425,7 +437,7 @@ def main(argv=None):
         return 0
     sizes = args.sizes.split(",") if args.sizes else None
     results = sweep(args.family or list(FAMILIES), sizes, args.device or ["85f"], args.jobs,
-                    args.freq, args.keep, args.dry_run)
+                    args.freq, args.keep, args.dry_run, args.timeout)
     if not args.no_docs and not args.dry_run:
         write_docs(results)
     return 0

@@ -146,6 +146,7 @@ def test_board_stopped_mid_session():
             c.status()
         assert time.monotonic() - t < 3 * (0.3 + 0.1) + 0.5
         c.close()
+    assert "stopped by signal" in board.log and board.cycles > 1000  # HELLO took ~300 bit times
 
 
 def test_nothing_listening():

@@ -25,8 +25,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from models.bitmod import (EXTRA_VALUE, GROUP_SIZE, MAG_TABLE, SCALE_EXP_BITS, SCALE_MANT_BITS,
-                           TERM_TABLE, DType)
+from models.bitmod import (CODE_BITS, EXTRA_VALUE, GROUP_SIZE, SCALE_EXP_BITS, SCALE_MANT_BITS,
+                           TERM_TABLE, TERMS_PER_WEIGHT, DType, decode, weight_terms)
 
 __all__ = ["BitSerialPE", "operand_layout", "pack_operands", "result_width", "group_sum_bound",
            "BENCH_SIZES", "SERIAL_DEQUANT_CYCLES"]
@@ -216,53 +216,84 @@ class BitSerialPE(wiring.Component):
 
     # -- elaboration ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _sm_rom(bits: int) -> dict:
+        """Decode ROM of the ``bits``-bit sign-magnitude codes (INT3/FP3 or INT4/FP4).
+
+        ``{(is_fp, code, j0): (nz, negate, shift, use_extra)}`` with entries from
+        :func:`models.bitmod.weight_terms`, so the gateware decodes what the model defines. The
+        "-0" code of an FP type selects the extra value's term, decoded once for all lanes
+        (``use_extra``). Missing keys are zero terms.
+        """
+        rom = {}
+        for is_fp, dt in enumerate((DType.INT3, DType.FP3_ER_POS) if bits == 3 else
+                                   (DType.INT4, DType.FP4_ER_POS)):
+            for code in range(1 << bits):
+                for j0 in range(2):
+                    if is_fp and code == 1 << (bits - 1):
+                        rom[(is_fp, code, j0)] = (0, 0, 0, 1)
+                        continue
+                    term = weight_terms(int(decode([code], dt)[0]), dt)[j0]
+                    if term is not None:
+                        rom[(is_fp, code, j0)] = (1, term[0], term[1], 0)
+        return rom
+
     def _lane_term(self, m, code, x, ctl, name):
-        """Combinational term ``+-(x << s)`` or 0 of one lane for the current term index."""
-        nz, neg, shift = (Signal(name=f"{name}_nz"), Signal(name=f"{name}_neg"),
-                          Signal(3, name=f"{name}_shift"))
+        """One lane's term for the current term index, with its negation left to the tree.
+
+        Returns ``(raw, carry)``: ``raw`` is ``x << s`` for a positive term,
+        ``~(x << s)`` for a negative one and 0 for a zero term; ``carry`` is 1 for a negative
+        term, so that ``raw + carry`` is the term (the carries are counted once for all lanes).
+        """
+        j0 = ctl["j"][0]
         # Ternary: code 0 -> -1, 2 -> +1, 1 and 3 -> 0.
-        t_nz = (code[0:2] == 0) | (code[0:2] == 2)
-        t_neg = code[0:2] == 0
-        # INT8, radix-4 Booth digit j: bits b[2j+1], b[2j], b[2j-1] (b[-1] = 0).
+        t_nz, t_neg = ~code[0], ~code[1]
+        # INT8, radix-4 Booth digit j: window b[2j+1] b[2j] b[2j-1] (b[-1] = 0); the digit's own
+        # shift is 0 or 1, the common 2j is applied after the adder tree.
         triple = Signal(3, name=f"{name}_booth")
         with m.Switch(ctl["j"]):
             for j in range(4):
                 with m.Case(j):
                     m.d.comb += triple.eq(Cat(Const(0, 1), code)[2 * j:2 * j + 3])
         b_nz = (triple != 0) & (triple != 7)
-        b_neg = triple[2] & ~(triple[0] & triple[1])
+        b_neg = triple[2]
         b_two = (triple == 3) | (triple == 4)
-        # Sign-magnitude (INT3/INT4/FP3/FP4): magnitude table, "-0" is the extra value.
-        sign = Mux(ctl["is4"], code[3], code[2])
-        idx = Mux(ctl["is4"], code[0:3], code[0:2])
-        mag, sm_neg = Signal(5, name=f"{name}_mag"), Signal(name=f"{name}_sneg")
-        with m.Switch(Cat(idx, ctl["is4"], ctl["is_fp"])):
-            for is_fp, is4, table in ((0, 0, MAG_TABLE[DType.INT3]), (0, 1, MAG_TABLE[DType.INT4]),
-                                      (1, 0, MAG_TABLE[DType.FP3_ER_POS]),
-                                      (1, 1, MAG_TABLE[DType.FP4_ER_POS])):
-                for i, v in enumerate(table):
-                    with m.Case(i | is4 << 3 | is_fp << 4):
-                        m.d.comb += mag.eq(v)
-        m.d.comb += sm_neg.eq(sign)
-        with m.If(sign & (idx == 0)):
-            m.d.comb += [mag.eq(ctl["extra_mag"]), sm_neg.eq(ctl["extra_neg"])]
-        s_nz, s_neg, s_shift = Signal(), Signal(), Signal(3)
-        with m.Switch(Cat(ctl["j"][0], mag)):
-            for v, terms in TERM_TABLE.items():
-                for j, t in enumerate(terms):
-                    with m.Case(j | v << 1):
-                        m.d.comb += [s_nz.eq(1), s_neg.eq(sm_neg ^ t[0]), s_shift.eq(t[1])]
-        with m.If(ctl["is_tern"]):
-            m.d.comb += [nz.eq(t_nz), neg.eq(t_neg), shift.eq(0)]
-        with m.Elif(ctl["is_int8"]):
-            m.d.comb += [nz.eq(b_nz), neg.eq(b_neg), shift.eq(b_two)]
-        with m.Else():
-            m.d.comb += [nz.eq(s_nz), neg.eq(s_neg), shift.eq(s_shift)]
-        xs = Signal(signed(_LANE_TERM_BITS), name=f"{name}_xs")
-        term = Signal(signed(_LANE_TERM_BITS), name=f"{name}_term")
-        m.d.comb += xs.eq(x << shift)
-        m.d.comb += term.eq(Mux(nz, Mux(neg, -xs, xs), 0))
-        return term
+        # 3- and 4-bit sign-magnitude codes: one small ROM each (6 and 5 inputs).
+        roms = {}
+        for bits in (3, 4):
+            out = [Signal(name=f"{name}_s{bits}nz"), Signal(name=f"{name}_s{bits}neg"),
+                   Signal(3, name=f"{name}_s{bits}sh"), Signal(name=f"{name}_s{bits}ex")]
+            with m.Switch(Cat(j0, code[0:bits], ctl["is_fp"])):
+                for (is_fp, c, jj), values in self._sm_rom(bits).items():
+                    with m.Case(jj | c << 1 | is_fp << (bits + 1)):
+                        m.d.comb += [o.eq(v) for o, v in zip(out, values)]
+            roms[bits] = out
+        s3, s4 = roms[3], roms[4]
+        use_ex = Signal(name=f"{name}_ex")
+        m.d.comb += use_ex.eq((ctl["sel3"] & s3[3]) | (ctl["sel4"] & s4[3]))
+        nz, neg, shift = (Signal(name=f"{name}_nz"), Signal(name=f"{name}_neg"),
+                          Signal(3, name=f"{name}_shift"))
+        m.d.comb += [
+            nz.eq((ctl["is_tern"] & t_nz) | (ctl["is_int8"] & b_nz) | (ctl["sel3"] & s3[0])
+                  | (ctl["sel4"] & s4[0]) | (use_ex & ctl["ex_nz"])),
+            neg.eq((ctl["is_tern"] & t_neg) | (ctl["is_int8"] & b_neg) | (ctl["sel3"] & s3[1])
+                   | (ctl["sel4"] & s4[1]) | (use_ex & ctl["ex_neg"])),
+            shift.eq((ctl["is_int8"] & b_two).replicate(1)
+                     | (ctl["sel3"].replicate(3) & s3[2]) | (ctl["sel4"].replicate(3) & s4[2])
+                     | (use_ex.replicate(3) & ctl["ex_shift"])),
+        ]
+        # Two-stage shifter, the complement and the zero folded into the first stage:
+        # a = (x ^ neg) << shift[0] filled with neg, or 0; raw = a << (2 * shift[1] + 4 * shift[2]).
+        fill = Signal(name=f"{name}_fill")
+        m.d.comb += fill.eq(nz & neg)
+        xe = Signal(signed(8), name=f"{name}_xe")
+        m.d.comb += xe.eq(Mux(nz, x ^ neg.replicate(8), 0))
+        a = Signal(signed(9), name=f"{name}_a")
+        m.d.comb += a.eq(Mux(shift[0], Cat(fill, xe).as_signed(), xe))
+        raw = Signal(signed(_LANE_TERM_BITS), name=f"{name}_raw")
+        m.d.comb += raw.eq(Mux(shift[2], Cat(fill.replicate(4), a).as_signed(),
+                               Mux(shift[1], Cat(fill.replicate(2), a).as_signed(), a)))
+        return raw, fill
 
     def elaborate(self, platform):
         m = Module()
@@ -279,21 +310,27 @@ class BitSerialPE(wiring.Component):
         dtype = pl.dtype
         ctl = {
             "is_tern": Signal(name="is_tern"), "is_int8": Signal(name="is_int8"),
-            "is4": Signal(name="is4"), "is_fp": Signal(name="is_fp"),
-            "extra_mag": Signal(5, name="extra_mag"), "extra_neg": Signal(name="extra_neg"),
+            "sel3": Signal(name="sel3"), "sel4": Signal(name="sel4"), "is_fp": Signal(name="is_fp"),
             "j": Signal(2, name="term_idx"),
+            "ex_nz": Signal(name="extra_nz"), "ex_neg": Signal(name="extra_neg"),
+            "ex_shift": Signal(3, name="extra_shift"),
         }
+        three = [dt for dt in DType if dt != DType.INT8 and CODE_BITS[dt] == 3]
+        four = [dt for dt in DType if dt != DType.INT8 and CODE_BITS[dt] == 4]
         m.d.comb += [
             ctl["is_tern"].eq(dtype == DType.TERNARY),
             ctl["is_int8"].eq(dtype == DType.INT8),
-            ctl["is4"].eq((dtype == DType.INT4) | (dtype >= DType.FP4_ER_POS)),
-            ctl["is_fp"].eq(dtype >= DType.FP3_ER_POS),
+            ctl["sel3"].eq(dtype.matches(*three)),
+            ctl["sel4"].eq(dtype.matches(*four)),
+            ctl["is_fp"].eq(dtype.matches(*[dt for dt in DType if dt.name.startswith("FP")])),
         ]
-        with m.Switch(dtype):
+        # The term of the extra ("-0") value is the same for every lane: decoded once per cycle.
+        with m.Switch(Cat(ctl["j"][0], dtype)):
             for dt, v in EXTRA_VALUE.items():
-                if v:
-                    with m.Case(dt):
-                        m.d.comb += [ctl["extra_mag"].eq(abs(v)), ctl["extra_neg"].eq(v < 0)]
+                for j, t in enumerate(TERM_TABLE[abs(v)]):
+                    with m.Case(j | int(dt) << 1):
+                        m.d.comb += [ctl["ex_nz"].eq(1), ctl["ex_neg"].eq((v < 0) ^ t[0]),
+                                     ctl["ex_shift"].eq(t[1])]
         last_term = Signal()
         m.d.comb += last_term.eq(Mux(ctl["is_tern"], 1,
                                      Mux(ctl["is_int8"], ctl["j"] == 3, ctl["j"] == 1)))
@@ -315,9 +352,12 @@ class BitSerialPE(wiring.Component):
         })
         terms = [Signal(signed(_LANE_TERM_BITS), name=f"t1_{i}") for i in range(lanes)]
         tag = Signal(tag_layout, name="tag1")
-        lane_terms = [self._lane_term(m, pl.w[i], pl.x[i], ctl, f"lane{i}") for i in range(lanes)]
+        lane_out = [self._lane_term(m, pl.w[i], pl.x[i], ctl, f"lane{i}") for i in range(lanes)]
+        # The negated lanes' +1s, counted once and added at the first adder of the tree.
+        carries = Signal(range(lanes + 1), name="t1_carries")
         with m.If(adv):
-            m.d.sync += [t.eq(v) for t, v in zip(terms, lane_terms)]
+            m.d.sync += [t.eq(raw) for t, (raw, _) in zip(terms, lane_out)]
+            m.d.sync += carries.eq(sum(c for _, c in lane_out))
             m.d.sync += [
                 tag.valid.eq(inp.valid),
                 tag.cshift.eq(Mux(ctl["is_int8"], ctl["j"], 0)),
@@ -329,13 +369,20 @@ class BitSerialPE(wiring.Component):
             ]
 
         # -- adder tree, a register stage after every two levels --------------------------------
-        level, width, depth = terms, _LANE_TERM_BITS, 0
+        # The first adder also takes the carries: |raw0 + raw1 + carries| <= 2 * 2048 + lanes
+        # fits its width exactly, so no level ever wraps.
+        if lanes == 1:
+            only = Signal(signed(_LANE_TERM_BITS + 1), name="sum_single")
+            m.d.comb += only.eq(terms[0] + carries)
+            terms = [only]
+        level, width, depth = terms, len(terms[0]), 0
         while len(level) > 1:
             width += 1
             nxt = []
             for k in range(0, len(level), 2):
                 s = Signal(signed(width), name=f"sum{depth}_{k // 2}")
-                m.d.comb += s.eq(level[k] + level[k + 1])
+                extra = carries if depth == 0 and k == 0 else 0
+                m.d.comb += s.eq(level[k] + level[k + 1] + extra)
                 nxt.append(s)
             level, depth = nxt, depth + 1
             if depth % 2 == 0 and len(level) > 1:
@@ -405,6 +452,13 @@ class BitSerialPE(wiring.Component):
         m.d.comb += bias.eq(Mux(d1_e == 0, 0, half - neg))
         rounded = Signal(signed(prod_bits + 1), name="round_sum")
         m.d.comb += rounded.eq(d1_prod + bias)
+        # Arithmetic right shift by e as five explicit 2:1 stages (a log shifter), not a
+        # 32-way multiplexer per bit.
+        shifted = rounded
+        for k in range(SCALE_EXP_BITS):
+            stage = Signal(signed(prod_bits + 1), name=f"round_shift{k}")
+            m.d.comb += stage.eq(Mux(d1_e[k], shifted >> (1 << k), shifted))
+            shifted = stage
 
         with m.If(dq_adv):
             with m.If(d3_valid):
@@ -413,7 +467,7 @@ class BitSerialPE(wiring.Component):
                 with m.Else():
                     m.d.sync += acc_out.eq(acc_out + d3_r)
             m.d.sync += [d3_valid.eq(d2_valid), d3_last.eq(d2_last), d3_r.eq(d2_r)]
-            m.d.sync += [d2_valid.eq(d1_done), d2_last.eq(d1_last), d2_r.eq(rounded >> d1_e)]
+            m.d.sync += [d2_valid.eq(d1_done), d2_last.eq(d1_last), d2_r.eq(shifted)]
             with m.If(take):
                 m.d.sync += [d1_valid.eq(1), d1_last.eq(pend_last)]
                 with m.If(pend_tern):

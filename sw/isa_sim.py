@@ -1,0 +1,457 @@
+"""Instruction-level executor of the accelerator core, with its cycle model.
+
+:class:`Core` executes a :class:`sw.program.CompiledModel`'s program on modelled memories
+(``VMEM``, ``CMEM``, ``TMEM``, ``SIGMEM``, the engine's ``WMEM`` and ``AMEM``) and scalar
+registers, with integer numpy only, one instruction at a time. The function units (rounding
+shifter, leading-zero counter, pseudo-float normaliser, sigmoid by table and interpolation,
+reciprocal and rsqrt by table and one Newton step) are implemented here from their definitions
+in ``docs/arithmetic.md``, reading their tables from the loaded memory images; the tests compare
+the result with :class:`models.intref.IntRefModel`, which must agree bit for bit.
+
+The executor also enforces what the hardware cannot do: every VMEM write must fit the 36-bit
+word, scalar registers are 54 bits, every scalar multiply fits one 18 x 18 multiplier, and a
+program that touches a GEMV's output (or its max register) before a ``SYNC`` has retired that
+GEMV raises :class:`HazardError`.
+
+Cycle model (``docs/isa.md``, "Cycle model"): one in-order sequencer; scalar instructions take
+:data:`SCALAR_CYCLES`; a vector instruction over ``n`` elements takes
+``VECTOR_LATENCY[op] + ceil(n / width) * beats_per_group`` cycles (``width`` elements per
+cycle); a GEMV occupies the engine for ``groups * chunks`` beats (one weight word per cycle,
+measured on the gateware) plus a pipeline latency, runs in parallel with the sequencer, and its
+rescaled outputs take ``ceil(n / width)`` cycles of the VMEM write port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .isa import REG_BITS, REG_NEXT, REG_TOKEN, VMEM_BITS, Instr, Op, gemv_fields
+from .packing import FORMATS, unpack
+
+__all__ = ["Core", "HazardError", "CycleReport", "SCALAR_CYCLES", "VECTOR_LATENCY", "VECTOR_BEATS",
+           "gemv_latency", "rshift", "bit_length_int"]
+
+_I64 = np.int64
+
+
+class HazardError(RuntimeError):
+    """The program reads or writes a GEMV result (or its register) before syncing on it."""
+
+
+# ---------------------------------------------------------------------------- cycle model
+#: Cycles per scalar instruction (issue to result usable by the next instruction).
+SCALAR_CYCLES = {
+    Op.NOP: 1, Op.HALT: 1, Op.SYNC: 1,
+    Op.SLI: 1, Op.SADD: 1, Op.SSUB: 1, Op.SMAXI: 1, Op.SRSHI: 1, Op.SRSHR: 1, Op.SBLEN: 1, Op.SZSEL: 1,
+    Op.SMUL: 3, Op.SMULI: 3,          # one MULT18X18D, input and output registers
+    Op.SNORM: 2, Op.SMANT16: 2,       # leading-zero count, then shift (+ round for SNORM)
+    Op.SLDC: 2,                       # CMEM read
+    Op.SRECIP: 7,                     # table read, 2 dependent multiplies
+    Op.SRSQ: 9,                       # normalise, table read, 3 dependent multiplies
+    Op.GEMV: 1,                       # issue (plus waiting for the engine to accept)
+}
+#: Pipeline latency (fill + drain) of each vector instruction, cycles.
+VECTOR_LATENCY = {
+    Op.VSET: 2, Op.VEMB: 4, Op.VADD: 4, Op.VMAXABS: 4, Op.VARGMAX: 4,
+    Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 7, Op.VGLU: 9, Op.VREC: 12,
+}
+#: Cycles per group of ``width`` elements (VREC: two sigmoid evaluations per element on one
+#: sigmoid unit per lane, and three VMEM reads on two read ports).
+VECTOR_BEATS = {Op.VREC: 2}
+
+
+def gemv_latency(lanes: int, fmt: str = "2bit") -> int:
+    """Cycles from the engine's last beat to the last rescaled output written to VMEM.
+
+    Memory read stage (1) + ternary adder tree (``ceil(log2 lanes)`` adder levels, each
+    registered, + the accumulator, as :attr:`hw.pe.adder_tree.TernaryAdderTree.latency` with its
+    default pipelining; +1 with the trits5 decoder) + output rescale multiply, shift/saturate and
+    the VMEM write (3).
+    """
+    return 1 + (max(1, lanes) - 1).bit_length() + 1 + (fmt == "trits5") + 3
+
+
+# ---------------------------------------------------------------------------- arithmetic
+def rshift(x, s):
+    """``round(x / 2**s)``, ties away from zero; ``s <= 0`` is an exact left shift (array or int)."""
+    if isinstance(x, (int, np.integer)) and isinstance(s, (int, np.integer)):
+        x, s = int(x), int(s)
+        if s <= 0:
+            return x << -s
+        a = (abs(x) + (1 << (s - 1))) >> s
+        return -a if x < 0 else a
+    x = np.asarray(x, dtype=_I64)
+    s = int(s)
+    if s <= 0:
+        return x << _I64(-s)
+    a = (np.abs(x) + (_I64(1) << _I64(s - 1))) >> _I64(s)
+    return np.where(x < 0, -a, a)
+
+
+def bit_length_int(x: int) -> int:
+    if x < 0:
+        raise ValueError("bit length of a negative value")
+    return int(x).bit_length()
+
+
+def _norm17(x: int) -> tuple[int, int]:
+    if x < 0:
+        raise ValueError("SNORM of a negative value")
+    if x == 0:
+        return 0, 0
+    e = x.bit_length() - 17
+    m = rshift(x, e)
+    if m >= 1 << 17:
+        m, e = m >> 1, e + 1
+    return m, e
+
+
+def _fits_mult18(v: int) -> bool:
+    return -(1 << 17) <= v < (1 << 18)  # signed or unsigned 18-bit operand
+
+
+@dataclass
+class CycleReport:
+    """Cycles of the last token."""
+
+    total: int = 0
+    engine_busy: int = 0          # beats the GEMV engine ran (weight words read)
+    useful_macs: int = 0          # sum of M * K over the GEMVs
+    per_op: dict = field(default_factory=dict)   # opcode name -> sequencer cycles spent on it
+    stall_engine: int = 0         # sequencer cycles waiting for the engine (GEMV issue, SYNC, VQ)
+
+    def utilisation(self, lanes: int, rows: int) -> float:
+        """Useful MAC cycles (``useful_macs / (lanes * rows)``) over all cycles of the token."""
+        return self.useful_macs / (lanes * rows) / self.total if self.total else 0.0
+
+
+@dataclass
+class _Pending:
+    dst: tuple[int, int]
+    bank: int
+    rd: int
+    beats_end: int
+    done: int
+    wb_beats: int
+
+
+class Core:
+    """The accelerator core executing a compiled model.
+
+    Parameters
+    ----------
+    compiled : sw.program.CompiledModel
+    width : int
+        Vector-unit elements per cycle (cycle model only).
+    hook : callable, optional
+        ``hook(core, pc, instr, cycles)`` after every instruction (``cycles`` = the sequencer
+        cycles it took, stalls included).
+    """
+
+    def __init__(self, compiled, width: int = 4, hook=None):
+        if width < 1:
+            raise ValueError("width must be >= 1")
+        self.c = compiled
+        self.width = width
+        self.hook = hook
+        w = compiled.weights
+        self.lanes, self.rows = w.lanes, w.rows
+        self.vmem = np.zeros(compiled.vmem_words, dtype=_I64)
+        self.cmem = np.asarray(compiled.cmem, dtype=_I64).copy()
+        self.tmem = np.asarray(compiled.tmem, dtype=_I64).copy()
+        self.sigmem = np.asarray(compiled.sigmem, dtype=_I64).copy()
+        self.k_max = -(-max(compiled.d_model, compiled.d_ff) // self.lanes) * self.lanes
+        self.amem = np.zeros((2, self.k_max), dtype=_I64)
+        self.wmem = self._decode_weights(w)   # (words, rows, lanes) int8, from the packed image
+        self._wcache: dict = {}
+        self.regs = [0] * 32
+        self.gemv_lat = gemv_latency(self.lanes, w.fmt)
+        self.cycles = CycleReport()
+
+    # ------------------------------------------------------------------ memories
+    @staticmethod
+    def _decode_weights(w) -> np.ndarray:
+        b = w.word_bytes()
+        nb = b.shape[1] // w.rows
+        rowsb = b.reshape(-1, nb)
+        if w.lanes % FORMATS[w.fmt][0] == 0:
+            t = unpack(rowsb.reshape(-1), rowsb.shape[0] * w.lanes, w.fmt)
+        else:
+            t = np.concatenate([unpack(r, w.lanes, w.fmt) for r in rowsb])
+        return t.reshape(len(w.words), w.rows, w.lanes).astype(np.int8)
+
+    def region(self, name: str) -> np.ndarray:
+        """A copy of the named VMEM region (``compiled.vmem_map``)."""
+        a, n = self.c.vmem_map[name]
+        return self.vmem[a:a + n].copy()
+
+    def state(self, layer: int) -> np.ndarray:
+        return self.region(f"state{layer}")
+
+    # ------------------------------------------------------------------ running
+    def reset(self) -> None:
+        """Run the reset program (zeroes every layer's state)."""
+        self._run(self.c.reset_program, token=0)
+
+    def step(self, token: int):
+        """Run the token program. Returns ``(logits, next_token)``; cycles in :attr:`cycles`."""
+        token = int(token)
+        if not 0 <= token < self.c.vocab_size:
+            raise ValueError(f"token {token} out of range 0..{self.c.vocab_size - 1}")
+        self._run(self.c.program, token)
+        self.cycles.useful_macs = self.c.gemv_macs
+        return self.region("logits"), int(self.regs[REG_NEXT])
+
+    def _run(self, prog, token: int) -> None:
+        self.regs = [0] * 32
+        self.regs[REG_TOKEN] = token
+        self.t = 0
+        self.eng_free = 0
+        self.pending: list[_Pending] = []
+        self.cycles = CycleReport()
+        for pc, ins in enumerate(prog):
+            t0 = self.t
+            self._exec(ins)
+            dt = self.t - t0
+            name = ins.op.name
+            self.cycles.per_op[name] = self.cycles.per_op.get(name, 0) + dt
+            if self.hook is not None:
+                self.hook(self, pc, ins, dt)
+            if ins.op == Op.HALT:
+                break
+        else:
+            raise RuntimeError("program ended without HALT")
+        self.cycles.total = self.t
+
+    # ------------------------------------------------------------------ helpers
+    def _r(self, i: int) -> int:
+        for p in self.pending:
+            if p.rd and p.rd == i:
+                raise HazardError(f"r{i} is written by an unsynced GEMV")
+        return 0 if i == 0 else self.regs[i]
+
+    def _w(self, i: int, v) -> None:
+        v = int(v)
+        if not -(1 << (REG_BITS - 1)) <= v < (1 << (REG_BITS - 1)):
+            raise OverflowError(f"r{i} = {v} does not fit {REG_BITS} bits")
+        for p in self.pending:
+            if p.rd and p.rd == i:
+                raise HazardError(f"r{i} is written by an unsynced GEMV")
+        if i:
+            self.regs[i] = v
+
+    def _touch(self, a: int, n: int) -> None:
+        for p in self.pending:
+            if a < p.dst[0] + p.dst[1] and p.dst[0] < a + n:
+                raise HazardError(f"VMEM[{a}:{a + n}] overlaps the output of an unsynced GEMV")
+
+    def _vr(self, a: int, n: int) -> np.ndarray:
+        if a + n > self.vmem.size:
+            raise IndexError(f"VMEM read [{a}, {a + n}) beyond {self.vmem.size} words")
+        self._touch(a, n)
+        return self.vmem[a:a + n]
+
+    def _vw(self, a: int, x, sat: int = 0, n: int | None = None) -> int:
+        x = np.asarray(x, dtype=_I64)
+        if sat:
+            lim = _I64(1) << _I64(sat - 1)
+            x = np.clip(x, -lim, lim - 1)
+        lim = 1 << (VMEM_BITS - 1)
+        if x.size and (x.min() < -lim or x.max() >= lim):
+            raise OverflowError(f"value does not fit the {VMEM_BITS}-bit VMEM word")
+        if a + x.size > self.vmem.size:
+            raise IndexError(f"VMEM write [{a}, {a + x.size}) beyond {self.vmem.size} words")
+        self._touch(a, x.size)
+        self.vmem[a:a + x.size] = x
+        return int(np.abs(x).max()) if x.size else 0
+
+    def _cm(self, a: int, n: int) -> np.ndarray:
+        if a < 0 or a + n > self.cmem.size:
+            raise IndexError(f"CMEM read [{a}, {a + n}) beyond {self.cmem.size} words")
+        return self.cmem[a:a + n]
+
+    def _sigmoid(self, y, F: int) -> np.ndarray:
+        """Sigmoid unit (uQ0.16 out): table SIGMEM, linear interpolation, odd symmetry."""
+        y = np.asarray(y, dtype=_I64)
+        if F < 6:
+            raise ValueError("sigmoid input needs >= 6 fractional bits")
+        if F > 16:
+            y = rshift(y, F - 16)
+            F = 16
+        fb = F - 6
+        a = np.minimum(np.abs(y), (16 << F) - 1)
+        k = a >> fb
+        fr = a & ((1 << fb) - 1)
+        t0 = self.sigmem[k]
+        d = t0 + rshift((self.sigmem[k + 1] - t0) * fr, fb)
+        p = rshift((1 << 17) + d, 2)
+        return np.where(y < 0, (1 << 16) - p, p)
+
+    def _zp(self, a: int, n: int, sz: int) -> np.ndarray:
+        return rshift(self._vr(a, n), sz)
+
+    def _vcycles(self, op: Op, n: int) -> None:
+        self.t += VECTOR_LATENCY[op] + -(-n // self.width) * VECTOR_BEATS.get(op, 1)
+
+    def _retire(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            p = self.pending.pop(0)
+            t = max(self.t + p.wb_beats, p.done)
+            self.cycles.stall_engine += max(0, p.done - self.t)
+            self.t = t
+
+    # ------------------------------------------------------------------ execute
+    def _exec(self, ins: Instr) -> None:  # noqa: C901 (one case per opcode)
+        op, R, W = ins.op, self._r, self._w
+        if op in SCALAR_CYCLES and op not in (Op.SYNC, Op.GEMV, Op.HALT):
+            self.t += SCALAR_CYCLES[op]
+        if op == Op.NOP:
+            return
+        if op in (Op.HALT, Op.SYNC):
+            self._retire(0 if op == Op.HALT else max(ins.imm, 0))
+            self.t += 1
+            return
+        if op == Op.SLI:
+            W(ins.rd, ins.imm)
+        elif op == Op.SADD:
+            W(ins.rd, R(ins.ra) + R(ins.rb) + ins.imm)
+        elif op == Op.SSUB:
+            W(ins.rd, R(ins.ra) - R(ins.rb) + ins.imm)
+        elif op == Op.SMAXI:
+            W(ins.rd, max(R(ins.ra), ins.imm))
+        elif op in (Op.SMUL, Op.SMULI):
+            a, b = R(ins.ra), (R(ins.rb) if op == Op.SMUL else ins.imm)
+            if not (_fits_mult18(a) and _fits_mult18(b)):
+                raise OverflowError(f"{op.name}: {a} x {b} does not fit an 18 x 18 multiplier")
+            W(ins.rd, a * b)
+        elif op == Op.SRSHI:
+            W(ins.rd, rshift(R(ins.ra), ins.imm))
+        elif op == Op.SRSHR:
+            W(ins.rd, rshift(R(ins.ra), R(ins.rb)))
+        elif op == Op.SBLEN:
+            W(ins.rd, bit_length_int(R(ins.ra)) + ins.imm)
+        elif op == Op.SNORM:
+            m, e = _norm17(R(ins.ra))
+            W(ins.rd, m)
+            W(ins.rc, e)
+        elif op == Op.SMANT16:
+            m = R(ins.ra)
+            t = bit_length_int(m) - 16
+            mn = (m >> t if t >= 0 else m << -t) if m else 1 << 15
+            W(ins.rd, mn)
+            W(ins.rc, t)
+        elif op == Op.SRECIP:
+            mn = R(ins.ra)
+            if not (1 << 15) <= mn < (1 << 16):
+                raise ValueError(f"SRECIP input {mn} not a 16-bit mantissa")
+            r0 = int(self.tmem[ins.imm + (mn >> 7) - 256])
+            e = mn * r0 - (1 << 32)
+            W(ins.rd, r0 - rshift(r0 * rshift(e, 8), 24))
+        elif op == Op.SRSQ:
+            ss = R(ins.ra)
+            if ss < 0:
+                raise ValueError("SRSQ of a negative value")
+            k = bit_length_int(ss) - 16
+            k += k % 2
+            ms = (ss >> k if k >= 0 else ss << -k) if ss else 1 << 14
+            q0 = int(self.tmem[ins.imm + (ms >> 7) - 128])
+            tt = rshift(q0 * q0, 16)
+            e = ms * tt - (1 << 30)
+            W(ins.rd, q0 - rshift(q0 * rshift(e, 8), 23))
+            W(ins.rc, k)
+        elif op == Op.SZSEL:
+            W(ins.rd, 0 if (R(ins.ra) == 0 or R(ins.rb) == 0) else R(ins.rc))
+        elif op == Op.SLDC:
+            W(ins.rd, int(self._cm(R(ins.ra) + ins.imm, 1)[0]))
+        elif op == Op.GEMV:
+            self._gemv(ins)
+        else:
+            self._vector(ins)
+
+    def _vector(self, ins: Instr) -> None:
+        op, R, W, n = ins.op, self._r, self._w, ins.n
+        if op == Op.VSET:
+            self._vw(ins.a0, np.full(n, ins.imm, dtype=_I64), ins.sat)
+        elif op == Op.VEMB:
+            sh = R(ins.rb)
+            if not 0 <= sh < 32:
+                raise ValueError(f"VEMB shift {sh} out of range")
+            mx = self._vw(ins.a0, self._cm(R(ins.ra), n) << _I64(sh), ins.sat)
+            W(ins.rd, mx)
+        elif op == Op.VADD:
+            mx = self._vw(ins.a0, self._vr(ins.a1, n) + self._vr(ins.a2, n), ins.sat)
+            W(ins.rd, mx)
+        elif op == Op.VMAXABS:
+            W(ins.rd, int(np.abs(self._vr(ins.a1, n)).max()) if n else 0)
+        elif op in (Op.VNQA, Op.VUMAX2):
+            zp = self._zp(ins.a1, n, R(ins.rb))
+            if op == Op.VNQA:
+                v = rshift(zp * self._cm(ins.a2, n), 17)
+                W(ins.rd, int(np.sum(v * v)))
+                if ins.rc:
+                    W(ins.rc, int(np.abs(zp * self._cm(ins.a0, n)).max()))
+            else:
+                W(ins.rd, int(np.abs(zp * self._cm(ins.a2, n)).max()))
+                if ins.rc:
+                    W(ins.rc, int(np.abs(zp * self._cm(ins.a0, n)).max()))
+        elif op == Op.VQ:
+            if ins.a0 not in (0, 1):
+                raise ValueError("VQ bank must be 0 or 1")
+            if n > self.k_max:
+                raise IndexError(f"VQ of {n} codes: an activation bank holds {self.k_max}")
+            # interlock: wait until the engine no longer reads this bank
+            busy = [p.beats_end for p in self.pending if p.bank == ins.a0 and p.beats_end > self.t]
+            if busy:
+                self.cycles.stall_engine += max(busy) - self.t
+                self.t = max(busy)
+            u = self._zp(ins.a1, n, R(ins.rb)) * self._cm(ins.a2, n)
+            x = rshift(rshift(u, R(ins.rc)) * R(ins.ra), 25)
+            self.amem[ins.a0, :n] = np.clip(x, -127, 127)
+        elif op == Op.VREC:
+            i, f, s = self._vr(ins.a1, n), self._vr(ins.a2, n), self._vr(ins.a0, n)
+            omlb = self._cm(ins.imm, n)
+            om = rshift(omlb * ((1 << 16) - self._sigmoid(f, R(ins.rb))), 16)
+            target = rshift(i * self._sigmoid(i, R(ins.ra)), R(ins.rc))
+            s = s + rshift(om * (target - s), 16)
+            W(ins.rd, self._vw(ins.a0, s, ins.sat))
+        elif op == Op.VGLU:
+            y = self._vr(ins.a1, n)
+            sy = rshift(rshift(y, R(ins.rb)) * self._sigmoid(y, R(ins.ra)), 16)
+            W(ins.rd, self._vw(ins.a0, sy * self._vr(ins.a2, n), ins.sat))
+        elif op == Op.VARGMAX:
+            W(ins.rd, int(np.argmax(self._vr(ins.a1, n))))
+        else:
+            raise ValueError(f"unknown opcode {op!r}")
+        self._vcycles(op, n)
+
+    def _gemv(self, ins: Instr) -> None:
+        chunks, bank, raw = gemv_fields(ins.imm)
+        groups, base, n = ins.a2, ins.a1, ins.n
+        if n > groups * self.rows:
+            raise ValueError(f"GEMV writes {n} outputs but computes {groups * self.rows}")
+        if base + groups * chunks > self.wmem.shape[0]:
+            raise IndexError("GEMV reads beyond the weight image")
+        if chunks * self.lanes > self.k_max:
+            raise IndexError("GEMV chunks beyond the activation bank")
+        sm, sh = (0, 0) if raw else (self._r(ins.ra), self._r(ins.rb))
+        # functional: acc[g*rows + r] = sum_c sum_l W[base + g*chunks + c, r, l] * A[bank, c*lanes + l]
+        key = (base, groups, chunks)
+        wm = self._wcache.get(key)
+        if wm is None:  # (groups * rows, chunks * lanes) as float64: exact, |acc| <= 127 K << 2**53
+            w = self.wmem[base:base + groups * chunks].reshape(groups, chunks, self.rows, self.lanes)
+            wm = self._wcache[key] = w.transpose(0, 2, 1, 3).reshape(groups * self.rows, -1).astype(np.float64)
+        acc = (wm @ self.amem[bank, :chunks * self.lanes].astype(np.float64)).astype(_I64)[:n]
+        y = acc if raw else rshift(acc * sm, sh)
+        # timing: wait for the engine to accept, beats, pipeline latency
+        start = max(self.t, self.eng_free)
+        self.cycles.stall_engine += start - self.t
+        self.t = start + 1
+        self.eng_free = self.t + groups * chunks
+        self.cycles.engine_busy += groups * chunks
+        mx = self._vw(ins.a0, y, ins.sat)
+        if ins.rd:
+            self._w(ins.rd, mx)
+        self.pending.append(_Pending((ins.a0, n), bank, ins.rd, self.eng_free,
+                                     self.eng_free + self.gemv_lat, -(-n // self.width)))

@@ -1,0 +1,395 @@
+"""Model compiler: memory images and the per-token program of the accelerator core.
+
+:func:`compile_model` turns a ternary model (its integer-reference constants,
+:meth:`models.intref.IntRefModel.constants`) into everything the board needs for one model:
+
+* the GEMV engine's weight image (:func:`sw.compiler.layout_weights`),
+* the vector unit's constant memory ``CMEM`` (embedding mantissas and shifts, norm-weight
+  mantissas ``wp`` / ``wc``, ``1 - lb``), its scalar tables ``TMEM`` (reciprocal and rsqrt seeds)
+  and the sigmoid table ``SIGMEM``,
+* the vector memory map ``VMEM`` (residual, per-layer state, temporaries, logits),
+* the straight-line program run once per token and a reset program that zeroes the state,
+
+and a summary of the memory sizes they need (:meth:`CompiledModel.summary`). A model that does
+not fit the given :class:`MemorySizes` is refused with :class:`sw.compiler.ModelTooLarge`.
+The instruction set is :mod:`sw.isa`; ``docs/isa.md`` describes the program's structure.
+
+Only numpy is needed at run time; a checkpoint (rather than its constants) is converted through
+:class:`models.intref.IntRefModel`, which is imported on demand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .compiler import ModelTooLarge, WeightImage, layout_weights
+from .isa import (CMEM_BITS, INSTR_BITS, REG_NEXT, REG_TOKEN, VMEM_BITS, Instr, Op, gemv_imm,
+                  program_bytes)
+
+__all__ = ["MemorySizes", "CompiledModel", "compile_model", "ModelTooLarge", "model_constants"]
+
+# Field limits of the instruction set (sw.isa).
+_MAX_N = (1 << 16) - 1
+_MAX_ADDR = (1 << 20) - 1
+
+# Scalar register allocation of the generated program (r0 = 0, r1 = token, r2 = next token).
+R_HMAX, R_SZ, R_SS, R_Q, R_K = 3, 4, 5, 6, 7
+R_M = (8, 9, 10)               # max|z' wc| of up to three consumers of one group
+R_MN, R_T, R_RQ, R_P, R_PM, R_PE, R_SM, R_SE, R_K2, R_SH = 11, 12, 13, 14, 15, 16, 17, 18, 19, 20
+R_FI, R_FF, R_CS, R_SMAX, R_YSH, R_GMAX, R_ZMAX, R_EROW, R_ESH, R_T0, R_T1 = \
+    21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31
+
+
+@dataclass(frozen=True)
+class MemorySizes:
+    """Memory sizes of a bitstream (``None``: no limit). Words of each memory's own width."""
+
+    weight_words: int | None = None   # WMEM, rows x row_bits per word
+    k_max: int | None = None          # longest GEMV input (one AMEM bank)
+    vmem_words: int | None = None     # VMEM, 36-bit
+    cmem_words: int | None = None     # CMEM, 18-bit
+    tmem_words: int | None = None     # TMEM, 18-bit
+    prog_words: int | None = None     # PMEM, 128-bit
+
+
+@dataclass
+class CompiledModel:
+    """Everything the host loads for one model, plus the maps the executor and runtime use.
+
+    Members
+    -------
+    program : list of Instr
+        Run once per token (``r1`` = token in, ``r2`` = next token out, logits at
+        ``vmem_map["logits"]``).
+    reset_program : list of Instr
+        Zeroes every layer's state.
+    weights : WeightImage
+    cmem, tmem, sigmem : numpy.ndarray
+        int64 images (18-bit signed, 18-bit unsigned, 18-bit unsigned words).
+    vmem_words : int
+        VMEM words the program uses.
+    vmem_map, cmem_map : dict
+        Region name -> (address, length).
+    probes : list of (int, str)
+        After instruction ``pc`` the VMEM region ``name`` holds a named value of the reference
+        (``h0`` .. ``hL``: residual after the embedding / each layer).
+    """
+
+    d_model: int
+    n_layers: int
+    vocab_size: int
+    d_ff: int
+    lanes: int
+    rows: int
+    fmt: str
+    program: list
+    reset_program: list
+    weights: WeightImage
+    cmem: np.ndarray
+    tmem: np.ndarray
+    sigmem: np.ndarray
+    vmem_words: int
+    vmem_map: dict
+    cmem_map: dict
+    tmem_map: dict
+    probes: list = field(default_factory=list)
+    gemv_macs: int = 0   # useful MACs per token (sum of M * K over the GEMVs)
+
+    def summary(self) -> dict:
+        """Memory sizes needed (manifest-compatible: one size per memory id, see ``mem_ids``)."""
+        sizes = {
+            "pmem_words": len(self.program) + len(self.reset_program),
+            "wmem_words": len(self.weights.words),
+            "k_max": max(self.d_model, self.d_ff),
+            "vmem_words": self.vmem_words,
+            "cmem_words": int(self.cmem.size),
+            "tmem_words": int(self.tmem.size),
+            "sigmem_words": int(self.sigmem.size),
+        }
+        bits = {
+            "pmem_bits": sizes["pmem_words"] * INSTR_BITS,
+            "wmem_bits": sizes["wmem_words"] * self.weights.word_bits,
+            "vmem_bits": self.vmem_words * VMEM_BITS,
+            "cmem_bits": sizes["cmem_words"] * CMEM_BITS,
+        }
+        return {
+            "model": {"d_model": self.d_model, "n_layers": self.n_layers, "vocab_size": self.vocab_size,
+                      "d_ff": self.d_ff},
+            "engine": {"lanes": self.lanes, "rows": self.rows, "weight_format": self.fmt,
+                       "word_bits": self.weights.word_bits},
+            "program_instructions": len(self.program),
+            "reset_instructions": len(self.reset_program),
+            "mem_ids": ["pmem", "wmem", "vmem", "cmem", "tmem", "sigmem"],
+            "mem_sizes": [sizes["pmem_words"], sizes["wmem_words"], sizes["vmem_words"], sizes["cmem_words"],
+                          sizes["tmem_words"], sizes["sigmem_words"]],
+            **sizes, **bits,
+            "gemv_macs_per_token": self.gemv_macs,
+        }
+
+    def program_image(self) -> bytes:
+        """PMEM contents: the token program followed by the reset program."""
+        return program_bytes(self.program) + program_bytes(self.reset_program)
+
+
+def model_constants(model) -> dict:
+    """Integer constants of ``model``: an ``IntRefModel``, a checkpoint (path or object) or a dict."""
+    if isinstance(model, dict):
+        return model
+    if hasattr(model, "constants"):
+        return model.constants()
+    from models.intref import IntRefModel  # needs torch; only for conversion from a checkpoint
+
+    if isinstance(model, (str, os.PathLike)) or hasattr(model, "tensors"):
+        return IntRefModel(model).constants()
+    raise TypeError(f"cannot compile {type(model).__name__}: need IntRefModel, Checkpoint, path or constants")
+
+
+class _Alloc:
+    def __init__(self, what: str):
+        self.what, self.top, self.map = what, 0, {}
+
+    def __call__(self, name: str, n: int) -> int:
+        a = self.top
+        self.map[name] = (a, int(n))
+        self.top += int(n)
+        return a
+
+
+def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: MemorySizes | None = None) -> CompiledModel:
+    """Compile ``model`` for an engine of ``lanes`` x ``rows`` and the given memory sizes.
+
+    Parameters
+    ----------
+    model : IntRefModel, Checkpoint, path or dict
+        The model; a dict must be :meth:`IntRefModel.constants` output.
+    lanes, rows : int
+        GEMV engine shape (inputs per beat, outputs in parallel).
+    fmt : str
+        Weight packing, ``"2bit"`` or ``"trits5"``.
+    sizes : MemorySizes, optional
+        The bitstream's memories; default: no limits.
+
+    Raises
+    ------
+    ModelTooLarge
+        A memory (or an instruction field) is too small for the model; the message names it and
+        both sizes.
+    """
+    sizes = sizes or MemorySizes()
+    c = model_constants(model)
+    emb = np.asarray(c["emb.mant"], dtype=np.int64)
+    V, d = emb.shape
+    L = 0
+    while f"model.layers.{L}.om_lb" in c:
+        L += 1
+    d_ff = int(np.shape(c["model.layers.0.mlp.down_proj.weight"])[1]) if L else 0
+    if L == 0:
+        raise ValueError("model has no layers")
+    fm = {k[7:]: int(v) for k, v in c.items() if k.startswith("format.")}
+    for what, n in (("d_model", d), ("d_ff", d_ff), ("vocab_size", V)):
+        if n > _MAX_N:
+            raise ModelTooLarge(f"{what} = {n}: vector instructions take at most {_MAX_N} elements")
+    k_max = max(d, d_ff)
+    if sizes.k_max is not None and k_max > sizes.k_max:
+        raise ModelTooLarge(f"the model's GEMVs take {k_max} inputs; the engine takes at most {sizes.k_max}")
+
+    # ------------------------------------------------------------------ weights
+    names = []
+    for n in range(L):
+        p = f"model.layers.{n}."
+        names += [p + "attn.i_proj", p + "attn.f_proj", p + "attn.g_proj", p + "attn.o_proj",
+                  p + "mlp.gate_proj", p + "mlp.down_proj"]
+    names.append("lm_head")
+    weights = layout_weights({nm: c[f"{nm}.weight"] for nm in names}, lanes, rows, fmt,
+                             depth=sizes.weight_words, k_max=sizes.k_max)
+    if len(weights.words) > _MAX_ADDR + 1:
+        raise ModelTooLarge(f"{len(weights.words)} weight words: GEMV base addresses have 20 bits")
+    macs = sum(s.out_features * s.in_features for s in weights.slots.values())
+
+    # ------------------------------------------------------------------ CMEM
+    ca = _Alloc("cmem")
+    chunks = []
+
+    def put(name, arr):
+        arr = np.asarray(arr, dtype=np.int64).reshape(-1)
+        lim = 1 << (CMEM_BITS - 1)
+        if arr.size and (arr.min() < -lim or arr.max() >= lim):
+            raise ValueError(f"{name}: constant does not fit {CMEM_BITS}-bit signed CMEM words")
+        chunks.append(arr)
+        return ca(name, arr.size)
+
+    EMB = put("emb.mant", emb)
+    EMBSH = put("emb.shift", c["emb.shift"])
+    cm = {}
+    for n in range(L):
+        p = f"model.layers.{n}."
+        for key in ("attn_in.wp", "attn.i_proj.wc", "attn.f_proj.wc", "attn.g_proj.wc", "attn.o_in.wp",
+                    "attn.o_proj.wc", "mlp_in.wp", "mlp.gate_proj.wc", "mlp.down_in.wp", "mlp.down_proj.wc",
+                    "om_lb"):
+            cm[p + key] = put(p + key, c[p + key])
+    cm["model.final_in.wp"] = put("model.final_in.wp", c["model.final_in.wp"])
+    cm["lm_head.wc"] = put("lm_head.wc", c["lm_head.wc"])
+    cmem = np.concatenate(chunks)
+    if sizes.cmem_words is not None and cmem.size > sizes.cmem_words:
+        raise ModelTooLarge(f"the constants need {cmem.size} CMEM words; CMEM holds {sizes.cmem_words}")
+    if cmem.size > _MAX_ADDR + 1:
+        raise ModelTooLarge(f"{cmem.size} CMEM words: CMEM addresses have 20 bits")
+
+    # ------------------------------------------------------------------ TMEM, SIGMEM
+    recip = np.asarray(c["table.recip"], dtype=np.int64)
+    rsqrt = np.asarray(c["table.rsqrt"], dtype=np.int64)
+    tmem = np.concatenate([recip, rsqrt])
+    tmem_map = {"recip": (0, recip.size), "rsqrt": (recip.size, rsqrt.size)}
+    TAB_RECIP, TAB_RSQRT = 0, recip.size
+    if sizes.tmem_words is not None and tmem.size > sizes.tmem_words:
+        raise ModelTooLarge(f"the tables need {tmem.size} TMEM words; TMEM holds {sizes.tmem_words}")
+    sigmem = np.asarray(c["table.sigmoid"], dtype=np.int64).copy()
+
+    # ------------------------------------------------------------------ VMEM
+    va = _Alloc("vmem")
+    H, HM, O = va("h", d), va("h_mid", d), va("o", d)
+    S = [va(f"state{n}", d) for n in range(L)]
+    I_, F_, G_ = va("i", d), va("f", d), va("acc_g", d)
+    Z = va("z", max(d, d_ff))
+    GATE, UP = va("gate", d_ff), va("up", d_ff)
+    LOG = va("logits", V)
+    vmem_words = va.top
+    if sizes.vmem_words is not None and vmem_words > sizes.vmem_words:
+        raise ModelTooLarge(f"the program needs {vmem_words} VMEM words; VMEM holds {sizes.vmem_words}")
+    if vmem_words > _MAX_ADDR + 1:
+        raise ModelTooLarge(f"{vmem_words} VMEM words: addresses have 20 bits")
+
+    # ------------------------------------------------------------------ program
+    prog: list[Instr] = []
+    probes: list[tuple[int, str]] = []
+    E = prog.append
+    bank = [0]
+    h_bits, h_frac = fm["h_bits"], fm["h_frac"]
+
+    def consumer(lin, z, k, m_reg, dst, m_out, out_frac, out_bits, raw=False, track=0, split=None):
+        """Codes of one consumer into the next activation bank, its output scale, its GEMV(s)."""
+        b = bank[0]
+        bank[0] ^= 1
+        E(Instr(Op.SMANT16, rd=R_MN, rc=R_T, ra=m_reg, comment=f"{lin}: mn, t of max|u|"))
+        E(Instr(Op.SRECIP, rd=R_RQ, ra=R_MN, imm=TAB_RECIP))
+        E(Instr(Op.SMULI, rd=R_RQ, ra=R_RQ, imm=127))
+        E(Instr(Op.SRSHI, rd=R_RQ, ra=R_RQ, imm=7, comment="Rq"))
+        E(Instr(Op.VQ, a0=b, a1=z, a2=cm[f"{lin}.wc"], rb=R_SZ, rc=R_T, ra=R_RQ, n=k, comment=f"{lin} codes"))
+        if not raw:
+            cmant, cexp = int(c[f"{lin}.scale_mant"]), int(c[f"{lin}.scale_exp"])
+            E(Instr(Op.SMUL, rd=R_P, ra=R_MN, rb=R_Q))
+            E(Instr(Op.SNORM, rd=R_PM, rc=R_PE, ra=R_P))
+            E(Instr(Op.SMULI, rd=R_P, ra=R_PM, imm=cmant))
+            E(Instr(Op.SNORM, rd=R_SM, rc=R_SE, ra=R_P))
+            E(Instr(Op.SADD, rd=R_SE, ra=R_SE, rb=R_PE, imm=cexp - 23))
+            E(Instr(Op.SADD, rd=R_SE, ra=R_SE, rb=R_T))
+            E(Instr(Op.SRSHI, rd=R_K2, ra=R_K, imm=1))
+            E(Instr(Op.SSUB, rd=R_SE, ra=R_SE, rb=R_K2))
+            E(Instr(Op.SSUB, rd=R_SH, ra=0, rb=R_SE, imm=-out_frac))
+            E(Instr(Op.SMAXI, rd=R_SH, ra=R_SH, imm=-24))
+            E(Instr(Op.SZSEL, rd=R_SM, ra=R_SS, rb=m_reg, rc=R_SM, comment=f"{lin} scale (0 for a zero input)"))
+        slot = weights.slots[lin]
+        if split is None:
+            E(Instr(Op.GEMV, a0=dst, n=m_out, a1=slot.base, a2=slot.groups,
+                    imm=gemv_imm(slot.chunks, b, raw), ra=R_SM, rb=R_SH, sat=0 if raw else out_bits,
+                    rd=track, comment=lin))
+        else:  # gate and up halves as two commands (same codes, same scale)
+            (dg, tg), (du, tu) = split
+            half = m_out // rows
+            E(Instr(Op.GEMV, a0=dg, n=m_out, a1=slot.base, a2=half, imm=gemv_imm(slot.chunks, b),
+                    ra=R_SM, rb=R_SH, sat=out_bits, rd=tg, comment=lin + " (gate)"))
+            E(Instr(Op.GEMV, a0=du, n=m_out, a1=slot.base + half * slot.chunks, a2=slot.groups - half,
+                    imm=gemv_imm(slot.chunks, b), ra=R_SM, rb=R_SH, sat=out_bits, rd=tu, comment=lin + " (up)"))
+
+    def group_pass(z, k, zmax_reg, wp, wcs):
+        """Block shift, sum of squares and the max|z' wc| of each consumer (NQL pass A)."""
+        E(Instr(Op.SBLEN, rd=R_SZ, ra=zmax_reg, imm=-16, comment="block shift sz"))
+        E(Instr(Op.VNQA, rd=R_SS, rc=R_M[0], a1=z, a2=wp, a0=wcs[0], rb=R_SZ, n=k, comment="sum of squares, max|u|"))
+        if len(wcs) > 1:
+            E(Instr(Op.VUMAX2, rd=R_M[1], rc=R_M[2] if len(wcs) > 2 else 0, a1=z, a2=wcs[1],
+                    a0=wcs[2] if len(wcs) > 2 else 0, rb=R_SZ, n=k))
+
+    def rsq():
+        E(Instr(Op.SRSQ, rd=R_Q, rc=R_K, ra=R_SS, imm=TAB_RSQRT, comment="q, k = rsqrt(ss)"))
+
+    # embedding
+    E(Instr(Op.SLDC, rd=R_ESH, ra=REG_TOKEN, imm=EMBSH, comment="embedding shift"))
+    E(Instr(Op.SMULI, rd=R_EROW, ra=REG_TOKEN, imm=d))
+    E(Instr(Op.SADD, rd=R_EROW, ra=R_EROW, rb=0, imm=EMB, comment="embedding row"))
+    E(Instr(Op.VEMB, a0=H, n=d, ra=R_EROW, rb=R_ESH, sat=h_bits, rd=R_HMAX, comment="h = embedding"))
+    probes.append((len(prog) - 1, "h0"))
+    for n in range(L):
+        p = f"model.layers.{n}."
+        fi, ff = int(c[p + "attn.i_proj.out_frac"]), int(c[p + "attn.f_proj.out_frac"])
+        s_frac = int(c[p + "state_frac"])
+        # token mixer
+        group_pass(H, d, R_HMAX, cm[p + "attn_in.wp"],
+                   [cm[p + "attn.i_proj.wc"], cm[p + "attn.f_proj.wc"], cm[p + "attn.g_proj.wc"]])
+        rsq()
+        for lin, mreg, dst, raw in (("attn.i_proj", R_M[0], I_, False), ("attn.f_proj", R_M[1], F_, False),
+                                    ("attn.g_proj", R_M[2], G_, True)):
+            consumer(p + lin, H, d, mreg, dst, d, int(c[f"{p}{lin}.out_frac"]), int(c[f"{p}{lin}.out_bits"]), raw=raw)
+        E(Instr(Op.SLI, rd=R_FI, imm=fi))
+        E(Instr(Op.SLI, rd=R_FF, imm=ff))
+        E(Instr(Op.SLI, rd=R_CS, imm=fi + 16 - s_frac))
+        E(Instr(Op.SYNC, imm=1, comment="i, f written (g may still run)"))
+        E(Instr(Op.VREC, a0=S[n], a1=I_, a2=F_, imm=cm[p + "om_lb"], ra=R_FI, rb=R_FF, rc=R_CS, rd=R_SMAX, n=d,
+                comment=f"state{n} = s + om (silu(i) - s)"))
+        E(Instr(Op.SBLEN, rd=R_YSH, ra=R_SMAX, imm=-16))
+        E(Instr(Op.SLI, rd=R_T0, imm=s_frac))
+        E(Instr(Op.SYNC, comment="acc_g written"))
+        E(Instr(Op.VGLU, a0=Z, a1=S[n], a2=G_, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d, comment="z = silu_block(s) acc_g"))
+        group_pass(Z, d, R_ZMAX, cm[p + "attn.o_in.wp"], [cm[p + "attn.o_proj.wc"]])
+        rsq()
+        consumer(p + "attn.o_proj", Z, d, R_M[0], O, d, int(c[p + "attn.o_proj.out_frac"]),
+                 int(c[p + "attn.o_proj.out_bits"]))
+        E(Instr(Op.SYNC))
+        E(Instr(Op.VADD, a0=HM, a1=H, a2=O, n=d, sat=h_bits, rd=R_HMAX, comment="h_mid = h + o"))
+        # channel mixer
+        fgu, gbits = int(c[p + "mlp.gate_proj.out_frac"]), int(c[p + "mlp.gate_proj.out_bits"])
+        group_pass(HM, d, R_HMAX, cm[p + "mlp_in.wp"], [cm[p + "mlp.gate_proj.wc"]])
+        rsq()
+        if d_ff % rows == 0:
+            consumer(p + "mlp.gate_proj", HM, d, R_M[0], GATE, d_ff, fgu, gbits,
+                     split=((GATE, R_GMAX), (UP, 0)))
+            E(Instr(Op.SYNC))
+        else:
+            consumer(p + "mlp.gate_proj", HM, d, R_M[0], GATE, 2 * d_ff, fgu, gbits)
+            E(Instr(Op.SYNC))
+            E(Instr(Op.VMAXABS, rd=R_GMAX, a1=GATE, n=d_ff))
+        E(Instr(Op.SBLEN, rd=R_YSH, ra=R_GMAX, imm=-16))
+        E(Instr(Op.SLI, rd=R_T0, imm=fgu))
+        E(Instr(Op.VGLU, a0=Z, a1=GATE, a2=UP, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d_ff, comment="z = silu_block(gate) up"))
+        group_pass(Z, d_ff, R_ZMAX, cm[p + "mlp.down_in.wp"], [cm[p + "mlp.down_proj.wc"]])
+        eps_mant = int(c.get(p + "mlp.down_in.eps_mant", 0))
+        if eps_mant:
+            eps_exp = int(c[p + "mlp.down_in.eps_exp"])
+            # ss += round_shift(eps_mant, max(2 sz - 2 z_frac - eps_exp, -33)), z_frac = 2 f_gu - ysh
+            E(Instr(Op.SADD, rd=R_T0, ra=R_SZ, rb=R_YSH))
+            E(Instr(Op.SADD, rd=R_T0, ra=R_T0, rb=R_T0, imm=-4 * fgu - eps_exp))
+            E(Instr(Op.SMAXI, rd=R_T0, ra=R_T0, imm=-33))
+            E(Instr(Op.SLI, rd=R_T1, imm=eps_mant))
+            E(Instr(Op.SRSHR, rd=R_T1, ra=R_T1, rb=R_T0))
+            E(Instr(Op.SADD, rd=R_SS, ra=R_SS, rb=R_T1, comment="ss += eps"))
+        rsq()
+        consumer(p + "mlp.down_proj", Z, d_ff, R_M[0], O, d, int(c[p + "mlp.down_proj.out_frac"]),
+                 int(c[p + "mlp.down_proj.out_bits"]))
+        E(Instr(Op.SYNC))
+        E(Instr(Op.VADD, a0=H, a1=HM, a2=O, n=d, sat=h_bits, rd=R_HMAX, comment="h = h_mid + down"))
+        probes.append((len(prog) - 1, f"h{n + 1}"))
+    # LM head
+    group_pass(H, d, R_HMAX, cm["model.final_in.wp"], [cm["lm_head.wc"]])
+    rsq()
+    consumer("lm_head", H, d, R_M[0], LOG, V, int(c["lm_head.out_frac"]), int(c["lm_head.out_bits"]))
+    E(Instr(Op.SYNC))
+    E(Instr(Op.VARGMAX, rd=REG_NEXT, a1=LOG, n=V, comment="next token"))
+    E(Instr(Op.HALT))
+
+    reset = [Instr(Op.VSET, a0=S[n], n=d, imm=0, comment=f"state{n} = 0") for n in range(L)] + [Instr(Op.HALT)]
+    if sizes.prog_words is not None and len(prog) + len(reset) > sizes.prog_words:
+        raise ModelTooLarge(f"the program has {len(prog) + len(reset)} instructions; PMEM holds {sizes.prog_words}")
+    return CompiledModel(d, L, V, d_ff, lanes, rows, fmt, prog, reset, weights, cmem, tmem, sigmem, vmem_words,
+                         va.map, ca.map, tmem_map, probes, macs)

@@ -1,0 +1,141 @@
+"""The compiled program on the instruction-level executor equals the integer reference bit for bit."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import export_checkpoint, load_checkpoint
+from models.config import ModelConfig
+from models.intref import CALIBRATION_TEXT, IntRefModel, argmax_first
+from models.mmfree import MMFreeLM
+from sw.compiler import ModelTooLarge
+from sw.isa import Op, decode_program, encode_program
+from sw.isa_sim import Core
+from sw.program import MemorySizes, compile_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "checkpoints" / "mmfree-tiny.safetensors"
+ZERO_TOK, HUGE_TOK, NEG_TOK = 5, 7, 9
+
+
+def _random_model(seed: int) -> MMFreeLM:
+    torch.manual_seed(seed)
+    m = MMFreeLM(ModelConfig(d_model=32, n_layers=2))
+    with torch.no_grad():  # non-trivial norm weights and lower bounds, as tests/test_intref.py
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.mul_(1 + 0.3 * torch.randn_like(p))
+        m.model.lower_bounds.normal_()
+        emb = m.model.embeddings.weight
+        emb[ZERO_TOK] = 0.0                                        # all-zero residual: zero-scale path
+        emb[HUGE_TOK] = 4000.0 * torch.sign(torch.randn(32))       # saturates the 32-bit residual
+        emb[NEG_TOK] = -torch.abs(emb[NEG_TOK]) * 50.0             # large, one-signed
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("program") / "tiny.safetensors"
+    export_checkpoint(_random_model(0), path, {"purpose": "test"})
+    return IntRefModel(load_checkpoint(path))
+
+
+def _run_both(ir: IntRefModel, core: Core, tokens, probes) -> int:
+    """Step both over ``tokens`` (state carried); compare logits, every h, every state, argmax."""
+    captured = {}
+
+    def hook(c, pc, ins, cycles):
+        if pc in probes:
+            captured[probes[pc]] = c.region("h")
+
+    core.hook = hook
+    ir.reset(1)
+    core.reset()
+    for tok in tokens:
+        logits, tr = ir.step(int(tok), trace=True)
+        captured.clear()
+        got, nxt = core.step(int(tok))
+        assert np.array_equal(got, logits[0] if logits.ndim == 2 else logits), f"logits differ at token {tok}"
+        assert nxt == int(argmax_first(logits.reshape(-1)))
+        for n, h in enumerate(tr["h"]):
+            assert np.array_equal(captured[f"h{n}"], h[0]), f"h{n} differs at token {tok}"
+        for n in range(ir.config.n_layers):
+            assert np.array_equal(core.state(n), ir.state[n][0]), f"state {n} differs at token {tok}"
+    return core.cycles.total
+
+
+@pytest.mark.parametrize("lanes,rows,fmt", [(32, 8, "2bit"), (16, 4, "trits5"), (8, 3, "2bit")])
+def test_tiny_model_equals_intref(tiny, lanes, rows, fmt):
+    cm = compile_model(tiny, lanes, rows, fmt)
+    probes = {pc: name for pc, name in cm.probes}
+    assert sorted(probes.values()) == [f"h{n}" for n in range(tiny.config.n_layers + 1)]
+    rng = np.random.default_rng(lanes)
+    seqs = [
+        rng.integers(0, 256, 16),
+        [ZERO_TOK, ZERO_TOK, 0, ZERO_TOK, 255, HUGE_TOK, HUGE_TOK, NEG_TOK, ZERO_TOK, 1],
+        [NEG_TOK] * 6 + [255] * 6,
+    ]
+    core = Core(cm, width=4)
+    for seq in seqs:
+        _run_both(tiny, core, seq, probes)
+
+
+def test_zero_input_and_saturation_are_exercised(tiny):
+    """The edge tokens really reach the zero-scale and saturation paths of the reference."""
+    tiny.reset(1)
+    _, tr = tiny.step(ZERO_TOK, trace=True)
+    assert not tr["h"][0].any() and not tr["layers"][0]["i"].any()
+    tiny.reset(1)
+    _, tr = tiny.step(HUGE_TOK, trace=True)
+    assert tr["saturations"].get("emb", 0) > 0
+
+
+def test_greedy_generation_feeds_back_next_token(tiny):
+    cm = compile_model(tiny, 32, 8)
+    core = Core(cm, width=8)
+    core.reset()
+    want = tiny.generate([72, 105], 10)
+    tok, got = None, []
+    for t in [72, 105]:
+        _, tok = core.step(t)
+    for _ in range(10):
+        got.append(tok)
+        _, tok = core.step(tok)
+    assert got == want
+
+
+def test_program_encodes_and_fits_pmem(tiny):
+    cm = compile_model(tiny, 32, 8)
+    assert decode_program(encode_program(cm.program)) == cm.program
+    assert cm.program[-1].op == Op.HALT
+    s = cm.summary()
+    assert s["pmem_words"] == len(cm.program) + len(cm.reset_program) <= 512   # one 512 x 144 BRAM row
+    assert s["wmem_words"] == len(cm.weights.words)
+    assert s["gemv_macs_per_token"] == tiny.config.ternary_weights
+    assert len(cm.program_image()) == 16 * s["pmem_words"]
+
+
+def test_too_large_model_is_refused(tiny):
+    cm = compile_model(tiny, 32, 8)
+    s = cm.summary()
+    ok = MemorySizes(weight_words=s["wmem_words"], k_max=s["k_max"], vmem_words=s["vmem_words"],
+                     cmem_words=s["cmem_words"], tmem_words=s["tmem_words"], prog_words=s["pmem_words"])
+    compile_model(tiny, 32, 8, sizes=ok)  # exactly fits
+    for field, match in (("weight_words", "weight memory holds"), ("k_max", "at most"),
+                         ("vmem_words", "VMEM holds"), ("cmem_words", "CMEM holds"),
+                         ("tmem_words", "TMEM holds"), ("prog_words", "PMEM holds")):
+        small = MemorySizes(**{**ok.__dict__, field: getattr(ok, field) - 1})
+        with pytest.raises(ModelTooLarge, match=match):
+            compile_model(tiny, 32, 8, sizes=small)
+
+
+def test_shipped_model_equals_intref():
+    assert SHIPPED.exists(), "the shipped checkpoint is missing"
+    # a short calibration keeps the test fast; the formats are parameters of the comparison
+    ir = IntRefModel(SHIPPED, calibration=CALIBRATION_TEXT[:64])
+    cm = compile_model(ir, 32, 8)
+    probes = {pc: name for pc, name in cm.probes}
+    cycles = _run_both(ir, Core(cm, width=8), list(b"ROMEO.\n\x00\xff"), probes)
+    assert cycles > cm.summary()["wmem_words"]

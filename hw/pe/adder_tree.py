@@ -14,13 +14,19 @@ is its own component so that its cost can be measured separately.
 import math
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["TernaryAdderTree", "Trits5Decoder", "WEIGHT_FORMATS", "acc_width", "row_weight_bits"]
+from sw.packing import trits5_decode_byte
+
+__all__ = ["TernaryAdderTree", "Trits5Decoder", "Trits5RomDecoder", "WEIGHT_FORMATS", "DECODERS",
+           "acc_width", "row_weight_bits"]
 
 #: Weight formats the PE accepts, as named in :mod:`sw.packing`.
 WEIGHT_FORMATS = ("2bit", "trits5")
+
+#: Implementations of the trits5 decoder: adders in LUT4 logic, or a block-RAM table.
+DECODERS = ("logic", "rom")
 
 
 def acc_width(k_max: int) -> int:
@@ -115,6 +121,89 @@ class Trits5Decoder(wiring.Component):
         return m
 
 
+class Trits5RomDecoder(wiring.Component):
+    """Registered decoder from 5-trits-per-byte packing to 2-bit codes, by block-RAM table.
+
+    The 256-entry table (10 bits: five 2-bit codes) holds, for every byte, what
+    :func:`sw.packing.trits5_decode_byte` reads from it; each byte gets one read port and two
+    read ports share one table, so Yosys maps every pair of bytes to one ``DP16KD`` and the
+    decoder costs no LUT4. The read is synchronous: ``codes`` follow ``packed`` by one clock
+    edge at which ``en`` was high.
+
+    Parameters
+    ----------
+    count : int
+        Number of weights decoded (as for :class:`Trits5Decoder`).
+
+    Members
+    -------
+    packed : ``In(8 * ceil(count / 5))``
+        Packed bytes, byte 0 in bits 7:0.
+    en : ``In(1, init=1)``
+        Read enable: the output register loads on clock edges where ``en`` is high.
+    codes : ``Out(2 * count)``
+        2-bit codes ``w + 1``, registered.
+    """
+
+    class Signature(wiring.Signature):
+        """Signature of :class:`Trits5RomDecoder`; checks ``count``."""
+
+        def __init__(self, count: int):
+            _check_pos_int("count", count)
+            self._count = count
+            super().__init__({"packed": In(row_weight_bits(count, "trits5")),
+                              "en": In(1, init=1),
+                              "codes": Out(2 * count)})
+
+        @property
+        def count(self) -> int:
+            return self._count
+
+        def __eq__(self, other):
+            return type(other) is type(self) and other.count == self.count
+
+        def __repr__(self):
+            return f"Trits5RomDecoder.Signature({self._count})"
+
+    def __init__(self, count: int):
+        try:
+            sig = self.Signature(count)
+        except Exception:
+            self._MustUse__silence = True  # a failed construction is not an unused elaboratable
+            raise
+        super().__init__(sig)
+
+    @property
+    def count(self) -> int:
+        return self.signature.count
+
+    @property
+    def tables(self) -> int:
+        """Table copies (block RAMs): one per two bytes."""
+        return -(-(-(-self.count // 5)) // 2)
+
+    @staticmethod
+    def table() -> list[int]:
+        """The 256 table entries: code of trit n in bits 2n+1:2n."""
+        return [sum(t << (2 * n) for n, t in enumerate(trits5_decode_byte(b))) for b in range(256)]
+
+    def elaborate(self, platform):
+        m = Module()
+        nbytes = -(-self.count // 5)
+        init = self.table()
+        codes = []
+        for k in range(self.tables):
+            rom = memory.Memory(shape=10, depth=256, init=init,
+                                attrs={"rom_style": "block", "ram_style": "block"})
+            m.submodules[f"rom{k}"] = rom
+            for b in range(2 * k, min(2 * k + 2, nbytes)):
+                port = rom.read_port(domain="sync")
+                m.d.comb += [port.addr.eq(self.packed[8 * b:8 * b + 8]), port.en.eq(self.en)]
+                codes.append(port.data)
+        m.d.comb += self.codes.eq(Cat(*codes)[:2 * self.count])
+        return m
+
+
 class TernaryAdderTree(wiring.Component):
     """Pipelined ternary dot-product engine: ``lanes`` products per row per beat, ``rows`` rows.
 
@@ -143,7 +232,11 @@ class TernaryAdderTree(wiring.Component):
         full pipeline costs no LUT4s (64 lanes: 1,599 LUT4 at 151 MHz with 3 registers, at 209 MHz
         with 6, measured by ``bench/pe_sweep.py``).
     decode_stage : bool
-        For ``"trits5"``: register the decoded codes before the tree (one more cycle of latency).
+        For ``"trits5"`` with the ``"logic"`` decoder: register the decoded codes before the tree
+        (one more cycle of latency). The ``"rom"`` decoder is always registered.
+    decoder : str
+        For ``"trits5"``: ``"logic"`` (:class:`Trits5Decoder`, adders in LUT4s) or ``"rom"``
+        (:class:`Trits5RomDecoder`, one ``DP16KD`` per two bytes per row, no LUT4s).
 
     Members
     -------
@@ -192,7 +285,7 @@ class TernaryAdderTree(wiring.Component):
                     f"k_max={self._k_max}, weight_format={self._weight_format!r})")
 
     def __init__(self, lanes: int, rows: int = 1, k_max: int = 4096, weight_format: str = "2bit",
-                 stages: int | None = None, decode_stage: bool = True):
+                 stages: int | None = None, decode_stage: bool = True, decoder: str = "logic"):
         try:
             sig = self.Signature(lanes, rows, k_max, weight_format)
             levels = math.ceil(math.log2(lanes)) if lanes > 1 else 0
@@ -202,11 +295,14 @@ class TernaryAdderTree(wiring.Component):
                     not 0 <= stages <= levels:
                 raise ValueError(f"stages must be an integer in 0..{levels} for {lanes} lanes, "
                                  f"not {stages!r}")
+            if decoder not in DECODERS:
+                raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
         except Exception:
             self._MustUse__silence = True  # a failed construction is not an unused elaboratable
             raise
         self._levels, self._stages = levels, stages
-        self._decode_stage = bool(decode_stage) and weight_format == "trits5"
+        self._decoder = decoder if weight_format == "trits5" else None
+        self._decode_stage = weight_format == "trits5" and (bool(decode_stage) or decoder == "rom")
         super().__init__(sig)
 
     lanes = property(lambda self: self.signature.lanes, doc="Activations per beat.")
@@ -215,6 +311,8 @@ class TernaryAdderTree(wiring.Component):
     weight_format = property(lambda self: self.signature.weight_format, doc="Packed weight format.")
     levels = property(lambda self: self._levels, doc="Adder levels in the tree.")
     stages = property(lambda self: self._stages, doc="Pipeline registers inside the tree.")
+    decoder = property(lambda self: self._decoder,
+                       doc="trits5 decoder implementation (``None`` for 2-bit weights).")
 
     @property
     def acc_width(self) -> int:
@@ -266,14 +364,24 @@ class TernaryAdderTree(wiring.Component):
         # Weight codes per row ("2bit" format: code = w + 1).
         codes = []
         for r in range(rows):
-            if self.weight_format == "trits5":
+            if self._decoder == "rom":
+                dec = Trits5RomDecoder(lanes)
+                m.submodules[f"decoder{r}"] = dec
+                m.d.comb += [dec.packed.eq(self.i.payload.w[r]), dec.en.eq(en)]
+                codes.append(dec.codes)
+            elif self._decoder == "logic":
                 dec = Trits5Decoder(lanes)
                 m.submodules[f"decoder{r}"] = dec
                 m.d.comb += dec.packed.eq(self.i.payload.w[r])
                 codes.append(dec.codes)
             else:
                 codes.append(self.i.payload.w[r])
-        if self._decode_stage:
+        if self._decoder == "rom":
+            # The table read is the decode register; valid, last and x are registered beside it.
+            regs = stage([valid, last, *x], "dec")
+            valid, last = regs[0], regs[1]
+            x = [r.as_signed() for r in regs[2:2 + lanes]]
+        elif self._decode_stage:
             regs = stage([valid, last, *x, *codes], "dec")
             valid, last = regs[0], regs[1]
             x = [r.as_signed() for r in regs[2:2 + lanes]]

@@ -1,8 +1,12 @@
+import numpy as np
 import pytest
 from amaranth.hdl import Fragment
 from amaranth.lib import wiring
+from amaranth.sim import Simulator
 
-from hw.pe.adder_tree import TernaryAdderTree, Trits5Decoder, acc_width, row_weight_bits
+from hw.pe.adder_tree import (TernaryAdderTree, Trits5Decoder, Trits5RomDecoder, acc_width,
+                              row_weight_bits)
+from sw.packing import TRITS5_VALID_BYTES, unpack_trits5
 from sim.cocotb_run import CocotbFailure, run_cocotb
 
 
@@ -38,6 +42,45 @@ def test_widths():
     Fragment.get(dec, None)
     with pytest.raises(ValueError, match="count"):
         Trits5Decoder(0)
+    rom = TernaryAdderTree(7, rows=2, k_max=56, weight_format="trits5", decoder="rom", stages=0)
+    assert rom.decoder == "rom" and rom.latency == 2
+    Fragment.get(rom, None)
+    with pytest.raises(ValueError, match="decoder"):
+        TernaryAdderTree(7, rows=1, k_max=56, weight_format="trits5", decoder="table")
+
+
+def _codes_to_weights(codes, count):
+    return [((codes >> (2 * n)) & 3) - 1 for n in range(count)]
+
+
+def test_trits5_decoders_exhaustive():
+    # Both gateware decoders against sw.packing's unpacker, for all 243 valid bytes, five bytes
+    # (25 weights) at a time in Amaranth's simulator.
+    valid = sorted(TRITS5_VALID_BYTES)
+    batches = [valid[i:i + 5] for i in range(0, len(valid), 5)]
+    logic, rom = Trits5Decoder(25), Trits5RomDecoder(25)
+    assert rom.tables == 3
+    for dut, registered in ((logic, False), (rom, True)):
+        got = []
+
+        async def tb(ctx, dut=dut, registered=registered):
+            for batch in batches:
+                ctx.set(dut.packed, int.from_bytes(bytes(batch), "little"))
+                if registered:
+                    await ctx.tick()
+                else:
+                    await ctx.delay(1e-9)
+                got.append(ctx.get(dut.codes))
+
+        sim = Simulator(dut)
+        if registered:
+            sim.add_clock(1e-8)
+        sim.add_testbench(tb)
+        sim.run()
+        assert len(got) == len(batches) == 49
+        for batch, codes in zip(batches, got):
+            expect = unpack_trits5(np.array(batch, np.uint8), 5 * len(batch))
+            assert _codes_to_weights(codes, 5 * len(batch)) == list(expect), (dut, batch)
 
 
 CONFIGS = [
@@ -46,22 +89,33 @@ CONFIGS = [
     dict(lanes=8, rows=2, k_max=64, fmt="2bit", stages=1),
     # 5-trits-per-byte weights through the decoder, lanes not a multiple of 5, fully pipelined.
     dict(lanes=7, rows=2, k_max=56, fmt="trits5", stages=3),
+    # The same through the block-RAM table decoder, no tree registers.
+    dict(lanes=7, rows=2, k_max=56, fmt="trits5", stages=0, decoder="rom"),
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c['fmt']}-{c['lanes']}x{c['rows']}")
+def _make(cfg):
+    return TernaryAdderTree(cfg["lanes"], cfg["rows"], cfg["k_max"], cfg["fmt"],
+                            stages=cfg["stages"], decoder=cfg.get("decoder", "logic"))
+
+
+def _name(cfg):
+    return f"adder_tree_{cfg['fmt']}_{cfg.get('decoder', '')}_{cfg['lanes']}x{cfg['rows']}"
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_name)
 def test_adder_tree_cocotb(cfg):
-    pe = TernaryAdderTree(cfg["lanes"], cfg["rows"], cfg["k_max"], cfg["fmt"], stages=cfg["stages"])
+    pe = _make(cfg)
     params = dict(cfg, acc_width=pe.acc_width, latency=pe.latency)
-    name = f"adder_tree_{cfg['fmt']}_{cfg['lanes']}x{cfg['rows']}"
+    name = _name(cfg)
     assert run_cocotb(pe, toplevel=name, test_module="sim.tb_adder_tree", params=params) == 3
 
 
 def test_wrong_format_is_caught():
     # Feeding 2-bit packed weights to a trits5 PE must fail the bit-exact check.
     cfg = CONFIGS[1]
-    pe = TernaryAdderTree(cfg["lanes"], cfg["rows"], cfg["k_max"], cfg["fmt"], stages=cfg["stages"])
+    pe = _make(cfg)
     params = dict(cfg, fmt="2bit", acc_width=pe.acc_width, latency=pe.latency)
     with pytest.raises(CocotbFailure, match="random_lengths"):
-        run_cocotb(pe, toplevel=f"adder_tree_trits5_7x2", test_module="sim.tb_adder_tree",
+        run_cocotb(pe, toplevel=_name(cfg), test_module="sim.tb_adder_tree",
                    params=params, testcase="random_lengths_with_gaps_and_backpressure")

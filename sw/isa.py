@@ -90,7 +90,8 @@ class Op(enum.IntEnum):
     VGLU = 40     # x[a0+j] = sat(round_shift(round_shift(y, R[rb]) sigmoid(y; R[ra]), 16) x[a2+j]),
                   # y = x[a1+j];                                        R[rd] = max|written|
     VARGMAX = 41  # R[rd] = lowest j with x[a1 + j] maximal
-    GEMV = 48     # engine: x[a0 + m] = sat(round_shift(acc_m R[ra], R[rb])) (raw: acc_m), m < n
+    GEMV = 48     # engine: x[a0 + m] = sat(round_shift(acc_m R[ra], R[rb])), m < n
+                  # (raw mode: acc_m; residual mode: sat(x[a0 + m] + sat(...)))
 
 
 SCALAR_OPS = frozenset(o for o in Op if 8 <= o < 32)
@@ -112,22 +113,29 @@ FIELDS = (
 )
 _FIELD = {f[0]: f[1:] for f in FIELDS}
 
-# GEMV immediate: chunks in bits 0..15, activation bank in bit 16, raw-accumulator mode in bit 17.
+# GEMV immediate: chunks in bits 0..15, activation bank in bit 16, raw-accumulator mode in bit 17,
+# residual-accumulate mode in bit 18.
 _GEMV_CHUNK_BITS = 16
 
 
-def gemv_imm(chunks: int, bank: int, raw: bool = False) -> int:
-    """The ``imm`` field of a GEMV instruction."""
+def gemv_imm(chunks: int, bank: int, raw: bool = False, residual: bool = False) -> int:
+    """The ``imm`` field of a GEMV instruction.
+
+    ``raw``: write the accumulators unscaled (no rescale registers read). ``residual``: add the
+    rescaled, saturated outputs to the destination in place (read-modify-write), saturating again.
+    """
+    if raw and residual:
+        raise ValueError("a GEMV is either raw or residual, not both")
     if not 1 <= chunks < (1 << _GEMV_CHUNK_BITS):
         raise ValueError(f"GEMV chunks must be in 1..{(1 << _GEMV_CHUNK_BITS) - 1}, not {chunks}")
     if bank not in (0, 1):
         raise ValueError(f"activation bank must be 0 or 1, not {bank}")
-    return chunks | bank << 16 | int(bool(raw)) << 17
+    return chunks | bank << 16 | int(bool(raw)) << 17 | int(bool(residual)) << 18
 
 
-def gemv_fields(imm: int) -> tuple[int, int, bool]:
-    """``(chunks, bank, raw)`` of a GEMV instruction's ``imm``."""
-    return imm & 0xFFFF, (imm >> 16) & 1, bool((imm >> 17) & 1)
+def gemv_fields(imm: int) -> tuple[int, int, bool, bool]:
+    """``(chunks, bank, raw, residual)`` of a GEMV instruction's ``imm``."""
+    return imm & 0xFFFF, (imm >> 16) & 1, bool((imm >> 17) & 1), bool((imm >> 18) & 1)
 
 
 @dataclass(frozen=True)
@@ -229,9 +237,10 @@ def disassemble(ins: Instr) -> str:
     elif o == Op.SLDC:
         s = f"SLDC {r('rd')}, C[{r('ra')} + {ins.imm}]"
     elif o == Op.GEMV:
-        ch, bank, raw = gemv_fields(ins.imm)
-        s = (f"GEMV x[{ins.a0}:+{ins.n}] <- W[{ins.a1}] groups={ins.a2} chunks={ch} bank={bank} "
-             + ("raw" if raw else f"scale={r('ra')} shift={r('rb')} sat={ins.sat}") + f" max->{r('rd')}")
+        ch, bank, raw, res = gemv_fields(ins.imm)
+        s = (f"GEMV x[{ins.a0}:+{ins.n}] {'+=' if res else '<-'} W[{ins.a1}] groups={ins.a2} chunks={ch} "
+             f"bank={bank} " + ("raw" if raw else f"scale={r('ra')} shift={r('rb')} sat={ins.sat}")
+             + f" max->{r('rd')}")
     else:
         s = (f"{o.name} n={ins.n} a0={ins.a0} a1={ins.a1} a2={ins.a2} rd={r('rd')} ra={r('ra')} "
              f"rb={r('rb')} rc={r('rc')} imm={ins.imm} sat={ins.sat}")

@@ -45,10 +45,10 @@ class HazardError(RuntimeError):
 SCALAR_CYCLES = {
     Op.NOP: 1, Op.HALT: 1, Op.SYNC: 1,
     Op.SLI: 1, Op.SADD: 1, Op.SSUB: 1, Op.SMAXI: 1, Op.SRSHI: 1, Op.SRSHR: 1, Op.SBLEN: 1, Op.SZSEL: 1,
-    Op.SMUL: 3, Op.SMULI: 3,          # one MULT18X18D, input and output registers
+    Op.SMUL: 2, Op.SMULI: 2,          # one MULT18X18D, input and output registers
     Op.SNORM: 2, Op.SMANT16: 2,       # leading-zero count, then shift (+ round for SNORM)
     Op.SLDC: 2,                       # CMEM read
-    Op.SRECIP: 7,                     # table read, 2 dependent multiplies
+    Op.SRECIP: 6,                     # table read, 2 dependent multiplies, subtract
     Op.SRSQ: 9,                       # normalise, table read, 3 dependent multiplies
     Op.GEMV: 1,                       # issue (plus waiting for the engine to accept)
 }
@@ -112,6 +112,38 @@ def _fits_mult18(v: int) -> bool:
     return -(1 << 17) <= v < (1 << 18)  # signed or unsigned 18-bit operand
 
 
+def _regs(ins: Instr) -> tuple[list[int], list[int]]:
+    """(scalar registers read, scalar registers written) by ``ins``."""
+    op = ins.op
+    if op in (Op.NOP, Op.HALT, Op.SYNC, Op.VSET):
+        return [], []
+    if op == Op.SLI:
+        return [], [ins.rd]
+    if op in (Op.SADD, Op.SSUB, Op.SMUL, Op.SRSHR):
+        return [ins.ra, ins.rb], [ins.rd]
+    if op in (Op.SMAXI, Op.SMULI, Op.SRSHI, Op.SBLEN, Op.SRECIP, Op.SLDC):
+        return [ins.ra], [ins.rd]
+    if op in (Op.SNORM, Op.SMANT16, Op.SRSQ):
+        return [ins.ra], [ins.rd, ins.rc]
+    if op == Op.SZSEL:
+        return [ins.ra, ins.rb, ins.rc], [ins.rd]
+    if op == Op.VEMB:
+        return [ins.ra, ins.rb], [ins.rd]
+    if op in (Op.VADD, Op.VMAXABS, Op.VARGMAX):
+        return [], [ins.rd]
+    if op in (Op.VNQA, Op.VUMAX2):
+        return [ins.rb], [ins.rd, ins.rc]
+    if op == Op.VQ:
+        return [ins.ra, ins.rb, ins.rc], []
+    if op == Op.VREC:
+        return [ins.ra, ins.rb, ins.rc], [ins.rd]
+    if op == Op.VGLU:
+        return [ins.ra, ins.rb], [ins.rd]
+    if op == Op.GEMV:
+        return ([] if gemv_fields(ins.imm)[2] else [ins.ra, ins.rb]), [ins.rd]
+    raise ValueError(f"unknown opcode {op!r}")
+
+
 @dataclass
 class CycleReport:
     """Cycles of the last token."""
@@ -120,7 +152,9 @@ class CycleReport:
     engine_busy: int = 0          # beats the GEMV engine ran (weight words read)
     useful_macs: int = 0          # sum of M * K over the GEMVs
     per_op: dict = field(default_factory=dict)   # opcode name -> sequencer cycles spent on it
-    stall_engine: int = 0         # sequencer cycles waiting for the engine (GEMV issue, SYNC, VQ)
+    stall_engine: int = 0         # sequencer cycles waiting for the engine (GEMV issue, SYNC)
+    vector_busy: int = 0          # cycles the vector unit streamed (latency included)
+    vector_queue_max: int = 0     # most vector instructions waiting to start at one issue
 
     def utilisation(self, lanes: int, rows: int) -> float:
         """Useful MAC cycles (``useful_macs / (lanes * rows)``) over all cycles of the token."""
@@ -132,6 +166,7 @@ class _Pending:
     dst: tuple[int, int]
     bank: int
     rd: int
+    start: int
     beats_end: int
     done: int
     wb_beats: int
@@ -209,12 +244,16 @@ class Core:
         self.regs[REG_TOKEN] = token
         self.t = 0
         self.eng_free = 0
+        self.vec_free = 0
+        self.vec_queue = 0
+        self._vec_starts: list[int] = []
+        self.reg_ready = [0] * 32
         self.pending: list[_Pending] = []
         self.cycles = CycleReport()
         for pc, ins in enumerate(prog):
-            t0 = self.t
+            issue, done = self._time(ins)
             self._exec(ins)
-            dt = self.t - t0
+            dt = done - issue
             name = ins.op.name
             self.cycles.per_op[name] = self.cycles.per_op.get(name, 0) + dt
             if self.hook is not None:
@@ -224,6 +263,7 @@ class Core:
         else:
             raise RuntimeError("program ended without HALT")
         self.cycles.total = self.t
+        self.cycles.vector_queue_max = self.vec_queue
 
     # ------------------------------------------------------------------ helpers
     def _r(self, i: int) -> int:
@@ -292,26 +332,63 @@ class Core:
     def _zp(self, a: int, n: int, sz: int) -> np.ndarray:
         return rshift(self._vr(a, n), sz)
 
-    def _vcycles(self, op: Op, n: int) -> None:
-        self.t += VECTOR_LATENCY[op] + -(-n // self.width) * VECTOR_BEATS.get(op, 1)
-
+    # ------------------------------------------------------------------ timing
     def _retire(self, keep: int) -> None:
         while len(self.pending) > keep:
             p = self.pending.pop(0)
-            t = max(self.t + p.wb_beats, p.done)
-            self.cycles.stall_engine += max(0, p.done - self.t)
-            self.t = t
+            if p.done > self.t:
+                self.cycles.stall_engine += p.done - self.t
+                self.t = p.done
+            if self.vec_free > p.start:   # its writeback shared the VMEM write port
+                self.vec_free += p.wb_beats
+
+    def _time(self, ins: Instr) -> tuple[int, int]:
+        """Advance the cycle model over ``ins``; returns (issue, done) cycles."""
+        op = ins.op
+        srcs, dsts = _regs(ins)
+        rdy = self.reg_ready
+        issue = max([self.t] + [rdy[r] for r in srcs + dsts if r])
+        if op in (Op.SYNC, Op.HALT):
+            self.t = issue
+            self._retire(0 if op == Op.HALT else max(ins.imm, 0))
+            if op == Op.HALT:
+                self.t = max(self.t, self.vec_free)
+            self.t += 1
+            return issue, self.t
+        if op == Op.NOP or op in SCALAR_CYCLES and op != Op.GEMV:
+            done = issue + SCALAR_CYCLES[op]
+            self.t = issue + 1
+        elif op == Op.GEMV:
+            chunks = gemv_fields(ins.imm)[0]
+            start = max(issue, self.eng_free, self.vec_free)   # codes written, engine idle
+            self.cycles.stall_engine += start - issue
+            beats = ins.a2 * chunks
+            self.eng_free = start + 1 + beats
+            self.cycles.engine_busy += beats
+            done = self.eng_free + self.gemv_lat
+            self._gemv_t = (start, self.eng_free, done)
+            self.t = start + 1
+        else:
+            start = max(issue, self.vec_free)
+            if op == Op.VQ:  # interlock: the engine no longer reads this bank
+                busy = [p.beats_end for p in self.pending if p.bank == ins.a0]
+                start = max([start] + busy)
+            self.vec_queue = max(self.vec_queue, sum(1 for v in self._vec_starts if v > issue))
+            self._vec_starts.append(start)
+            beats = -(-ins.n // self.width) * VECTOR_BEATS.get(op, 1)
+            done = start + VECTOR_LATENCY[op] + beats
+            self.vec_free = done
+            self.cycles.vector_busy += done - start
+            self.t = issue + 1
+        for r in dsts:
+            if r:
+                rdy[r] = done
+        return issue, done
 
     # ------------------------------------------------------------------ execute
     def _exec(self, ins: Instr) -> None:  # noqa: C901 (one case per opcode)
         op, R, W = ins.op, self._r, self._w
-        if op in SCALAR_CYCLES and op not in (Op.SYNC, Op.GEMV, Op.HALT):
-            self.t += SCALAR_CYCLES[op]
-        if op == Op.NOP:
-            return
-        if op in (Op.HALT, Op.SYNC):
-            self._retire(0 if op == Op.HALT else max(ins.imm, 0))
-            self.t += 1
+        if op in (Op.NOP, Op.HALT, Op.SYNC):
             return
         if op == Op.SLI:
             W(ins.rd, ins.imm)
@@ -401,11 +478,6 @@ class Core:
                 raise ValueError("VQ bank must be 0 or 1")
             if n > self.k_max:
                 raise IndexError(f"VQ of {n} codes: an activation bank holds {self.k_max}")
-            # interlock: wait until the engine no longer reads this bank
-            busy = [p.beats_end for p in self.pending if p.bank == ins.a0 and p.beats_end > self.t]
-            if busy:
-                self.cycles.stall_engine += max(busy) - self.t
-                self.t = max(busy)
             u = self._zp(ins.a1, n, R(ins.rb)) * self._cm(ins.a2, n)
             x = rshift(rshift(u, R(ins.rc)) * R(ins.ra), 25)
             self.amem[ins.a0, :n] = np.clip(x, -127, 127)
@@ -424,10 +496,9 @@ class Core:
             W(ins.rd, int(np.argmax(self._vr(ins.a1, n))))
         else:
             raise ValueError(f"unknown opcode {op!r}")
-        self._vcycles(op, n)
 
     def _gemv(self, ins: Instr) -> None:
-        chunks, bank, raw = gemv_fields(ins.imm)
+        chunks, bank, raw, residual = gemv_fields(ins.imm)
         groups, base, n = ins.a2, ins.a1, ins.n
         if n > groups * self.rows:
             raise ValueError(f"GEMV writes {n} outputs but computes {groups * self.rows}")
@@ -444,14 +515,13 @@ class Core:
             wm = self._wcache[key] = w.transpose(0, 2, 1, 3).reshape(groups * self.rows, -1).astype(np.float64)
         acc = (wm @ self.amem[bank, :chunks * self.lanes].astype(np.float64)).astype(_I64)[:n]
         y = acc if raw else rshift(acc * sm, sh)
-        # timing: wait for the engine to accept, beats, pipeline latency
-        start = max(self.t, self.eng_free)
-        self.cycles.stall_engine += start - self.t
-        self.t = start + 1
-        self.eng_free = self.t + groups * chunks
-        self.cycles.engine_busy += groups * chunks
+        if residual:   # read-modify-write of the destination: sat(x + sat(y))
+            if ins.sat:
+                lim = _I64(1) << _I64(ins.sat - 1)
+                y = np.clip(y, -lim, lim - 1)
+            y = self._vr(ins.a0, n) + y
         mx = self._vw(ins.a0, y, ins.sat)
         if ins.rd:
             self._w(ins.rd, mx)
-        self.pending.append(_Pending((ins.a0, n), bank, ins.rd, self.eng_free,
-                                     self.eng_free + self.gemv_lat, -(-n // self.width)))
+        start, beats_end, done = self._gemv_t
+        self.pending.append(_Pending((ins.a0, n), bank, ins.rd, start, beats_end, done, -(-n // self.width)))

@@ -250,7 +250,7 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
 
     # ------------------------------------------------------------------ VMEM
     va = _Alloc("vmem")
-    H, HM, O = va("h", d), va("h_mid", d), va("o", d)
+    H = va("h", d)
     S = [va(f"state{n}", d) for n in range(L)]
     I_, F_, G_ = va("i", d), va("f", d), va("acc_g", d)
     Z = va("z", max(d, d_ff))
@@ -267,9 +267,14 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
     probes: list[tuple[int, str]] = []
     E = prog.append
     bank = [0]
-    h_bits, h_frac = fm["h_bits"], fm["h_frac"]
+    h_bits = fm["h_bits"]
+    for n in list(range(L)):
+        for lin in ("attn.o_proj", "mlp.down_proj"):
+            if int(c[f"model.layers.{n}.{lin}.out_bits"]) != h_bits:
+                raise ValueError(f"{lin} must write the residual format ({h_bits} bits) for the in-place residual add")
 
-    def consumer(lin, z, k, m_reg, dst, m_out, out_frac, out_bits, raw=False, track=0, split=None):
+    def consumer(lin, z, k, m_reg, dst, m_out, out_frac, out_bits, raw=False, track=0, split=None,
+                 residual=False):
         """Codes of one consumer into the next activation bank, its output scale, its GEMV(s)."""
         b = bank[0]
         bank[0] ^= 1
@@ -294,8 +299,8 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         slot = weights.slots[lin]
         if split is None:
             E(Instr(Op.GEMV, a0=dst, n=m_out, a1=slot.base, a2=slot.groups,
-                    imm=gemv_imm(slot.chunks, b, raw), ra=R_SM, rb=R_SH, sat=0 if raw else out_bits,
-                    rd=track, comment=lin))
+                    imm=gemv_imm(slot.chunks, b, raw, residual), ra=R_SM, rb=R_SH, sat=0 if raw else out_bits,
+                    rd=track, comment=lin + (" (added to the residual)" if residual else "")))
         else:  # gate and up halves as two commands (same codes, same scale)
             (dg, tg), (du, tu) = split
             half = m_out // rows
@@ -308,9 +313,11 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         """Block shift, sum of squares and the max|z' wc| of each consumer (NQL pass A)."""
         E(Instr(Op.SBLEN, rd=R_SZ, ra=zmax_reg, imm=-16, comment="block shift sz"))
         E(Instr(Op.VNQA, rd=R_SS, rc=R_M[0], a1=z, a2=wp, a0=wcs[0], rb=R_SZ, n=k, comment="sum of squares, max|u|"))
-        if len(wcs) > 1:
-            E(Instr(Op.VUMAX2, rd=R_M[1], rc=R_M[2] if len(wcs) > 2 else 0, a1=z, a2=wcs[1],
-                    a0=wcs[2] if len(wcs) > 2 else 0, rb=R_SZ, n=k))
+
+    def more_maxima(z, k, wcs):
+        """max|z' wc| of the second and third consumer (runs while the first one's GEMV runs)."""
+        E(Instr(Op.VUMAX2, rd=R_M[1], rc=R_M[2] if len(wcs) > 2 else 0, a1=z, a2=wcs[1],
+                a0=wcs[2] if len(wcs) > 2 else 0, rb=R_SZ, n=k))
 
     def rsq():
         E(Instr(Op.SRSQ, rd=R_Q, rc=R_K, ra=R_SS, imm=TAB_RSQRT, comment="q, k = rsqrt(ss)"))
@@ -326,12 +333,14 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         fi, ff = int(c[p + "attn.i_proj.out_frac"]), int(c[p + "attn.f_proj.out_frac"])
         s_frac = int(c[p + "state_frac"])
         # token mixer
-        group_pass(H, d, R_HMAX, cm[p + "attn_in.wp"],
-                   [cm[p + "attn.i_proj.wc"], cm[p + "attn.f_proj.wc"], cm[p + "attn.g_proj.wc"]])
+        wcs = [cm[p + "attn.i_proj.wc"], cm[p + "attn.f_proj.wc"], cm[p + "attn.g_proj.wc"]]
+        group_pass(H, d, R_HMAX, cm[p + "attn_in.wp"], wcs)
         rsq()
         for lin, mreg, dst, raw in (("attn.i_proj", R_M[0], I_, False), ("attn.f_proj", R_M[1], F_, False),
                                     ("attn.g_proj", R_M[2], G_, True)):
             consumer(p + lin, H, d, mreg, dst, d, int(c[f"{p}{lin}.out_frac"]), int(c[f"{p}{lin}.out_bits"]), raw=raw)
+            if lin == "attn.i_proj":
+                more_maxima(H, d, wcs)
         E(Instr(Op.SLI, rd=R_FI, imm=fi))
         E(Instr(Op.SLI, rd=R_FF, imm=ff))
         E(Instr(Op.SLI, rd=R_CS, imm=fi + 16 - s_frac))
@@ -344,20 +353,20 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         E(Instr(Op.VGLU, a0=Z, a1=S[n], a2=G_, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d, comment="z = silu_block(s) acc_g"))
         group_pass(Z, d, R_ZMAX, cm[p + "attn.o_in.wp"], [cm[p + "attn.o_proj.wc"]])
         rsq()
-        consumer(p + "attn.o_proj", Z, d, R_M[0], O, d, int(c[p + "attn.o_proj.out_frac"]),
-                 int(c[p + "attn.o_proj.out_bits"]))
-        E(Instr(Op.SYNC))
-        E(Instr(Op.VADD, a0=HM, a1=H, a2=O, n=d, sat=h_bits, rd=R_HMAX, comment="h_mid = h + o"))
+        # h_mid = h + o in the GEMV's writeback, in place (o and down write the residual format)
+        consumer(p + "attn.o_proj", Z, d, R_M[0], H, d, int(c[p + "attn.o_proj.out_frac"]), h_bits,
+                 residual=True, track=R_HMAX)
+        E(Instr(Op.SYNC, comment="h_mid written"))
         # channel mixer
         fgu, gbits = int(c[p + "mlp.gate_proj.out_frac"]), int(c[p + "mlp.gate_proj.out_bits"])
-        group_pass(HM, d, R_HMAX, cm[p + "mlp_in.wp"], [cm[p + "mlp.gate_proj.wc"]])
+        group_pass(H, d, R_HMAX, cm[p + "mlp_in.wp"], [cm[p + "mlp.gate_proj.wc"]])
         rsq()
         if d_ff % rows == 0:
-            consumer(p + "mlp.gate_proj", HM, d, R_M[0], GATE, d_ff, fgu, gbits,
+            consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, d_ff, fgu, gbits,
                      split=((GATE, R_GMAX), (UP, 0)))
             E(Instr(Op.SYNC))
         else:
-            consumer(p + "mlp.gate_proj", HM, d, R_M[0], GATE, 2 * d_ff, fgu, gbits)
+            consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, 2 * d_ff, fgu, gbits)
             E(Instr(Op.SYNC))
             E(Instr(Op.VMAXABS, rd=R_GMAX, a1=GATE, n=d_ff))
         E(Instr(Op.SBLEN, rd=R_YSH, ra=R_GMAX, imm=-16))
@@ -375,10 +384,9 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
             E(Instr(Op.SRSHR, rd=R_T1, ra=R_T1, rb=R_T0))
             E(Instr(Op.SADD, rd=R_SS, ra=R_SS, rb=R_T1, comment="ss += eps"))
         rsq()
-        consumer(p + "mlp.down_proj", Z, d_ff, R_M[0], O, d, int(c[p + "mlp.down_proj.out_frac"]),
-                 int(c[p + "mlp.down_proj.out_bits"]))
-        E(Instr(Op.SYNC))
-        E(Instr(Op.VADD, a0=H, a1=HM, a2=O, n=d, sat=h_bits, rd=R_HMAX, comment="h = h_mid + down"))
+        consumer(p + "mlp.down_proj", Z, d_ff, R_M[0], H, d, int(c[p + "mlp.down_proj.out_frac"]), h_bits,
+                 residual=True, track=R_HMAX)
+        E(Instr(Op.SYNC, comment=f"h after layer {n} written"))
         probes.append((len(prog) - 1, f"h{n + 1}"))
     # LM head
     group_pass(H, d, R_HMAX, cm["model.final_in.wp"], [cm["lm_head.wc"]])

@@ -68,8 +68,10 @@ def test_field_range_and_opcode_checks():
         decode(63)
     with pytest.raises(ValueError):
         gemv_imm(0, 0)
-    assert gemv_fields(gemv_imm(37, 1, True)) == (37, 1, True)
-    assert gemv_fields(gemv_imm(65535, 0)) == (65535, 0, False)
+    assert gemv_fields(gemv_imm(37, 1, True)) == (37, 1, True, False)
+    assert gemv_fields(gemv_imm(65535, 0, residual=True)) == (65535, 0, False, True)
+    with pytest.raises(ValueError, match="raw or residual"):
+        gemv_imm(1, 0, raw=True, residual=True)
 
 
 def test_rshift_rounds_half_away():

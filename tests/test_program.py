@@ -8,7 +8,7 @@ import torch
 
 from models.checkpoint import export_checkpoint, load_checkpoint
 from models.config import ModelConfig
-from models.intref import CALIBRATION_TEXT, IntRefModel, argmax_first
+from models.intref import CALIBRATION_TEXT, IntFormats, IntRefModel, argmax_first
 from models.mmfree import MMFreeLM
 from sw.compiler import ModelTooLarge
 from sw.isa import Op, decode_program, encode_program
@@ -36,10 +36,15 @@ def _random_model(seed: int) -> MMFreeLM:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("program") / "tiny.safetensors"
     export_checkpoint(_random_model(0), path, {"purpose": "test"})
-    return IntRefModel(load_checkpoint(path))
+    return load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_ckpt):
+    return IntRefModel(tiny_ckpt)
 
 
 def _run_both(ir: IntRefModel, core: Core, tokens, probes) -> int:
@@ -77,9 +82,19 @@ def test_tiny_model_equals_intref(tiny, lanes, rows, fmt):
         [ZERO_TOK, ZERO_TOK, 0, ZERO_TOK, 255, HUGE_TOK, HUGE_TOK, NEG_TOK, ZERO_TOK, 1],
         [NEG_TOK] * 6 + [255] * 6,
     ]
+    if lanes != 32:  # other engine shapes: a shorter run (intref's steps dominate the test time)
+        seqs = [seqs[0][:8], seqs[1]]
     core = Core(cm, width=4)
     for seq in seqs:
         _run_both(tiny, core, seq, probes)
+
+
+def test_other_formats_equal_intref(tiny_ckpt):
+    """Formats are compiled into the program, not assumed: a different residual, state and logit format."""
+    fm = IntFormats(h_frac=18, state_bits=30, logit_frac=14, act_headroom_bits=2)
+    ir = IntRefModel(tiny_ckpt, formats=fm, calibration=CALIBRATION_TEXT[:128])
+    cm = compile_model(ir, 16, 8)
+    _run_both(ir, Core(cm, width=8), [HUGE_TOK, 3, 200, ZERO_TOK, 77, 77, NEG_TOK], dict(cm.probes))
 
 
 def test_zero_input_and_saturation_are_exercised(tiny):

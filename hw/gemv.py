@@ -10,6 +10,7 @@ While it runs on one bank, the other bank can be written with the next vector.
 
 from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .pe.adder_tree import TernaryAdderTree, WEIGHT_FORMATS, acc_width, row_weight_bits
@@ -36,6 +37,10 @@ class GemvEngine(wiring.Component):
         Longest input vector; the activation memory holds two banks of ``k_max / lanes`` words.
     weight_format : str
         Packing of the weight words, ``"2bit"`` or ``"trits5"``.
+    stages : int or None
+        Pipeline registers inside the adder tree (see :class:`TernaryAdderTree`).
+    fifo_depth : int
+        Output FIFO depth in row groups; the array runs ahead of a stalled consumer by this much.
 
     Members
     -------
@@ -54,7 +59,7 @@ class GemvEngine(wiring.Component):
     """
 
     def __init__(self, lanes: int = 16, rows: int = 4, weight_depth: int = 1024, k_max: int = 1024,
-                 weight_format: str = "2bit", stages: int | None = None):
+                 weight_format: str = "2bit", stages: int | None = None, fifo_depth: int = 8):
         for name, v in (("lanes", lanes), ("rows", rows), ("weight_depth", weight_depth), ("k_max", k_max)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, not {v!r}")
@@ -63,7 +68,9 @@ class GemvEngine(wiring.Component):
         if k_max % lanes:
             raise ValueError(f"k_max ({k_max}) must be a multiple of lanes ({lanes})")
         self._lanes, self._rows, self._depth, self._k_max = lanes, rows, weight_depth, k_max
-        self._fmt, self._stages = weight_format, stages
+        if not isinstance(fifo_depth, int) or fifo_depth < 2:
+            raise ValueError(f"fifo_depth must be an integer >= 2, not {fifo_depth!r}")
+        self._fmt, self._stages, self._fifo_depth = weight_format, stages, fifo_depth
         self._chunks_max = k_max // lanes
         self._row_bits = row_weight_bits(lanes, weight_format)
         waw = max(1, (weight_depth - 1).bit_length())
@@ -114,7 +121,13 @@ class GemvEngine(wiring.Component):
         m.d.comb += [w_wp.addr.eq(self.w_wr.addr), w_wp.data.eq(self.w_wr.data), w_wp.en.eq(self.w_wr.en),
                      a_wp.addr.eq(self.a_wr.addr), a_wp.data.eq(self.a_wr.data), a_wp.en.eq(self.a_wr.en)]
 
-        # Issue stage: counters over (group, chunk); read stage: memory outputs + flags.
+        # The PE array never stalls: its output goes into a FIFO, and a row group is only
+        # started when the FIFO has room for its result (credits). With `pe.o.ready` constant,
+        # synthesis removes the array's pipeline enables, so no stall signal fans out to
+        # thousands of registers. Stages: issue (counters) -> block-RAM read -> register -> PE.
+        depth = self._fifo_depth
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=len(pe.o.payload.as_value()), depth=depth)
+        inflight = Signal(range(depth + 1))  # groups issued whose result is not in the FIFO yet
         running = Signal()
         waddr = Signal.like(w_rd.addr)
         chunk = Signal.like(self.cmd.payload.chunks)
@@ -122,31 +135,42 @@ class GemvEngine(wiring.Component):
         chunks = Signal.like(self.cmd.payload.chunks)
         groups = Signal.like(self.cmd.payload.groups)
         bank = Signal()
+        issue = Signal()
         s1_valid, s1_last = Signal(), Signal()
-        advance = Signal()
-        m.d.comb += [advance.eq(~s1_valid | pe.i.ready), self.busy.eq(running),
-                     self.cmd.ready.eq(~running)]
+        s2_valid, s2_last = Signal(), Signal()
+        s2_x = Signal.like(a_rd.data)
+        s2_w = Signal.like(w_rd.data)
 
         last_chunk = chunk == chunks - 1
-        m.d.comb += [w_rd.en.eq(advance), a_rd.en.eq(advance),
+        room = (fifo.level + inflight) < depth
+        m.d.comb += [issue.eq(running & ((chunk != 0) | room)),
+                     self.busy.eq(running), self.cmd.ready.eq(~running),
                      w_rd.addr.eq(waddr), a_rd.addr.eq(bank * self._chunks_max + chunk)]
-        with m.If(advance):
-            m.d.sync += [s1_valid.eq(running), s1_last.eq(last_chunk)]
-            with m.If(running):
-                m.d.sync += waddr.eq(waddr + 1)
-                with m.If(last_chunk):
-                    m.d.sync += [chunk.eq(0), group.eq(group + 1)]
-                    with m.If(group == groups - 1):
-                        m.d.sync += running.eq(0)
-                with m.Else():
-                    m.d.sync += chunk.eq(chunk + 1)
+        m.d.sync += [s1_valid.eq(issue), s1_last.eq(last_chunk),
+                     s2_valid.eq(s1_valid), s2_last.eq(s1_last), s2_x.eq(a_rd.data), s2_w.eq(w_rd.data)]
+        with m.If(issue):
+            m.d.sync += waddr.eq(waddr + 1)
+            with m.If(last_chunk):
+                m.d.sync += [chunk.eq(0), group.eq(group + 1)]
+                with m.If(group == groups - 1):
+                    m.d.sync += running.eq(0)
+            with m.Else():
+                m.d.sync += chunk.eq(chunk + 1)
         with m.If(self.cmd.valid & ~running):
             p = self.cmd.payload
             m.d.sync += [running.eq((p.groups != 0) & (p.chunks != 0)), waddr.eq(p.base),
                          chunk.eq(0), group.eq(0), chunks.eq(p.chunks), groups.eq(p.groups),
                          bank.eq(p.bank)]
+        started = issue & last_chunk
+        with m.If(started & ~pe.o.valid):
+            m.d.sync += inflight.eq(inflight + 1)
+        with m.Elif(~started & pe.o.valid):
+            m.d.sync += inflight.eq(inflight - 1)
 
-        m.d.comb += [pe.i.valid.eq(s1_valid), pe.i.payload.last.eq(s1_last),
-                     pe.i.payload.x.as_value().eq(a_rd.data), pe.i.payload.w.as_value().eq(w_rd.data)]
-        wiring.connect(m, pe.o, wiring.flipped(self.o))
+        m.d.comb += [pe.i.valid.eq(s2_valid), pe.i.payload.last.eq(s2_last),
+                     pe.i.payload.x.as_value().eq(s2_x), pe.i.payload.w.as_value().eq(s2_w),
+                     pe.o.ready.eq(1),
+                     fifo.w_en.eq(pe.o.valid), fifo.w_data.eq(pe.o.payload.as_value()),
+                     self.o.valid.eq(fifo.r_rdy), self.o.payload.as_value().eq(fifo.r_data),
+                     fifo.r_en.eq(self.o.ready)]
         return m

@@ -123,5 +123,6 @@ async def throughput(dut):
         await RisingEdge(dut.clk)
         cycles += 1
     overhead = cycles - groups * chunks
-    assert 0 <= overhead <= 8, f"{cycles} cycles for {groups * chunks} beats"
+    # Fixed latency: command accept, block-RAM read, operand register, adder tree, output FIFO.
+    assert 0 <= overhead <= 12, f"{cycles} cycles for {groups * chunks} beats"
     dut._log.info("GEMV %d beats in %d cycles (overhead %d)", groups * chunks, cycles, overhead)

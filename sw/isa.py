@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 __all__ = ["Op", "Instr", "FIELDS", "INSTR_BITS", "encode", "decode", "encode_program",
            "decode_program", "program_bytes", "VECTOR_OPS", "SCALAR_OPS", "N_REGS", "REG_BITS",
            "VMEM_BITS", "CMEM_BITS", "TMEM_BITS", "REG_TOKEN", "REG_NEXT", "gemv_imm",
-           "gemv_fields", "disassemble"]
+           "gemv_fields", "GemvImm", "disassemble"]
 
 INSTR_BITS = 128
 N_REGS = 32
@@ -60,7 +61,7 @@ class Op(enum.IntEnum):
 
     NOP = 0
     HALT = 1      # end of the token's program
-    SYNC = 2      # wait until the GEMV engine is idle and its outputs are written
+    SYNC = 2      # wait until at most imm GEMVs are outstanding (their outputs not all written)
     # ---- scalar unit (one result per instruction)
     SLI = 8       # R[rd] = imm
     SADD = 9      # R[rd] = R[ra] + R[rb] + imm
@@ -89,6 +90,7 @@ class Op(enum.IntEnum):
     VREC = 39     # recurrence, state x[a0] in place; inputs x[a1] (i), x[a2] (f), C[imm] (1 - lb)
     VGLU = 40     # x[a0+j] = sat(round_shift(round_shift(y, R[rb]) sigmoid(y; R[ra]), 16) x[a2+j]),
                   # y = x[a1+j];                                        R[rd] = max|written|
+                  # imm bit 0 (chain): x[a2] is the destination of the newest GEMV, read as written
     VARGMAX = 41  # R[rd] = lowest j with x[a1 + j] maximal
     GEMV = 48     # engine: x[a0 + m] = sat(round_shift(acc_m R[ra], R[rb])), m < n
                   # (raw mode: acc_m; residual mode: sat(x[a0 + m] + sat(...)))
@@ -113,16 +115,28 @@ FIELDS = (
 )
 _FIELD = {f[0]: f[1:] for f in FIELDS}
 
-# GEMV immediate: chunks in bits 0..15, activation bank in bit 16, raw-accumulator mode in bit 17,
-# residual-accumulate mode in bit 18.
-_GEMV_CHUNK_BITS = 16
+# GEMV immediate: chunks in bits 0..14, activation bank in bit 15, raw-accumulator mode in bit 16,
+# residual-accumulate mode in bit 17, chained codes in bit 18 (bit 19, the sign, is 0).
+_GEMV_CHUNK_BITS = 15
 
 
-def gemv_imm(chunks: int, bank: int, raw: bool = False, residual: bool = False) -> int:
+class GemvImm(NamedTuple):
+    """The fields packed into a GEMV instruction's ``imm``."""
+
+    chunks: int
+    bank: int
+    raw: bool
+    residual: bool
+    chain: bool
+
+
+def gemv_imm(chunks: int, bank: int, raw: bool = False, residual: bool = False, chain: bool = False) -> int:
     """The ``imm`` field of a GEMV instruction.
 
     ``raw``: write the accumulators unscaled (no rescale registers read). ``residual``: add the
     rescaled, saturated outputs to the destination in place (read-modify-write), saturating again.
+    ``chain``: start while the newest vector instruction (a ``VQ`` into the same bank) is still
+    writing the codes; the engine reads chunk ``c`` only once it is written.
     """
     if raw and residual:
         raise ValueError("a GEMV is either raw or residual, not both")
@@ -130,12 +144,13 @@ def gemv_imm(chunks: int, bank: int, raw: bool = False, residual: bool = False) 
         raise ValueError(f"GEMV chunks must be in 1..{(1 << _GEMV_CHUNK_BITS) - 1}, not {chunks}")
     if bank not in (0, 1):
         raise ValueError(f"activation bank must be 0 or 1, not {bank}")
-    return chunks | bank << 16 | int(bool(raw)) << 17 | int(bool(residual)) << 18
+    return chunks | bank << 15 | int(bool(raw)) << 16 | int(bool(residual)) << 17 | int(bool(chain)) << 18
 
 
-def gemv_fields(imm: int) -> tuple[int, int, bool, bool]:
-    """``(chunks, bank, raw, residual)`` of a GEMV instruction's ``imm``."""
-    return imm & 0xFFFF, (imm >> 16) & 1, bool((imm >> 17) & 1), bool((imm >> 18) & 1)
+def gemv_fields(imm: int) -> GemvImm:
+    """The :class:`GemvImm` fields of a GEMV instruction's ``imm``."""
+    return GemvImm(imm & 0x7FFF, (imm >> 15) & 1, bool((imm >> 16) & 1), bool((imm >> 17) & 1),
+                   bool((imm >> 18) & 1))
 
 
 @dataclass(frozen=True)
@@ -237,10 +252,10 @@ def disassemble(ins: Instr) -> str:
     elif o == Op.SLDC:
         s = f"SLDC {r('rd')}, C[{r('ra')} + {ins.imm}]"
     elif o == Op.GEMV:
-        ch, bank, raw, res = gemv_fields(ins.imm)
-        s = (f"GEMV x[{ins.a0}:+{ins.n}] {'+=' if res else '<-'} W[{ins.a1}] groups={ins.a2} chunks={ch} "
-             f"bank={bank} " + ("raw" if raw else f"scale={r('ra')} shift={r('rb')} sat={ins.sat}")
-             + f" max->{r('rd')}")
+        g = gemv_fields(ins.imm)
+        s = (f"GEMV x[{ins.a0}:+{ins.n}] {'+=' if g.residual else '<-'} W[{ins.a1}] groups={ins.a2} "
+             f"chunks={g.chunks} bank={g.bank}{' chained' if g.chain else ''} "
+             + ("raw" if g.raw else f"scale={r('ra')} shift={r('rb')} sat={ins.sat}") + f" max->{r('rd')}")
     else:
         s = (f"{o.name} n={ins.n} a0={ins.a0} a1={ins.a1} a2={ins.a2} rd={r('rd')} ra={r('ra')} "
              f"rb={r('rb')} rc={r('rc')} imm={ins.imm} sat={ins.sat}")

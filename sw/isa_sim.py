@@ -30,7 +30,7 @@ import numpy as np
 from .isa import REG_BITS, REG_NEXT, REG_TOKEN, VMEM_BITS, Instr, Op, gemv_fields
 from .packing import FORMATS, unpack
 
-__all__ = ["Core", "HazardError", "CycleReport", "SCALAR_CYCLES", "VECTOR_LATENCY", "VECTOR_BEATS",
+__all__ = ["Core", "HazardError", "CycleReport", "SCALAR_CYCLES", "VECTOR_LATENCY", "VECTOR_DEMAND", "vector_beats",
            "gemv_latency", "rshift", "bit_length_int"]
 
 _I64 = np.int64
@@ -57,9 +57,20 @@ VECTOR_LATENCY = {
     Op.VSET: 2, Op.VEMB: 4, Op.VADD: 4, Op.VMAXABS: 4, Op.VARGMAX: 4,
     Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 7, Op.VGLU: 9, Op.VREC: 12,
 }
-#: Cycles per group of ``width`` elements (VREC: two sigmoid evaluations per element on one
-#: sigmoid unit per lane, and three VMEM reads on two read ports).
-VECTOR_BEATS = {Op.VREC: 2}
+#: Per element: (VMEM reads, sigmoid evaluations) of the vector instructions that need more than
+#: one VMEM read or a sigmoid. With ``read_ports`` VMEM read ports and ``sigmoid_per_lane``
+#: sigmoid units per lane, an instruction takes ``max(1, ceil(reads / read_ports),
+#: ceil(sigmoids / sigmoid_per_lane))`` cycles per group of ``width`` elements.
+VECTOR_DEMAND = {Op.VADD: (2, 0), Op.VGLU: (2, 1), Op.VREC: (3, 2)}
+
+
+def vector_beats(op: Op, read_ports: int = 1, sigmoid_per_lane: float = 0.5) -> int:
+    """Cycles per group of ``width`` elements of vector instruction ``op``."""
+    reads, sig = VECTOR_DEMAND.get(op, (1, 0))
+    b = max(1, -(-reads // read_ports))
+    if sig:
+        b = max(b, int(np.ceil(sig / sigmoid_per_lane)))
+    return b
 
 
 def gemv_latency(lanes: int, fmt: str = "2bit") -> int:
@@ -140,7 +151,7 @@ def _regs(ins: Instr) -> tuple[list[int], list[int]]:
     if op == Op.VGLU:
         return [ins.ra, ins.rb], [ins.rd]
     if op == Op.GEMV:
-        return ([] if gemv_fields(ins.imm)[2] else [ins.ra, ins.rb]), [ins.rd]
+        return ([] if gemv_fields(ins.imm).raw else [ins.ra, ins.rb]), [ins.rd]
     raise ValueError(f"unknown opcode {op!r}")
 
 
@@ -170,6 +181,7 @@ class _Pending:
     beats_end: int
     done: int
     wb_beats: int
+    chunks: int
 
 
 class Core:
@@ -179,17 +191,23 @@ class Core:
     ----------
     compiled : sw.program.CompiledModel
     width : int
-        Vector-unit elements per cycle (cycle model only).
+        Vector-unit lanes: elements per cycle (cycle model only).
     hook : callable, optional
-        ``hook(core, pc, instr, cycles)`` after every instruction (``cycles`` = the sequencer
-        cycles it took, stalls included).
+        ``hook(core, pc, instr, cycles)`` after every instruction (``cycles`` = issue to result).
+    read_ports : int
+        VMEM read ports of the vector unit (1: one pseudo-dual-port RAM; 2: two copies).
+    sigmoid_per_lane : float
+        Sigmoid units (one table BRAM each) per lane; 0.5 = one unit shared by two lanes.
     """
 
-    def __init__(self, compiled, width: int = 4, hook=None):
+    def __init__(self, compiled, width: int = 16, hook=None, read_ports: int = 1, sigmoid_per_lane: float = 0.5):
         if width < 1:
             raise ValueError("width must be >= 1")
+        if read_ports not in (1, 2) or not 0 < sigmoid_per_lane <= 2:
+            raise ValueError("read_ports must be 1 or 2 and sigmoid_per_lane in (0, 2]")
         self.c = compiled
         self.width = width
+        self.beats = {op: vector_beats(op, read_ports, sigmoid_per_lane) for op in VECTOR_LATENCY}
         self.hook = hook
         w = compiled.weights
         self.lanes, self.rows = w.lanes, w.rows
@@ -247,6 +265,7 @@ class Core:
         self.vec_free = 0
         self.vec_queue = 0
         self._vec_starts: list[int] = []
+        self._last_vec = (Op.NOP, 0, 0, 0)
         self.reg_ready = [0] * 32
         self.pending: list[_Pending] = []
         self.cycles = CycleReport()
@@ -282,15 +301,17 @@ class Core:
         if i:
             self.regs[i] = v
 
-    def _touch(self, a: int, n: int) -> None:
-        for p in self.pending:
+    def _touch(self, a: int, n: int, chained: bool = False) -> None:
+        for k, p in enumerate(self.pending):
             if a < p.dst[0] + p.dst[1] and p.dst[0] < a + n:
+                if chained and k == len(self.pending) - 1 and a == p.dst[0] and n <= p.dst[1]:
+                    continue  # chained read of the newest GEMV's output, in the order it is written
                 raise HazardError(f"VMEM[{a}:{a + n}] overlaps the output of an unsynced GEMV")
 
-    def _vr(self, a: int, n: int) -> np.ndarray:
+    def _vr(self, a: int, n: int, chained: bool = False) -> np.ndarray:
         if a + n > self.vmem.size:
             raise IndexError(f"VMEM read [{a}, {a + n}) beyond {self.vmem.size} words")
-        self._touch(a, n)
+        self._touch(a, n, chained)
         return self.vmem[a:a + n]
 
     def _vw(self, a: int, x, sat: int = 0, n: int | None = None) -> int:
@@ -339,8 +360,12 @@ class Core:
             if p.done > self.t:
                 self.cycles.stall_engine += p.done - self.t
                 self.t = p.done
-            if self.vec_free > p.start:   # its writeback shared the VMEM write port
-                self.vec_free += p.wb_beats
+            # its writeback shares the VMEM write port: the vector unit loses the beats that
+            # fall in the part of the output window [first output, done] where it was streaming
+            first = p.start + 1 + p.chunks + self.gemv_lat
+            busy = max(0, min(self.vec_free, p.done) - first)
+            if busy and p.done > first:
+                self.vec_free += -(-p.wb_beats * busy // (p.done - first))
 
     def _time(self, ins: Instr) -> tuple[int, int]:
         """Advance the cycle model over ``ins``; returns (issue, done) cycles."""
@@ -359,11 +384,18 @@ class Core:
             done = issue + SCALAR_CYCLES[op]
             self.t = issue + 1
         elif op == Op.GEMV:
-            chunks = gemv_fields(ins.imm)[0]
-            start = max(issue, self.eng_free, self.vec_free)   # codes written, engine idle
+            g = gemv_fields(ins.imm)
+            beats = ins.a2 * g.chunks
+            q = self._last_vec
+            if g.chain and q[0] == Op.VQ and q[1] == g.bank:
+                # codes chained: the first row group reads chunk c as soon as the VQ wrote it
+                _, _, q_start, q_done = q
+                start = max(issue, self.eng_free, q_start)
+                self.eng_free = max(start + 1 + beats, q_done + 1 + (ins.a2 - 1) * g.chunks)
+            else:
+                start = max(issue, self.eng_free, self.vec_free)   # codes written, engine idle
+                self.eng_free = start + 1 + beats
             self.cycles.stall_engine += start - issue
-            beats = ins.a2 * chunks
-            self.eng_free = start + 1 + beats
             self.cycles.engine_busy += beats
             done = self.eng_free + self.gemv_lat
             self._gemv_t = (start, self.eng_free, done)
@@ -375,9 +407,16 @@ class Core:
                 start = max([start] + busy)
             self.vec_queue = max(self.vec_queue, sum(1 for v in self._vec_starts if v > issue))
             self._vec_starts.append(start)
-            beats = -(-ins.n // self.width) * VECTOR_BEATS.get(op, 1)
+            beats = -(-ins.n // self.width) * self.beats[op]
             done = start + VECTOR_LATENCY[op] + beats
+            if op == Op.VGLU and ins.imm & 1 and self.pending:
+                # chained: element j of x[a2] is there once its row group has left the engine
+                p = self.pending[-1]
+                if p.dst[0] == ins.a2:
+                    last = p.start + 1 + -(-ins.n // self.rows) * p.chunks + self.gemv_lat
+                    done = max(done, last + self.beats[op] + VECTOR_LATENCY[op])
             self.vec_free = done
+            self._last_vec = (op, ins.a0, start, done)
             self.cycles.vector_busy += done - start
             self.t = issue + 1
         for r in dsts:
@@ -491,14 +530,14 @@ class Core:
         elif op == Op.VGLU:
             y = self._vr(ins.a1, n)
             sy = rshift(rshift(y, R(ins.rb)) * self._sigmoid(y, R(ins.ra)), 16)
-            W(ins.rd, self._vw(ins.a0, sy * self._vr(ins.a2, n), ins.sat))
+            W(ins.rd, self._vw(ins.a0, sy * self._vr(ins.a2, n, chained=bool(ins.imm & 1)), ins.sat))
         elif op == Op.VARGMAX:
             W(ins.rd, int(np.argmax(self._vr(ins.a1, n))))
         else:
             raise ValueError(f"unknown opcode {op!r}")
 
     def _gemv(self, ins: Instr) -> None:
-        chunks, bank, raw, residual = gemv_fields(ins.imm)
+        chunks, bank, raw, residual, _ = gemv_fields(ins.imm)
         groups, base, n = ins.a2, ins.a1, ins.n
         if n > groups * self.rows:
             raise ValueError(f"GEMV writes {n} outputs but computes {groups * self.rows}")
@@ -524,4 +563,5 @@ class Core:
         if ins.rd:
             self._w(ins.rd, mx)
         start, beats_end, done = self._gemv_t
-        self.pending.append(_Pending((ins.a0, n), bank, ins.rd, start, beats_end, done, -(-n // self.width)))
+        self.pending.append(_Pending((ins.a0, n), bank, ins.rd, start, beats_end, done, -(-n // self.width),
+                                     chunks))

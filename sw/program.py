@@ -299,12 +299,12 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         slot = weights.slots[lin]
         if split is None:
             E(Instr(Op.GEMV, a0=dst, n=m_out, a1=slot.base, a2=slot.groups,
-                    imm=gemv_imm(slot.chunks, b, raw, residual), ra=R_SM, rb=R_SH, sat=0 if raw else out_bits,
+                    imm=gemv_imm(slot.chunks, b, raw, residual, chain=True), ra=R_SM, rb=R_SH, sat=0 if raw else out_bits,
                     rd=track, comment=lin + (" (added to the residual)" if residual else "")))
         else:  # gate and up halves as two commands (same codes, same scale)
             (dg, tg), (du, tu) = split
             half = m_out // rows
-            E(Instr(Op.GEMV, a0=dg, n=m_out, a1=slot.base, a2=half, imm=gemv_imm(slot.chunks, b),
+            E(Instr(Op.GEMV, a0=dg, n=m_out, a1=slot.base, a2=half, imm=gemv_imm(slot.chunks, b, chain=True),
                     ra=R_SM, rb=R_SH, sat=out_bits, rd=tg, comment=lin + " (gate)"))
             E(Instr(Op.GEMV, a0=du, n=m_out, a1=slot.base + half * slot.chunks, a2=slot.groups - half,
                     imm=gemv_imm(slot.chunks, b), ra=R_SM, rb=R_SH, sat=out_bits, rd=tu, comment=lin + " (up)"))
@@ -349,8 +349,8 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
                 comment=f"state{n} = s + om (silu(i) - s)"))
         E(Instr(Op.SBLEN, rd=R_YSH, ra=R_SMAX, imm=-16))
         E(Instr(Op.SLI, rd=R_T0, imm=s_frac))
-        E(Instr(Op.SYNC, comment="acc_g written"))
-        E(Instr(Op.VGLU, a0=Z, a1=S[n], a2=G_, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d, comment="z = silu_block(s) acc_g"))
+        E(Instr(Op.VGLU, a0=Z, a1=S[n], a2=G_, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d, imm=1,
+                comment="z = silu_block(s) acc_g, chained on g's GEMV"))
         group_pass(Z, d, R_ZMAX, cm[p + "attn.o_in.wp"], [cm[p + "attn.o_proj.wc"]])
         rsq()
         # h_mid = h + o in the GEMV's writeback, in place (o and down write the residual format)
@@ -364,14 +364,17 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         if d_ff % rows == 0:
             consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, d_ff, fgu, gbits,
                      split=((GATE, R_GMAX), (UP, 0)))
-            E(Instr(Op.SYNC))
+            E(Instr(Op.SYNC, imm=1, comment="gate written (up may still run)"))
+            chain = 1
         else:
             consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, 2 * d_ff, fgu, gbits)
             E(Instr(Op.SYNC))
             E(Instr(Op.VMAXABS, rd=R_GMAX, a1=GATE, n=d_ff))
+            chain = 0
         E(Instr(Op.SBLEN, rd=R_YSH, ra=R_GMAX, imm=-16))
         E(Instr(Op.SLI, rd=R_T0, imm=fgu))
-        E(Instr(Op.VGLU, a0=Z, a1=GATE, a2=UP, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d_ff, comment="z = silu_block(gate) up"))
+        E(Instr(Op.VGLU, a0=Z, a1=GATE, a2=UP, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d_ff, imm=chain,
+                comment="z = silu_block(gate) up" + (", chained on up's GEMV" if chain else "")))
         group_pass(Z, d_ff, R_ZMAX, cm[p + "mlp.down_in.wp"], [cm[p + "mlp.down_proj.wc"]])
         eps_mant = int(c.get(p + "mlp.down_in.eps_mant", 0))
         if eps_mant:

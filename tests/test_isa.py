@@ -68,8 +68,9 @@ def test_field_range_and_opcode_checks():
         decode(63)
     with pytest.raises(ValueError):
         gemv_imm(0, 0)
-    assert gemv_fields(gemv_imm(37, 1, True)) == (37, 1, True, False)
-    assert gemv_fields(gemv_imm(65535, 0, residual=True)) == (65535, 0, False, True)
+    assert gemv_fields(gemv_imm(37, 1, True)) == (37, 1, True, False, False)
+    assert gemv_fields(gemv_imm(32767, 0, residual=True, chain=True)) == (32767, 0, False, True, True)
+    assert Instr(Op.GEMV, imm=gemv_imm(32767, 1, raw=True, chain=True)).imm > 0
     with pytest.raises(ValueError, match="raw or residual"):
         gemv_imm(1, 0, raw=True, residual=True)
 

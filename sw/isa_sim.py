@@ -333,6 +333,37 @@ class Core:
             raise IndexError(f"CMEM read [{a}, {a + n}) beyond {self.cmem.size} words")
         return self.cmem[a:a + n]
 
+    def recip_unit(self, mn, base: int):
+        """SRECIP: ``~2**32 / mn`` for ``2**15 <= mn < 2**16``, seed table at ``TMEM[base]``, one
+        Newton step (two multiplies of at most 17 x 17 bits)."""
+        mn = np.asarray(mn, dtype=_I64)
+        if np.any(mn < (1 << 15)) or np.any(mn >= (1 << 16)):
+            raise ValueError("SRECIP input is not a 16-bit mantissa")
+        r0 = self.tmem[base + (mn >> 7) - 256]
+        e = mn * r0 - (_I64(1) << _I64(32))
+        return r0 - rshift(r0 * rshift(e, 8), 24)
+
+    def rsqrt_unit(self, ss, base: int):
+        """SRSQ: ``(q, k)`` with ``1/sqrt(ss) ~= q 2**-(23 + k/2)``; ``k`` even, mantissa
+        ``ms = ss >> k`` in ``[2**14, 2**16)`` (truncated; ``2**14`` for ``ss = 0``), seed table at
+        ``TMEM[base]``, one Newton step (three multiplies of at most 17 x 17 bits)."""
+        ss = np.asarray(ss, dtype=_I64)
+        if np.any(ss < 0) or np.any(ss >= (1 << 53)):
+            raise ValueError("SRSQ input out of range")
+        _, k = np.frexp(ss.astype(np.float64))   # bit length (exact below 2**53)
+        k = k.astype(_I64) - 16
+        k = k + (k % 2)
+        ms = np.where(k >= 0, ss >> np.maximum(k, 0), ss << np.maximum(-k, 0))
+        ms = np.where(ss == 0, 1 << 14, ms)
+        q0 = self.tmem[base + (ms >> 7) - 128]
+        t = rshift(q0 * q0, 16)
+        e = ms * t - (_I64(1) << _I64(30))
+        return q0 - rshift(q0 * rshift(e, 8), 23), k
+
+    def sigmoid_unit(self, y, F: int) -> np.ndarray:
+        """The sigmoid unit (public for tests), see :meth:`_sigmoid`."""
+        return self._sigmoid(y, F)
+
     def _sigmoid(self, y, F: int) -> np.ndarray:
         """Sigmoid unit (uQ0.16 out): table SIGMEM, linear interpolation, odd symmetry."""
         y = np.asarray(y, dtype=_I64)
@@ -459,24 +490,11 @@ class Core:
             W(ins.rd, mn)
             W(ins.rc, t)
         elif op == Op.SRECIP:
-            mn = R(ins.ra)
-            if not (1 << 15) <= mn < (1 << 16):
-                raise ValueError(f"SRECIP input {mn} not a 16-bit mantissa")
-            r0 = int(self.tmem[ins.imm + (mn >> 7) - 256])
-            e = mn * r0 - (1 << 32)
-            W(ins.rd, r0 - rshift(r0 * rshift(e, 8), 24))
+            W(ins.rd, int(self.recip_unit(R(ins.ra), ins.imm)))
         elif op == Op.SRSQ:
-            ss = R(ins.ra)
-            if ss < 0:
-                raise ValueError("SRSQ of a negative value")
-            k = bit_length_int(ss) - 16
-            k += k % 2
-            ms = (ss >> k if k >= 0 else ss << -k) if ss else 1 << 14
-            q0 = int(self.tmem[ins.imm + (ms >> 7) - 128])
-            tt = rshift(q0 * q0, 16)
-            e = ms * tt - (1 << 30)
-            W(ins.rd, q0 - rshift(q0 * rshift(e, 8), 23))
-            W(ins.rc, k)
+            q, k = self.rsqrt_unit(R(ins.ra), ins.imm)
+            W(ins.rd, int(q))
+            W(ins.rc, int(k))
         elif op == Op.SZSEL:
             W(ins.rd, 0 if (R(ins.ra) == 0 or R(ins.rb) == 0) else R(ins.rc))
         elif op == Op.SLDC:

@@ -154,3 +154,43 @@ def test_sw_imports_numpy_only():
 
 def test_weight_image_type():
     assert isinstance(_toy([Instr(Op.HALT)]).weights, WeightImage)
+
+
+def test_function_units_equal_the_fixedpoint_definitions():
+    """Sigmoid, reciprocal and rsqrt units, reading the compiled tables, over their whole input ranges."""
+    from models import fixedpoint as fx
+
+    core = Core(_toy([Instr(Op.HALT)]))
+    core.sigmem[:] = fx.sigmoid_table()
+    core.tmem[:] = np.concatenate([fx.recip_table(), fx.rsqrt_table()])
+    y = np.arange(-(1 << 17), 1 << 17)
+    for f in (8, 11, 16):
+        assert np.array_equal(core.sigmoid_unit(y, f), fx.sigmoid_q16(y, f))
+    y32 = np.random.default_rng(0).integers(-(1 << 31), 1 << 31, 100_000)
+    assert np.array_equal(core.sigmoid_unit(y32, 26), fx.sigmoid_q16(y32, 26))
+    mn = np.arange(1 << 15, 1 << 16)
+    assert np.array_equal(core.recip_unit(mn, 0), fx.recip_norm(mn))
+    ss = np.concatenate([np.arange(0, 1 << 17), 1 + np.random.default_rng(1).integers(0, 1 << 52, 100_000),
+                         [1 << 52, (1 << 53) - 1]])
+    q, k = core.rsqrt_unit(ss, 256)
+    from models.intref import rsqrt_sum_squares
+    q_ref, k_ref, zero = rsqrt_sum_squares(ss)
+    assert np.array_equal(k, k_ref) and np.array_equal(q[~zero], q_ref[~zero])
+
+
+def test_chained_read_only_of_the_newest_gemv_from_its_start():
+    def prog(a2):
+        return _codes_then([
+            Instr(Op.GEMV, a0=8, n=4, a1=0, a2=2, imm=gemv_imm(1, 0, raw=True)),
+            Instr(Op.GEMV, a0=16, n=4, a1=0, a2=2, imm=gemv_imm(1, 0, raw=True)),
+            Instr(Op.SLI, rd=8, imm=8),
+            Instr(Op.VGLU, a0=24, a1=0, a2=a2, ra=8, n=4, imm=1),
+            Instr(Op.SYNC), Instr(Op.HALT)])
+    core = Core(_toy(prog(16)))
+    core.step(0)   # newest GEMV, from the start of its output: allowed
+    # silu_block(1..4 with an all-zero sigmoid table, i.e. sigmoid = 1/2) times W @ (1, 2, 3, 4)
+    assert list(core.vmem[24:28]) == [rshift(x * 32768, 16) * y for x, y in zip((1, 2, 3, 4), (-3, 2, 3, 10))]
+    with pytest.raises(HazardError):
+        Core(_toy(prog(8))).step(0)     # the older GEMV's output
+    with pytest.raises(HazardError):
+        Core(_toy(prog(17))).step(0)    # not from its first element

@@ -26,6 +26,15 @@ SHIPPED_FLOAT = REPO / "models" / "checkpoints" / "mmfree-tiny-float.safetensors
 WEIGHT_BUDGET = 1_200_000
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: one thread avoids thread hand-off costs on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(quantize=True, seed=0):
     torch.manual_seed(seed)
     model = MMFreeLM(ModelConfig(d_model=32, n_layers=2, quantize=quantize))

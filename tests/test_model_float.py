@@ -9,6 +9,15 @@ from models.mmfree import BitLinear, MMFreeLM
 from models.quant import act_quant_int8, ternary_quant
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: one thread avoids thread hand-off costs on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _randomised_model(config: ModelConfig, seed: int = 0) -> MMFreeLM:
     """Model whose norms and lower bounds are not at their initial values (all paths matter)."""
     torch.manual_seed(seed)

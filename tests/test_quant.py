@@ -13,6 +13,15 @@ from models.quant import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """These tensors are tiny: one thread avoids thread hand-off costs on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_round_half_away_ties(dtype):
     x = torch.tensor([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.5, -3.5, 126.5, -128.5], dtype=dtype)

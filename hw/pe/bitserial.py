@@ -238,13 +238,8 @@ class BitSerialPE(wiring.Component):
                         rom[(is_fp, code, j0)] = (1, term[0], term[1], 0)
         return rom
 
-    def _lane_term(self, m, code, x, ctl, name):
-        """One lane's term for the current term index, with its negation left to the tree.
-
-        Returns ``(raw, carry)``: ``raw`` is ``x << s`` for a positive term,
-        ``~(x << s)`` for a negative one and 0 for a zero term; ``carry`` is 1 for a negative
-        term, so that ``raw + carry`` is the term (the carries are counted once for all lanes).
-        """
+    def _lane_decode(self, m, code, ctl, name):
+        """Decode one lane's code for the current term index: ``(nz, negate, shift)``."""
         j0 = ctl["j"][0]
         # Ternary: code 0 -> -1, 2 -> +1, 1 and 3 -> 0.
         t_nz, t_neg = ~code[0], ~code[1]
@@ -282,8 +277,18 @@ class BitSerialPE(wiring.Component):
                      | (ctl["sel3"].replicate(3) & s3[2]) | (ctl["sel4"].replicate(3) & s4[2])
                      | (use_ex.replicate(3) & ctl["ex_shift"])),
         ]
-        # Two-stage shifter, the complement and the zero folded into the first stage:
-        # a = (x ^ neg) << shift[0] filled with neg, or 0; raw = a << (2 * shift[1] + 4 * shift[2]).
+        return nz, neg, shift
+
+    @staticmethod
+    def _lane_shift(m, x, nz, neg, shift, name):
+        """The term of one lane from its registered decode, with its negation left to the tree.
+
+        Returns ``(raw, carry)``: ``raw`` is ``x << shift`` for a positive term,
+        ``~(x << shift)`` for a negative one and 0 for a zero term; ``carry`` is 1 for a
+        negative term, so that ``raw + carry`` is the term (the carries of all lanes are added
+        once, at the first adder of the tree). Two stages: ``a = (x ^ neg) << shift[0]`` filled
+        with ``neg`` (or 0), then ``a << (2 * shift[1] + 4 * shift[2])``.
+        """
         fill = Signal(name=f"{name}_fill")
         m.d.comb += fill.eq(nz & neg)
         xe = Signal(signed(8), name=f"{name}_xe")
@@ -350,14 +355,24 @@ class BitSerialPE(wiring.Component):
             "valid": 1, "cshift": 2, "group_end": 1, "dot_last": 1, "tern": 1,
             "m": SCALE_MANT_BITS, "e": SCALE_EXP_BITS,
         })
-        terms = [Signal(signed(_LANE_TERM_BITS), name=f"t1_{i}") for i in range(lanes)]
+        # The pipeline register sits between the decode and the shifter (13 bits per lane, as
+        # many as the term itself): synthesis maps the two halves separately, far smaller than
+        # one combinational cloud.
         tag = Signal(tag_layout, name="tag1")
-        lane_out = [self._lane_term(m, pl.w[i], pl.x[i], ctl, f"lane{i}") for i in range(lanes)]
+        dec = []
+        for i in range(lanes):
+            nz, neg, shift = self._lane_decode(m, pl.w[i], ctl, f"lane{i}")
+            r_nz, r_neg = Signal(name=f"r_nz{i}"), Signal(name=f"r_neg{i}")
+            r_shift, r_x = Signal(3, name=f"r_shift{i}"), Signal(signed(8), name=f"r_x{i}")
+            with m.If(adv):
+                m.d.sync += [r_nz.eq(nz), r_neg.eq(neg), r_shift.eq(shift), r_x.eq(pl.x[i])]
+            dec.append((r_x, r_nz, r_neg, r_shift))
+        lane_out = [self._lane_shift(m, *d, f"lane{i}") for i, d in enumerate(dec)]
+        terms = [raw for raw, _ in lane_out]
         # The negated lanes' +1s, counted once and added at the first adder of the tree.
-        carries = Signal(range(lanes + 1), name="t1_carries")
+        carries = Signal(range(lanes + 1), name="carries")
+        m.d.comb += carries.eq(sum(c for _, c in lane_out))
         with m.If(adv):
-            m.d.sync += [t.eq(raw) for t, (raw, _) in zip(terms, lane_out)]
-            m.d.sync += carries.eq(sum(c for _, c in lane_out))
             m.d.sync += [
                 tag.valid.eq(inp.valid),
                 tag.cshift.eq(Mux(ctl["is_int8"], ctl["j"], 0)),
@@ -420,7 +435,7 @@ class BitSerialPE(wiring.Component):
             with m.Else():
                 m.d.sync += acc_p.eq(acc_p + contrib)
 
-        # -- dequantisation unit: D1 multiply, D2 round, D3 accumulate --------------------------
+        # -- dequantisation unit: multiply, round (add, shift, shift), accumulate ---------------
         out_valid = Signal()
         out_data = Signal(signed(rw))
         m.d.comb += [res.valid.eq(out_valid), res.payload.eq(out_data)]
@@ -434,40 +449,47 @@ class BitSerialPE(wiring.Component):
         d1_mcand = Signal(signed(prod_bits))                   # serial: P << (bits done)
         d1_done = Signal()
         m.d.comb += d1_done.eq(d1_valid & (d1_mrem == 0))
-        d2_valid, d2_last = Signal(), Signal()
-        d2_r = Signal(signed(prod_bits))
-        d3_valid, d3_last = Signal(), Signal()
-        d3_r = Signal(signed(prod_bits))
+        rbits = prod_bits + 1
+        s2_valid, s2_last, s2_r, s2_e = (Signal(), Signal(), Signal(signed(rbits)),
+                                         Signal(SCALE_EXP_BITS))
+        s3_valid, s3_last, s3_r, s3_e = (Signal(), Signal(), Signal(signed(rbits)),
+                                         Signal(SCALE_EXP_BITS - 2))
+        s4_valid, s4_last, s4_r = Signal(), Signal(), Signal(signed(rbits))
         acc_out = Signal(signed(rw))
 
         dq_adv = Signal()
-        m.d.comb += dq_adv.eq(~(d3_valid & d3_last & out_valid))
+        m.d.comb += dq_adv.eq(~(s4_valid & s4_last & out_valid))
         m.d.comb += take.eq(dq_adv & pend_full & (~d1_valid | d1_done))
 
-        # Round half away from zero: (prod + 2**(e-1) - (prod < 0)) >> e for e > 0.
+        # Round half away from zero: (prod + 2**(e-1) - (prod < 0)) >> e for e > 0; the add in
+        # one stage, the arithmetic shift in two registered stages (by e[0:2], then by 4*e[2:5]).
         neg = d1_prod < 0
         half = Signal(prod_bits, name="round_half")
         m.d.comb += half.eq(Mux(d1_e == 0, 0, (Const(1, prod_bits) << d1_e) >> 1))
-        bias = Signal(signed(prod_bits + 1), name="round_bias")
+        bias = Signal(signed(rbits), name="round_bias")
         m.d.comb += bias.eq(Mux(d1_e == 0, 0, half - neg))
-        rounded = Signal(signed(prod_bits + 1), name="round_sum")
-        m.d.comb += rounded.eq(d1_prod + bias)
-        # Arithmetic right shift by e as five explicit 2:1 stages (a log shifter), not a
-        # 32-way multiplexer per bit.
-        shifted = rounded
-        for k in range(SCALE_EXP_BITS):
-            stage = Signal(signed(prod_bits + 1), name=f"round_shift{k}")
-            m.d.comb += stage.eq(Mux(d1_e[k], shifted >> (1 << k), shifted))
-            shifted = stage
+        shift_lo = Signal(signed(rbits), name="round_shift_lo")
+        with m.Switch(s2_e[0:2]):
+            for v in range(4):
+                with m.Case(v):
+                    m.d.comb += shift_lo.eq(s2_r >> v)
+        shift_hi = Signal(signed(rbits), name="round_shift_hi")
+        with m.Switch(s3_e):
+            for v in range(1 << (SCALE_EXP_BITS - 2)):
+                with m.Case(v):
+                    m.d.comb += shift_hi.eq(s3_r >> (4 * v))
 
         with m.If(dq_adv):
-            with m.If(d3_valid):
-                with m.If(d3_last):
-                    m.d.sync += [out_data.eq(acc_out + d3_r), out_valid.eq(1), acc_out.eq(0)]
+            with m.If(s4_valid):
+                with m.If(s4_last):
+                    m.d.sync += [out_data.eq(acc_out + s4_r), out_valid.eq(1), acc_out.eq(0)]
                 with m.Else():
-                    m.d.sync += acc_out.eq(acc_out + d3_r)
-            m.d.sync += [d3_valid.eq(d2_valid), d3_last.eq(d2_last), d3_r.eq(d2_r)]
-            m.d.sync += [d2_valid.eq(d1_done), d2_last.eq(d1_last), d2_r.eq(shifted)]
+                    m.d.sync += acc_out.eq(acc_out + s4_r)
+            m.d.sync += [s4_valid.eq(s3_valid), s4_last.eq(s3_last), s4_r.eq(shift_hi)]
+            m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last), s3_r.eq(shift_lo),
+                         s3_e.eq(s2_e[2:])]
+            m.d.sync += [s2_valid.eq(d1_done), s2_last.eq(d1_last), s2_r.eq(d1_prod + bias),
+                         s2_e.eq(d1_e)]
             with m.If(take):
                 m.d.sync += [d1_valid.eq(1), d1_last.eq(pend_last)]
                 with m.If(pend_tern):

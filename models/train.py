@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .checkpoint import export_checkpoint
@@ -169,8 +170,6 @@ def main(argv=None) -> int:
     rank = 0
     device = args.device
     if distributed:
-        import torch.distributed as dist
-
         if device.startswith("cuda"):
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local_rank)
@@ -269,11 +268,17 @@ def main(argv=None) -> int:
         opt.step()
 
         done = step + 1
+        if done % args.log_every == 0 or done == 1 or done == args.steps:
+            train_loss = loss.detach()
+            if distributed:  # log the loss of the whole global batch, not rank 0's share
+                train_loss = train_loss.clone()
+                dist.all_reduce(train_loss)
+                train_loss /= world
         if is_main and (done % args.log_every == 0 or done == 1 or done == args.steps):
             now = time.time()
             tps = (done - last_step) * tokens_per_step / max(now - last_t, 1e-9)
             last_t, last_step = now, done
-            log(f"step {done:6d}/{args.steps}  loss {loss.item():.4f}  bpb {loss.item() / math.log(2):.4f}  "
+            log(f"step {done:6d}/{args.steps}  loss {train_loss.item():.4f}  bpb {train_loss.item() / math.log(2):.4f}  "
                 f"lr {lr:.2e}  gnorm {gnorm.item():.3f}  tok/s {tps:,.0f}  elapsed {now - t0:,.0f}s")
         if is_main and done % args.eval_every == 0 and done != args.steps:
             val_bpb = evaluate_bpb(model, val_data, args.eval_len, args.eval_max_bytes, device=device)
@@ -291,8 +296,6 @@ def main(argv=None) -> int:
         log(f"wrote {args.out}")
         log_fh.close()
     if distributed:
-        import torch.distributed as dist
-
         dist.barrier()
         dist.destroy_process_group()
     return 0

@@ -266,11 +266,21 @@ class LinkProtocol(wiring.Component):
         data_len = Signal(16)
         m.d.comb += data_len.eq(length - P.ARG_BYTES)
         sizes = Array(Const(s, 32) for s in self._mem_sizes)
-        mem_ok = a_mem < len(self._mem_sizes)
         mem_size = sizes[a_mem[:4]] if len(self._mem_sizes) > 1 else sizes[0]
 
-        def in_range(n):
-            return (a_addr + n) <= mem_size   # 33-bit sum: no wrap-around
+        # Argument checks, registered: the arguments are stable from the last payload byte on,
+        # and at least the four FCS cycles and CHECK pass before EXEC reads these flags. This
+        # keeps the 33-bit adders and comparators out of EXEC's next-state logic.
+        mem_ok = Signal()
+        write_ok = Signal()
+        read_ok = Signal()
+        crc_ok = Signal()
+        count16_ok = Signal()
+        m.d.sync += [mem_ok.eq(a_mem < len(self._mem_sizes)),
+                     write_ok.eq((a_addr + data_len) <= mem_size),    # 33-bit sums: no wrap
+                     read_ok.eq((a_addr + a_count16) <= mem_size),
+                     crc_ok.eq((a_addr + a_count32) <= mem_size),
+                     count16_ok.eq(a_count16 <= self._max_data)]
 
         rx_byte = self.rx.payload
         rx_take = self.rx.valid & self.rx.ready
@@ -389,7 +399,7 @@ class LinkProtocol(wiring.Component):
                             reply_error(E.BAD_LENGTH)
                         with m.Elif(~mem_ok):
                             reply_error(E.BAD_MEMORY)
-                        with m.Elif(~in_range(data_len)):
+                        with m.Elif(~write_ok):
                             reply_error(E.BAD_ADDRESS)
                         with m.Elif(data_len == 0):
                             reply_ok()
@@ -399,11 +409,11 @@ class LinkProtocol(wiring.Component):
                     with m.Case(C.READ):
                         with m.If(length != 7):
                             reply_error(E.BAD_LENGTH)
-                        with m.Elif(a_count16 > self._max_data):
+                        with m.Elif(~count16_ok):
                             reply_error(E.BAD_LENGTH)
                         with m.Elif(~mem_ok):
                             reply_error(E.BAD_MEMORY)
-                        with m.Elif(~in_range(a_count16)):
+                        with m.Elif(~read_ok):
                             reply_error(E.BAD_ADDRESS)
                         with m.Else():
                             m.d.sync += count.eq(a_count16)
@@ -413,7 +423,7 @@ class LinkProtocol(wiring.Component):
                             reply_error(E.BAD_LENGTH)
                         with m.Elif(~mem_ok):
                             reply_error(E.BAD_MEMORY)
-                        with m.Elif(~in_range(a_count32)):
+                        with m.Elif(~crc_ok):
                             reply_error(E.BAD_ADDRESS)
                         with m.Else():
                             m.d.sync += count.eq(a_count32)

@@ -9,7 +9,7 @@ same two ports.
 """
 
 from amaranth import Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -19,7 +19,7 @@ from sw import protocol as P
 from .protocol import LinkProtocol, MemPortSignature, NullCore, link_manifest
 from .uart import UART, uart_divisor
 
-__all__ = ["LinkTestMemory", "SocLink"]
+__all__ = ["LinkTestMemory", "StreamRegister", "SocLink"]
 
 
 class LinkTestMemory(wiring.Component):
@@ -55,6 +55,29 @@ class LinkTestMemory(wiring.Component):
         m.d.comb += [wr.addr.eq(p.addr), wr.data.eq(p.wdata), wr.en.eq(p.we),
                      rd.addr.eq(p.addr), rd.en.eq(p.re), p.rdata.eq(rd.data), p.ready.eq(1)]
         m.d.sync += p.rvalid.eq(p.re)
+        return m
+
+
+class StreamRegister(wiring.Component):
+    """One register stage in a byte stream, full throughput (ready passes through combinationally).
+
+    Cuts timing paths: behind a block-RAM FIFO, whose data output is slow on the ECP5 (about 6 ns
+    clock-to-out without its output register), the consumer's logic starts from a flip-flop.
+
+    Members
+    -------
+    i : ``In(stream.Signature(8))``
+    o : ``Out(stream.Signature(8))``
+    """
+
+    def __init__(self):
+        super().__init__({"i": In(stream.Signature(8)), "o": Out(stream.Signature(8))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.i.ready):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
         return m
 
 
@@ -142,12 +165,14 @@ class SocLink(wiring.Component):
         m.submodules.core = core = NullCore()
 
         wiring.connect(m, uart.rx_stream, fifo.w_stream)
-        wiring.connect(m, fifo.r_stream, proto.rx)
+        m.submodules.rx_reg = rx_reg = StreamRegister()
+        wiring.connect(m, fifo.r_stream, rx_reg.i)
+        wiring.connect(m, rx_reg.o, proto.rx)
         wiring.connect(m, proto.tx, uart.tx_stream)
         wiring.connect(m, proto.mem, memory.port)
         wiring.connect(m, proto.core, core.port)
         m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx),
                      proto.uart_error.eq(uart.framing_error | uart.overrun),
-                     self.busy.eq(proto.busy | fifo.r_rdy | uart.rx_busy | uart.tx_busy
+                     self.busy.eq(proto.busy | fifo.r_rdy | rx_reg.o.valid | uart.rx_busy | uart.tx_busy
                                   | uart.rx_stream.valid)]
         return m

@@ -14,6 +14,7 @@ that are not valid UTF-8 are shown with the replacement character.
 Backends: ``float`` is :class:`models.mmfree.MMFreeLM` built with ``from_checkpoint`` (stored
 ternary weights and stored betas), run in recurrent mode; ``intref`` is
 ``models.intref.IntRefModel(ckpt)`` (``reset()``, ``step(token) -> logits``), imported lazily.
+An empty prompt starts generation from a newline byte.
 """
 
 from __future__ import annotations

@@ -189,6 +189,12 @@ def eval_intref(ir, seqs: np.ndarray, reference=None) -> dict:
     return out
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def markdown_table(res: dict) -> str:
     """The README table of an evaluation result."""
     rows = ["| model | weights | activations | bits/byte | top-1 vs ternary |", "|---|---|---|---|---|"]
@@ -238,14 +244,16 @@ def main(argv=None) -> int:
     if args.float_checkpoint.exists():
         fck = load_checkpoint(args.float_checkpoint)
         bpb, _ = eval_torch(fck, seqs)
-        res["float_baseline"] = {"checkpoint": str(args.float_checkpoint), "bpb": bpb}
+        res["float_baseline"] = {"checkpoint": str(args.float_checkpoint), "sha256": _sha256(args.float_checkpoint),
+                                 "bpb": bpb}
         print(f"float baseline  bpb {bpb:.4f}   ({time.time() - t0:.0f} s)", flush=True)
     else:
         print(f"float baseline: {args.float_checkpoint} not found, skipped", flush=True)
     ck = load_checkpoint(args.checkpoint)
     t0 = time.time()
     bpb, rec = eval_torch(ck, seqs, record=True)
-    res["ternary"] = {"checkpoint": str(args.checkpoint), "bpb": bpb, "config": ck.config.to_dict()}
+    res["ternary"] = {"checkpoint": str(args.checkpoint), "sha256": _sha256(args.checkpoint), "bpb": bpb,
+                      "config": ck.config.to_dict()}
     print(f"ternary QAT     bpb {bpb:.4f}   ({time.time() - t0:.0f} s)", flush=True)
     t0 = time.time()
     ir = IntRefModel(ck)

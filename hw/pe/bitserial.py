@@ -12,13 +12,14 @@ groups of the dot product. See docs/bitserial.md.
 
 Pipeline
 --------
-decode (comb, from the input beat) -> lane-term registers -> adder tree (a register after every
-two adder levels) -> group accumulator -> pending slot -> dequantisation unit (multiply stage,
-round stage, output accumulator) -> result register. The main pipeline stalls as a whole only
-when a group ends while the pending slot is still full; the dequantisation unit stalls only when
-a dot product ends while the result register is still full. ``operands.ready`` depends on
-registers and on ``operands.payload.dtype`` (the last term of a beat accepts it), never on
-``result.ready``.
+lane decode (comb, from the input beat) -> register (decoded term and activation, 13 bits per
+lane) -> shifter and adder tree (a register after every two adder levels) -> group accumulator
+-> one-entry pending slot -> dequantisation unit (multiply, rounding add, shift by ``e[0:2]``,
+shift by ``4 * e[2:5]``, output accumulator) -> result register. The main pipeline stalls as a
+whole only when a group ends while the pending slot is still full; the dequantisation unit
+stalls only when a dot product ends while the result register is still full.
+``operands.ready`` depends on registers and on ``operands.payload.dtype`` (a beat is accepted in
+its last term cycle), never on ``result.ready``.
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned

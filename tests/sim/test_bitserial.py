@@ -94,3 +94,68 @@ def test_wrong_model_is_caught():
         run_cocotb(_dut(cfg), toplevel=_top(cfg), test_module="sim.tb_bitserial",
                    params={**cfg, "corrupt": True}, testcase="random_every_dtype",
                    extra_args=VERILATOR_ARGS)
+
+
+@pytest.mark.parametrize("lanes,dequant,group_size", [(1, "serial", 128), (4, "dsp", 128),
+                                                      (128, "dsp", 128), (8, "serial", 64)])
+def test_bitserial_amaranth_sim(lanes, dequant, group_size):
+    # Sizes the Verilator runs do not build, on Amaranth's own simulator: random datatypes,
+    # codes, activations and scales, random input gaps and output back-pressure.
+    import random
+
+    from amaranth.sim import Simulator
+
+    from models.bitmod import CODE_BITS, bitmod_dot_fixed
+
+    dut = BitSerialPE(lanes, group_size=group_size, max_groups=3, dequant=dequant)
+    rng = random.Random(lanes)
+    dots = []
+    for _ in range(5):
+        dts = [rng.choice(list(DType)) for _ in range(rng.randint(1, 3))]
+        codes = [rng.randrange(1 << CODE_BITS[dt]) for dt in dts for _ in range(group_size)]
+        x = [rng.randint(-128, 127) for _ in codes]
+        scales = [(rng.randrange(1 << 16), rng.randrange(32)) for _ in dts]
+        dots.append((codes, dts, scales, x))
+    beats = []
+    per_group = group_size // lanes
+    for codes, dts, scales, x in dots:
+        for g, dt in enumerate(dts):
+            for b in range(per_group):
+                lo = g * group_size + b * lanes
+                beats.append(pack_operands(lanes, codes[lo:lo + lanes], x[lo:lo + lanes], dt,
+                                           *scales[g], last=(g == len(dts) - 1
+                                                             and b == per_group - 1)))
+    expected = [bitmod_dot_fixed(*d, group_size=group_size) for d in dots]
+    got = []
+
+    async def source(ctx):
+        for beat in beats:
+            while rng.random() < 0.3:
+                ctx.set(dut.operands.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.operands.valid, 1)
+            ctx.set(dut.operands.payload.as_value(), beat)
+            while True:
+                accepted = ctx.get(dut.operands.ready)
+                await ctx.tick()
+                if accepted:
+                    break
+        ctx.set(dut.operands.valid, 0)
+
+    async def sink(ctx):
+        stall = random.Random(99)
+        for _ in range(50_000):
+            if len(got) == len(expected):
+                return
+            ready = stall.random() >= 0.4
+            ctx.set(dut.result.ready, ready)
+            if ready and ctx.get(dut.result.valid):
+                got.append(ctx.get(dut.result.payload))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    assert got == expected

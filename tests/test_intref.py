@@ -220,3 +220,17 @@ def test_saturation_is_counted_and_clamps(ckpt, tokens, fracs):
         for h in tr["h"]:
             assert h.min() >= -(1 << 18) and h.max() <= (1 << 18) - 1
     assert total > 0
+
+
+def test_eval_pipeline_on_tiny_model(ckpt, fracs):
+    """models.eval on synthetic sequences: the integer bpb tracks the float one; table renders."""
+    from models.eval import eval_intref, eval_torch, markdown_table
+
+    seqs = np.random.default_rng(7).integers(0, 256, size=(3, 10))
+    bpb, rec = eval_torch(ckpt, seqs, record=True)
+    r = eval_intref(IntRefModel(ckpt, act_fracs=fracs), seqs, rec)
+    assert abs(r["bpb"] - bpb) <= 0.02 * bpb
+    assert r["top1_agreement"] >= 0.8 and r["saturated_elements_total"] == 0
+    assert len(r["hidden_rel_l2_mean"]) == L + 1 and r["hidden_rel_l2_mean"][0] < 1e-4
+    table = markdown_table({"ternary": {"bpb": bpb}, "intref": r})
+    assert table.count("\n") == 3 and "intref" in table

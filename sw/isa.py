@@ -233,8 +233,10 @@ def disassemble(ins: Instr) -> str:
     """One line of assembly for ``ins`` (only the fields its opcode uses)."""
     o = ins.op
     r = lambda k: f"r{getattr(ins, k)}"  # noqa: E731
-    if o in (Op.NOP, Op.HALT, Op.SYNC):
+    if o in (Op.NOP, Op.HALT):
         s = o.name
+    elif o == Op.SYNC:
+        s = f"SYNC {ins.imm}"
     elif o == Op.SLI:
         s = f"SLI {r('rd')}, {ins.imm}"
     elif o in (Op.SADD, Op.SSUB):
@@ -245,8 +247,10 @@ def disassemble(ins: Instr) -> str:
         s = f"{o.name} {r('rd')}, {r('ra')}, {r('rb')}"
     elif o in (Op.SNORM, Op.SMANT16):
         s = f"{o.name} {r('rd')}, {r('rc')}, {r('ra')}"
-    elif o in (Op.SRECIP, Op.SRSQ):
-        s = f"{o.name} {r('rd')}, {r('rc')}, {r('ra')}, tab={ins.imm}"
+    elif o == Op.SRECIP:
+        s = f"SRECIP {r('rd')}, {r('ra')}, tab=T[{ins.imm}]"
+    elif o == Op.SRSQ:
+        s = f"SRSQ {r('rd')}, {r('rc')}, {r('ra')}, tab=T[{ins.imm}]"
     elif o == Op.SZSEL:
         s = f"SZSEL {r('rd')}, {r('ra')}, {r('rb')}, {r('rc')}"
     elif o == Op.SLDC:
@@ -256,6 +260,29 @@ def disassemble(ins: Instr) -> str:
         s = (f"GEMV x[{ins.a0}:+{ins.n}] {'+=' if g.residual else '<-'} W[{ins.a1}] groups={ins.a2} "
              f"chunks={g.chunks} bank={g.bank}{' chained' if g.chain else ''} "
              + ("raw" if g.raw else f"scale={r('ra')} shift={r('rb')} sat={ins.sat}") + f" max->{r('rd')}")
+    elif o == Op.VSET:
+        s = f"VSET x[{ins.a0}:+{ins.n}] = {ins.imm}"
+    elif o == Op.VEMB:
+        s = f"VEMB x[{ins.a0}:+{ins.n}] = C[{r('ra')}:] << {r('rb')} sat={ins.sat} max->{r('rd')}"
+    elif o == Op.VADD:
+        s = f"VADD x[{ins.a0}:+{ins.n}] = x[{ins.a1}] + x[{ins.a2}] sat={ins.sat} max->{r('rd')}"
+    elif o in (Op.VMAXABS, Op.VARGMAX):
+        s = f"{o.name} {r('rd')}, x[{ins.a1}:+{ins.n}]"
+    elif o == Op.VNQA:
+        s = (f"VNQA {r('rd')}, {r('rc')}, z=x[{ins.a1}:+{ins.n}] >> {r('rb')}, wp=C[{ins.a2}], "
+             f"wc=C[{ins.a0}]")
+    elif o == Op.VUMAX2:
+        s = (f"VUMAX2 {r('rd')}, {r('rc')}, z=x[{ins.a1}:+{ins.n}] >> {r('rb')}, wc=C[{ins.a2}], "
+             f"C[{ins.a0}]")
+    elif o == Op.VQ:
+        s = (f"VQ A{ins.a0}[:{ins.n}] = codes(z=x[{ins.a1}] >> {r('rb')}, wc=C[{ins.a2}], t={r('rc')}, "
+             f"Rq={r('ra')})")
+    elif o == Op.VREC:
+        s = (f"VREC s=x[{ins.a0}:+{ins.n}], i=x[{ins.a1}] F{r('ra')}, f=x[{ins.a2}] F{r('rb')}, "
+             f"1-lb=C[{ins.imm}], shift {r('rc')} max->{r('rd')}")
+    elif o == Op.VGLU:
+        s = (f"VGLU x[{ins.a0}:+{ins.n}] = silu_block(x[{ins.a1}] F{r('ra')} >> {r('rb')}) * "
+             f"x[{ins.a2}]{' chained' if ins.imm & 1 else ''} sat={ins.sat} max->{r('rd')}")
     else:
         s = (f"{o.name} n={ins.n} a0={ins.a0} a1={ins.a1} a2={ins.a2} rd={r('rd')} ra={r('ra')} "
              f"rb={r('rb')} rc={r('rc')} imm={ins.imm} sat={ins.sat}")

@@ -13,12 +13,16 @@ word, scalar registers are 54 bits, every scalar multiply fits one 18 x 18 multi
 program that touches a GEMV's output (or its max register) before a ``SYNC`` has retired that
 GEMV raises :class:`HazardError`.
 
-Cycle model (``docs/isa.md``, "Cycle model"): one in-order sequencer; scalar instructions take
-:data:`SCALAR_CYCLES`; a vector instruction over ``n`` elements takes
-``VECTOR_LATENCY[op] + ceil(n / width) * beats_per_group`` cycles (``width`` elements per
-cycle); a GEMV occupies the engine for ``groups * chunks`` beats (one weight word per cycle,
-measured on the gateware) plus a pipeline latency, runs in parallel with the sequencer, and its
-rescaled outputs take ``ceil(n / width)`` cycles of the VMEM write port.
+Cycle model (``docs/isa.md``, "Cycle model"): an in-order sequencer issues one instruction per
+cycle to three units that run in parallel: a pipelined scalar unit (:data:`SCALAR_CYCLES` from
+issue to result), the vector unit (one instruction at a time, ``VECTOR_LATENCY[op] +
+ceil(n / width) * beats`` cycles, ``beats`` from :func:`vector_beats`) and the GEMV engine
+(``groups * chunks`` beats, one weight word per cycle as measured on the gateware, plus
+:func:`gemv_latency`). A register scoreboard stalls issue until an instruction's scalar
+operands (and destinations) are ready; a GEMV starts when the engine is idle and the vector unit
+has written its codes (or, chained, while the codes are being written); ``SYNC k`` waits until
+at most ``k`` GEMVs are outstanding; a GEMV's writeback shares the VMEM port with the vector
+unit. Cycle counts do not depend on the data.
 """
 
 from __future__ import annotations

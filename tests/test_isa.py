@@ -194,3 +194,12 @@ def test_chained_read_only_of_the_newest_gemv_from_its_start():
         Core(_toy(prog(8))).step(0)     # the older GEMV's output
     with pytest.raises(HazardError):
         Core(_toy(prog(17))).step(0)    # not from its first element
+
+
+def test_disassembly_names_every_opcode():
+    rng = random.Random(2)
+    for op in Op:
+        ins = _random_instr(rng)
+        text = str(Instr(op, **{k: getattr(ins, k) for k in ("sat", "rd", "ra", "rb", "rc", "n", "a0", "a1", "a2",
+                                                            "imm")}, comment="c"))
+        assert text.startswith(op.name) and text.endswith("; c")

@@ -132,6 +132,16 @@ def test_program_encodes_and_fits_pmem(tiny):
     assert len(cm.program_image()) == 16 * s["pmem_words"]
 
 
+def test_compiles_from_constants_and_checks_tokens(tiny):
+    a, b = compile_model(tiny, 16, 4), compile_model(tiny.constants(), 16, 4)
+    assert a.program == b.program and np.array_equal(a.cmem, b.cmem) and a.weights.words == b.weights.words
+    core = Core(a)
+    with pytest.raises(ValueError, match="out of range"):
+        core.step(256)
+    with pytest.raises(TypeError):
+        compile_model(3.0, 16, 4)
+
+
 def test_too_large_model_is_refused(tiny):
     cm = compile_model(tiny, 32, 8)
     s = cm.summary()

@@ -742,3 +742,61 @@ class IntRefModel:
             out.append(nxt)
             logits = self.step(nxt)
         return out
+
+    def golden_vectors(self, tokens) -> dict[str, np.ndarray]:
+        """Golden input/output vectors for block and whole-design simulation (batch 1).
+
+        Resets the state, runs ``tokens`` and returns flat int64 arrays: ``tokens``;
+        ``const/<name>`` for every entry of :meth:`constants` (scalars as 0-d arrays); per step
+        ``t``: ``step{t}/h{n}`` (residual after the embedding, n = 0, and after layer n - 1),
+        ``step{t}/layer{l}/<name>`` (every vector of the trace, batch axis dropped) and
+        ``step{t}/logits``. Suitable for ``safetensors.numpy.save``.
+        """
+        out: dict[str, np.ndarray] = {"tokens": np.asarray([int(t) for t in tokens], dtype=_I64)}
+        for k, v in self.constants().items():
+            out[f"const/{k}"] = np.asarray(v, dtype=_I64)
+        self.reset(1)
+        for t, tok in enumerate(out["tokens"]):
+            logits, tr = self.step(np.array([tok]), trace=True)
+            for n, h in enumerate(tr["h"]):
+                out[f"step{t}/h{n}"] = h[0]
+            for n, lay in enumerate(tr["layers"]):
+                for k, v in lay.items():
+                    if k != "frac":
+                        out[f"step{t}/layer{n}/{k}"] = np.asarray(v, dtype=_I64)[0]
+            for k, v in tr.items():
+                if k.startswith("head."):
+                    out[f"step{t}/{k}"] = np.asarray(v, dtype=_I64)[0]
+            out[f"step{t}/logits"] = logits[0]
+        return {k: np.ascontiguousarray(np.asarray(v, dtype=_I64)) for k, v in out.items()}
+
+
+def main(argv=None) -> int:
+    """``python -m models.intref``: greedy generation, or golden vectors with ``--golden``."""
+    import argparse
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m models.intref", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/mmfree-tiny.safetensors"))
+    p.add_argument("--prompt", default="ROMEO.")
+    p.add_argument("-n", type=int, default=80, help="bytes to generate (greedy)")
+    p.add_argument("--golden", type=Path, default=None,
+                   help="write golden vectors of the prompt (safetensors) instead of generating")
+    args = p.parse_args(argv)
+    ir = IntRefModel(args.checkpoint)
+    prompt = args.prompt.encode("utf-8")
+    if args.golden is not None:
+        from safetensors.numpy import save_file
+
+        args.golden.parent.mkdir(parents=True, exist_ok=True)
+        save_file(ir.golden_vectors(prompt), str(args.golden),
+                  metadata={"checkpoint": str(args.checkpoint), "prompt": args.prompt})
+        print(f"wrote {args.golden} ({len(prompt)} steps)")
+        return 0
+    out = ir.generate(prompt, args.n)
+    print((prompt + bytes(out)).decode("utf-8", errors="replace"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -234,3 +234,17 @@ def test_eval_pipeline_on_tiny_model(ckpt, fracs):
     assert len(r["hidden_rel_l2_mean"]) == L + 1 and r["hidden_rel_l2_mean"][0] < 1e-4
     table = markdown_table({"ternary": {"bpb": bpb}, "intref": r})
     assert table.count("\n") == 3 and "intref" in table
+
+
+def test_golden_vectors_round_trip(tmp_path, ckpt, fracs):
+    from safetensors.numpy import load_file, save_file
+
+    ir = IntRefModel(ckpt, act_fracs=fracs)
+    g = ir.golden_vectors([5, 6, 7])
+    save_file(g, str(tmp_path / "golden.safetensors"))
+    back = load_file(str(tmp_path / "golden.safetensors"))
+    assert set(back) == set(g) and all(np.array_equal(back[k], g[k]) for k in g)
+    ir.reset(1)
+    for t, tok in enumerate([5, 6, 7]):
+        np.testing.assert_array_equal(back[f"step{t}/logits"], ir.step(tok))
+    np.testing.assert_array_equal(back["const/table.sigmoid"], ir.constants()["table.sigmoid"])

@@ -55,69 +55,91 @@ def _check_pos_int(name, value, minimum=1):
 
 
 class Trits5Decoder(wiring.Component):
-    """Combinational decoder from 5-trits-per-byte packing to 2-bit weight codes.
+    """Decoder from 5-trits-per-byte packing to 2-bit weight codes, in adders (no table).
 
     Each byte holds five trits (see :func:`sw.packing.pack_trits5`); trit ``n`` of a byte is
     ``(((byte * 3**n) mod 256) * 3) >> 8``. The decoder evaluates that as a chain: with
     ``s_0 = byte``, ``p = 3 * s_n`` (10 bits, one adder), ``t_n = p[8:10]`` and ``s_{n+1} = p[0:8]``.
-    No table, no multiplier.
+    No table, no multiplier. The chain is five adders deep; ``stages`` registers split it.
 
     Parameters
     ----------
     count : int
         Number of weights decoded; ``ceil(count / 5)`` bytes are read, trailing trits of the last
         byte beyond ``count`` are dropped.
+    stages : int
+        Pipeline registers inside the chain: 0 (combinational), 1 (after the third adder) or 2
+        (after the second and the fourth).
 
     Members
     -------
     packed : ``In(8 * ceil(count / 5))``
         Packed bytes, byte 0 in bits 7:0.
+    en : ``In(1, init=1)``
+        Only with ``stages > 0``: the pipeline registers load on clock edges where it is high.
     codes : ``Out(2 * count)``
-        2-bit codes ``w + 1`` (the ``"2bit"`` format), weight 0 in bits 1:0.
+        2-bit codes ``w + 1`` (the ``"2bit"`` format), weight 0 in bits 1:0; ``stages`` cycles
+        (enabled edges) after ``packed``.
     """
 
+    _SPLITS = {0: (), 1: (2,), 2: (1, 3)}  # register after these adder steps
+
     class Signature(wiring.Signature):
-        """Signature of :class:`Trits5Decoder`; checks ``count``."""
+        """Signature of :class:`Trits5Decoder`; checks ``count`` and ``stages``."""
 
-        def __init__(self, count: int):
+        def __init__(self, count: int, stages: int = 0):
             _check_pos_int("count", count)
-            self._count = count
-            super().__init__({"packed": In(row_weight_bits(count, "trits5")),
-                              "codes": Out(2 * count)})
+            if stages not in Trits5Decoder._SPLITS or isinstance(stages, bool):
+                raise ValueError(f"stages must be 0, 1 or 2, not {stages!r}")
+            self._count, self._stages = count, stages
+            members = {"packed": In(row_weight_bits(count, "trits5")), "codes": Out(2 * count)}
+            if stages:
+                members["en"] = In(1, init=1)
+            super().__init__(members)
 
-        @property
-        def count(self) -> int:
-            return self._count
+        count = property(lambda self: self._count)
+        stages = property(lambda self: self._stages)
 
         def __eq__(self, other):
-            return type(other) is type(self) and other.count == self.count
+            return type(other) is type(self) and (other.count, other.stages) == \
+                (self.count, self.stages)
 
         def __repr__(self):
-            return f"Trits5Decoder.Signature({self._count})"
+            return f"Trits5Decoder.Signature({self._count}, stages={self._stages})"
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, stages: int = 0):
         try:
-            sig = self.Signature(count)
+            sig = self.Signature(count, stages)
         except Exception:
             self._MustUse__silence = True  # a failed construction is not an unused elaboratable
             raise
         super().__init__(sig)
 
-    @property
-    def count(self) -> int:
-        return self.signature.count
+    count = property(lambda self: self.signature.count, doc="Weights decoded.")
+    stages = property(lambda self: self.signature.stages, doc="Registers inside the chain.")
+    latency = property(lambda self: self.signature.stages, doc="Cycles from packed to codes.")
 
     def elaborate(self, platform):
         m = Module()
         codes = []
+        splits = self._SPLITS[self.stages]
         for b in range(-(-self.count // 5)):
             s = self.packed[8 * b:8 * b + 8]
+            byte_codes = []
             for n in range(5):
                 p = Signal(10, name=f"b{b}_p{n}")
                 m.d.comb += p.eq(s + (s << 1))
-                codes.append(p[8:10])
+                byte_codes.append(p[8:10])
                 s = p[0:8]
-        m.d.comb += self.codes.eq(Cat(*codes[:self.count]))
+                if n in splits:
+                    s_reg = Signal(8, name=f"b{b}_s{n + 1}")
+                    c_reg = Signal(2 * (n + 1), name=f"b{b}_t{n}")
+                    with m.If(self.en):
+                        m.d.sync += [s_reg.eq(s), c_reg.eq(Cat(*byte_codes))]
+                    s = s_reg
+                    byte_codes = [c_reg]
+            codes += byte_codes
+        m.d.comb += self.codes.eq(Cat(*codes)[:2 * self.count])
         return m
 
 
@@ -237,6 +259,9 @@ class TernaryAdderTree(wiring.Component):
     decoder : str
         For ``"trits5"``: ``"logic"`` (:class:`Trits5Decoder`, adders in LUT4s) or ``"rom"``
         (:class:`Trits5RomDecoder`, one ``DP16KD`` per two bytes per row, no LUT4s).
+    decoder_stages : int
+        For the ``"logic"`` decoder: registers inside its five-adder chain (0, 1 or 2), before
+        the ``decode_stage`` register.
 
     Members
     -------
@@ -285,7 +310,8 @@ class TernaryAdderTree(wiring.Component):
                     f"k_max={self._k_max}, weight_format={self._weight_format!r})")
 
     def __init__(self, lanes: int, rows: int = 1, k_max: int = 4096, weight_format: str = "2bit",
-                 stages: int | None = None, decode_stage: bool = True, decoder: str = "logic"):
+                 stages: int | None = None, decode_stage: bool = True, decoder: str = "logic",
+                 decoder_stages: int = 1):
         try:
             sig = self.Signature(lanes, rows, k_max, weight_format)
             levels = math.ceil(math.log2(lanes)) if lanes > 1 else 0
@@ -297,11 +323,14 @@ class TernaryAdderTree(wiring.Component):
                                  f"not {stages!r}")
             if decoder not in DECODERS:
                 raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+            if decoder_stages not in (0, 1, 2) or isinstance(decoder_stages, bool):
+                raise ValueError(f"decoder_stages must be 0, 1 or 2, not {decoder_stages!r}")
         except Exception:
             self._MustUse__silence = True  # a failed construction is not an unused elaboratable
             raise
         self._levels, self._stages = levels, stages
         self._decoder = decoder if weight_format == "trits5" else None
+        self._decoder_stages = decoder_stages if self._decoder == "logic" else 0
         self._decode_stage = weight_format == "trits5" and (bool(decode_stage) or decoder == "rom")
         super().__init__(sig)
 
@@ -322,7 +351,7 @@ class TernaryAdderTree(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from accepting a ``last`` beat to its output being valid (no stalls)."""
-        return len(self._register_after()) + int(self._decode_stage) + 1
+        return len(self._register_after()) + int(self._decode_stage) + self._decoder_stages + 1
 
     @property
     def macs_per_cycle(self) -> int:
@@ -370,12 +399,19 @@ class TernaryAdderTree(wiring.Component):
                 m.d.comb += [dec.packed.eq(self.i.payload.w[r]), dec.en.eq(en)]
                 codes.append(dec.codes)
             elif self._decoder == "logic":
-                dec = Trits5Decoder(lanes)
+                dec = Trits5Decoder(lanes, stages=self._decoder_stages)
                 m.submodules[f"decoder{r}"] = dec
                 m.d.comb += dec.packed.eq(self.i.payload.w[r])
+                if self._decoder_stages:
+                    m.d.comb += dec.en.eq(en)
                 codes.append(dec.codes)
             else:
                 codes.append(self.i.payload.w[r])
+        for k in range(self._decoder_stages if self._decoder == "logic" else 0):
+            # valid, last and x keep step with the registers inside the decoder chain
+            regs = stage([valid, last, *x], f"decp{k}")
+            valid, last = regs[0], regs[1]
+            x = [r.as_signed() for r in regs[2:2 + lanes]]
         if self._decoder == "rom":
             # The table read is the decode register; valid, last and x are registered beside it.
             regs = stage([valid, last, *x], "dec")

@@ -22,7 +22,7 @@ def test_signature():
     assert len(pe.o.payload.as_value()) == 2 * 15
     assert pe.signature == TernaryAdderTree.Signature(8, 2, 64, "2bit")
     t5 = TernaryAdderTree(7, rows=1, k_max=56, weight_format="trits5")
-    assert len(t5.i.payload.w[0]) == 16 and t5.latency == t5.stages + 2
+    assert len(t5.i.payload.w[0]) == 16 and t5.latency == t5.stages + 3  # decoder reg + decode reg
     for dut in (pe, t5):
         Fragment.get(dut, None)  # elaborates
     for bad in [dict(lanes=0), dict(lanes=2.5), dict(rows=0), dict(k_max=4),
@@ -42,6 +42,10 @@ def test_widths():
     Fragment.get(dec, None)
     with pytest.raises(ValueError, match="count"):
         Trits5Decoder(0)
+    with pytest.raises(ValueError, match="stages"):
+        Trits5Decoder(5, stages=3)
+    assert "en" not in Trits5Decoder.Signature(5).members
+    assert "en" in Trits5Decoder.Signature(5, stages=1).members
     rom = TernaryAdderTree(7, rows=2, k_max=56, weight_format="trits5", decoder="rom", stages=0)
     assert rom.decoder == "rom" and rom.latency == 2
     Fragment.get(rom, None)
@@ -58,22 +62,22 @@ def test_trits5_decoders_exhaustive():
     # (25 weights) at a time in Amaranth's simulator.
     valid = sorted(TRITS5_VALID_BYTES)
     batches = [valid[i:i + 5] for i in range(0, len(valid), 5)]
-    logic, rom = Trits5Decoder(25), Trits5RomDecoder(25)
+    rom = Trits5RomDecoder(25)
     assert rom.tables == 3
-    for dut, registered in ((logic, False), (rom, True)):
+    for dut, latency in ((Trits5Decoder(25), 0), (Trits5Decoder(25, stages=1), 1),
+                         (Trits5Decoder(25, stages=2), 2), (rom, 1)):
         got = []
 
-        async def tb(ctx, dut=dut, registered=registered):
+        async def tb(ctx, dut=dut, latency=latency):
             for batch in batches:
                 ctx.set(dut.packed, int.from_bytes(bytes(batch), "little"))
-                if registered:
+                await ctx.delay(1e-9)
+                for _ in range(latency):
                     await ctx.tick()
-                else:
-                    await ctx.delay(1e-9)
                 got.append(ctx.get(dut.codes))
 
         sim = Simulator(dut)
-        if registered:
+        if latency:
             sim.add_clock(1e-8)
         sim.add_testbench(tb)
         sim.run()
@@ -87,8 +91,9 @@ CONFIGS = [
     # 2-bit weights, two rows, one register inside a 3-level tree, K_max a power of two so the
     # accumulator bound is tight (128 * 64 = 8192 needs all 15 bits).
     dict(lanes=8, rows=2, k_max=64, fmt="2bit", stages=1),
-    # 5-trits-per-byte weights through the decoder, lanes not a multiple of 5, fully pipelined.
-    dict(lanes=7, rows=2, k_max=56, fmt="trits5", stages=3),
+    # 5-trits-per-byte weights through the adder-chain decoder split by two registers, lanes not
+    # a multiple of 5, fully pipelined tree.
+    dict(lanes=7, rows=2, k_max=56, fmt="trits5", stages=3, decoder_stages=2),
     # The same through the block-RAM table decoder, no tree registers.
     dict(lanes=7, rows=2, k_max=56, fmt="trits5", stages=0, decoder="rom"),
 ]
@@ -96,7 +101,8 @@ CONFIGS = [
 
 def _make(cfg):
     return TernaryAdderTree(cfg["lanes"], cfg["rows"], cfg["k_max"], cfg["fmt"],
-                            stages=cfg["stages"], decoder=cfg.get("decoder", "logic"))
+                            stages=cfg["stages"], decoder=cfg.get("decoder", "logic"),
+                            decoder_stages=cfg.get("decoder_stages", 1))
 
 
 def _name(cfg):

@@ -404,3 +404,27 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         raise ModelTooLarge(f"the program has {len(prog) + len(reset)} instructions; PMEM holds {sizes.prog_words}")
     return CompiledModel(d, L, V, d_ff, lanes, rows, fmt, prog, reset, weights, cmem, tmem, sigmem, vmem_words,
                          va.map, ca.map, tmem_map, probes, macs)
+
+
+def main(argv=None) -> int:
+    """``python -m sw.program``: compile a checkpoint and print its memory summary and program."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m sw.program", description=main.__doc__)
+    ap.add_argument("--checkpoint", default="models/checkpoints/mmfree-tiny.safetensors")
+    ap.add_argument("--lanes", type=int, default=32)
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--fmt", default="trits5", choices=["2bit", "trits5"])
+    ap.add_argument("--no-listing", action="store_true", help="summary only")
+    args = ap.parse_args(argv)
+    cm = compile_model(args.checkpoint, args.lanes, args.rows, args.fmt)
+    print(json.dumps(cm.summary(), indent=1))
+    if not args.no_listing:
+        for pc, ins in enumerate(cm.program):
+            print(f"{pc:4d}  {ins}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

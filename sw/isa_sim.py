@@ -514,8 +514,8 @@ class Core:
             self._vw(ins.a0, np.full(n, ins.imm, dtype=_I64), ins.sat)
         elif op == Op.VEMB:
             sh = R(ins.rb)
-            if not 0 <= sh < 32:
-                raise ValueError(f"VEMB shift {sh} out of range")
+            if not 0 <= sh <= 45:  # shifter with overflow detection ahead of the saturator
+                raise ValueError(f"VEMB shift {sh} out of range 0..45")
             mx = self._vw(ins.a0, self._cm(R(ins.ra), n) << _I64(sh), ins.sat)
             W(ins.rd, mx)
         elif op == Op.VADD:

@@ -51,6 +51,53 @@ def _tool(name):
     return yowasp_tool(name)
 
 
+FAMILY_SOURCES = {"adder_tree": "hw/pe/adder_tree.py", "dsp_mac": "hw/pe/dsp_mac.py",
+                  "trits5": "hw/pe/adder_tree.py", "bitserial": "hw/pe/bitserial.py",
+                  "lut_gemm": "hw/pe/lut_gemm.py"}
+
+
+_FROM_COMMIT = None  # set by --from-commit: the gateware is imported from that commit
+
+
+def use_commit(rev: str) -> Path:
+    """Import ``hw``, ``sw``, ``models``, ``sim`` and ``boards`` from commit ``rev`` (extracted
+    with ``git archive`` under ``build/src-<rev>``) instead of the working tree, so that a sweep
+    measures what is committed even while modules are being edited. Call before importing any
+    of them."""
+    global _FROM_COMMIT
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = ROOT / "build" / f"src-{sha}"
+    if not (dest / "hw").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "hw", "sw", "models", "sim", "boards"],
+                                 cwd=ROOT, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("hw", "sw", "models", "sim", "boards"):
+            del sys.modules[name]
+    sys.path.insert(0, str(dest))
+    _FROM_COMMIT = sha
+    return dest
+
+
+def _source_state(family: str) -> dict:
+    """The commit the build came from, and whether the family's source file had uncommitted
+    changes in the working tree (other engineers edit their modules while the sweep runs)."""
+    path = next((v for k, v in FAMILY_SOURCES.items() if k in family), None)
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = bool(path) and bool(subprocess.run(
+            ["git", "status", "--porcelain", "--", path], cwd=ROOT, capture_output=True,
+            text=True, timeout=30).stdout.strip())
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return {}
+    if _FROM_COMMIT:
+        return {"commit": _FROM_COMMIT, "source": path, "source_modified": False}
+    return {"commit": head, "source": path, "source_modified": dirty}
+
+
 @dataclasses.dataclass
 class Config:
     """One build: a family, a label for its size, and how to make the component."""
@@ -320,7 +367,7 @@ def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False
               flush=True)
         entry = {"family": cfg.family, "config": cfg.label, "device": dev,
                  "weights_per_cycle": cfg.weights_per_cycle, "macs_per_cycle": cfg.macs_per_cycle,
-                 "notes": cfg.notes,
+                 "notes": cfg.notes, **_source_state(cfg.family),
                  "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         tmp = ROOT / "build" / "pe_sweep" / re.sub(r"[^A-Za-z0-9_.-]+", "_",
                                                     f"{cfg.family}-{cfg.label}-{dev}")
@@ -630,9 +677,13 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the netlists in build/")
     ap.add_argument("--dry-run", action="store_true",
                     help="only construct and elaborate each configuration (no tools run)")
+    ap.add_argument("--from-commit", metavar="REV",
+                    help="build the gateware as committed in REV (e.g. HEAD), not the working tree")
     ap.add_argument("--docs-only", action="store_true", help="only rewrite the docs from the JSON")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite the docs")
     args = ap.parse_args(argv)
+    if args.from_commit:
+        print(f"gateware from commit {args.from_commit}: {use_commit(args.from_commit)}", flush=True)
     if args.docs_only:
         results = backfill(_load())
         _save(results)

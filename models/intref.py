@@ -359,11 +359,18 @@ def _gemv(x_q: np.ndarray, w_f32t) -> np.ndarray:
 
     Computed with float32 products and sums, which is exact: every partial sum is an integer of
     magnitude <= 127 K < 2**24 (checked at load), whatever the summation order. torch is used
-    because numpy's threaded BLAS is slow on these small shapes.
+    because numpy's threaded BLAS is slow on these small shapes, single-threaded.
     """
     import torch
 
-    return (torch.from_numpy(x_q.astype(np.float32)) @ w_f32t).numpy().astype(_I64)
+    threads = torch.get_num_threads()
+    if threads != 1:  # these shapes are far too small for threads; on a loaded machine they thrash
+        torch.set_num_threads(1)
+    try:
+        return (torch.from_numpy(x_q.astype(np.float32)) @ w_f32t).numpy().astype(_I64)
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
 
 
 def _softmax0(x: np.ndarray) -> np.ndarray:

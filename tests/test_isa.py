@@ -110,7 +110,13 @@ def test_gemv_raw_and_sync():
     logits, nxt = core.step(0)
     assert list(core.region("out")) == [1 - 4, 2, 3, 10]   # W @ (1, 2, 3, 4)
     assert nxt == 3
-    assert core.cycles.engine_busy == 2 and core.cycles.total > 2
+    # cycle model by hand (docs/isa.md sections 6-7, width 16): VEMB issues at 0, runs 0..5
+    # (latency 4 + 1 beat); SLI 1, SMULI 2 (result at 4), SLI 3; VQ issues at 4, starts when the
+    # vector unit is free (5), done 13; GEMV starts at 13, 2 beats -> last beat 16, outputs written
+    # at 16 + latency (1 + 2 levels + 1 + 3 = 7) = 23; SYNC retires it at 23, next issue 24;
+    # VARGMAX 24..29; HALT waits for the vector unit (29) and takes 1: 30.
+    assert core.cycles.engine_busy == 2
+    assert core.cycles.total == 30
 
 
 def test_hazard_read_before_sync_is_refused():

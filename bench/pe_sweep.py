@@ -409,19 +409,26 @@ def write_plot(results):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    all_fams = sorted({r["family"] for r in results["runs"]})
+    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(all_fams)}
     for ax, dev in zip(axes, ("85f", "25f")):
         fams = sorted({r["family"] for r in results["runs"]
                        if r["device"] == dev and r.get("status") == "ok" and r["macs_per_cycle"]})
         for fam in fams:
             pts = sorted((r["lut4"], r["macs_per_cycle"] * r["fmax_mhz"] / 1000)
                          for r in results["runs"] if r["family"] == fam and r["device"] == dev
-                         and r.get("status") == "ok" and r["macs_per_cycle"] and r["fmax_mhz"])
+                         and r.get("status") == "ok" and r["macs_per_cycle"] and r["fmax_mhz"]
+                         and "stages" not in r["config"] and "unpipelined" not in r["config"])
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=fam)
+                ax.plot(*zip(*pts), marker="o", label=fam, color=colours[fam])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("LUT4 (TRELLIS_COMB, measured, incl. harness)")
         ax.set_ylabel("GMAC/s at measured Fmax")
         ax.set_title(f"{DEVICES[dev]['part']} (measured)")

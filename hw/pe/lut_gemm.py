@@ -296,6 +296,11 @@ class LutGemv(wiring.Component):
                      self.weights.ready.eq(full.bit_select(rp, 1) & advance),
                      accept.eq(self.weights.valid & self.weights.ready)]
 
+        avalid = Signal()
+        afirst = Signal()
+        alast = Signal()
+        arow = Signal(range(R + 1))
+        ay = Signal.like(bank_y[0])
         bvalid = Signal()
         bfirst = Signal()
         blast = Signal()
@@ -326,12 +331,17 @@ class LutGemv(wiring.Component):
                         else:
                             s, idx = Const(0, 1), idx_full
                     m.d.comb += rd.addr.eq(Cat(idx[:ib], rp))
+                    # Lookups are registered (stage A1) before the adder tree (stage A2).
                     leaf = Signal(signed(ew), name=f"leaf_l{p}_g{t}_b{i}")
-                    if tl2 or sym:
-                        m.d.comb += leaf.eq((rd.data.as_unsigned() ^ s.replicate(ew)).as_signed())
-                    else:
-                        m.d.comb += leaf.eq(rd.data)
-                    leaves.append((leaf, s, ebound + 1))
+                    leaf_s = Signal(name=f"leaf_l{p}_g{t}_b{i}_s")
+                    with m.If(advance):
+                        if tl2 or sym:
+                            m.d.sync += [leaf.eq((rd.data.as_unsigned()
+                                                  ^ s.replicate(ew)).as_signed()),
+                                         leaf_s.eq(s)]
+                        else:
+                            m.d.sync += leaf.eq(rd.data)
+                    leaves.append((leaf, leaf_s, ebound + 1))
                 # Pairwise tree; each adder takes one pending carry as its carry-in.
                 n = 0
                 while len(leaves) > 1:
@@ -362,8 +372,14 @@ class LutGemv(wiring.Component):
             sum_bound = acc_b
 
         with m.If(advance):
-            m.d.sync += [bvalid.eq(accept), bfirst.eq(bank_first.bit_select(rp, 1)),
-                         blast.eq(bank_last.bit_select(rp, 1)), brow.eq(rcnt)]
+            m.d.sync += [avalid.eq(accept), afirst.eq(bank_first.bit_select(rp, 1)),
+                         alast.eq(bank_last.bit_select(rp, 1)), arow.eq(rcnt),
+                         ay.eq(Mux(rp, bank_y[1], bank_y[0]))]
+            m.d.sync += [bvalid.eq(avalid), bfirst.eq(afirst), blast.eq(alast), brow.eq(arow)]
+            if not tl2:
+                # Running -sum(x) of the GEMV, updated as row 0 of a block enters stage B.
+                with m.If(avalid & (arow == 0)):
+                    m.d.sync += y_run.eq(Mux(afirst, 0, y_run) + ay)
         with m.If(accept):
             with m.If(rcnt == R - 1):
                 m.d.sync += [rcnt.eq(0), rp.eq(~rp)]
@@ -373,10 +389,6 @@ class LutGemv(wiring.Component):
                             m.d.sync += full[b].eq(0)
             with m.Else():
                 m.d.sync += rcnt.eq(rcnt + 1)
-            if not tl2:
-                with m.If(rcnt == 0):
-                    m.d.sync += y_run.eq(Mux(bank_first.bit_select(rp, 1), 0, y_run)
-                                         + Mux(rp, bank_y[1], bank_y[0]))
 
         # ---- lanes, stage B: accumulate; the last block emits the results -----------------------
         acc_bound = lm.acc_bound(fmt, self.k_max)

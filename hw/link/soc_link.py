@@ -33,7 +33,8 @@ class LinkTestMemory(wiring.Component):
     Members
     -------
     port : ``In(MemPortSignature(32))``
-        Always ready; read data one cycle after ``re``.
+        Always ready; read data two cycles after ``re`` (the block RAM's output is registered
+        once more, so the read-data multiplexer of a large memory is not in the reader's path).
     """
 
     def __init__(self, size: int):
@@ -53,8 +54,9 @@ class LinkTestMemory(wiring.Component):
         rd = ram.read_port(domain="sync")
         p = self.port
         m.d.comb += [wr.addr.eq(p.addr), wr.data.eq(p.wdata), wr.en.eq(p.we),
-                     rd.addr.eq(p.addr), rd.en.eq(p.re), p.rdata.eq(rd.data), p.ready.eq(1)]
-        m.d.sync += p.rvalid.eq(p.re)
+                     rd.addr.eq(p.addr), rd.en.eq(p.re), p.ready.eq(1)]
+        pending = Signal()
+        m.d.sync += [pending.eq(p.re), p.rvalid.eq(pending), p.rdata.eq(rd.data)]
         return m
 
 

@@ -420,10 +420,12 @@ class LutGemv(wiring.Component):
         return m
 
 
-#: Constructor arguments of the sizes that bench/pe_sweep.py builds standalone.
+#: Constructor arguments of the sizes that bench/pe_sweep.py builds standalone (docs/lut_gemm.md):
+#: TL2 at 192, 384 and 768 int8 x ternary MACs per cycle, and 2-bit bit planes (g = 3, full
+#: tables, the best bit-plane choice measured) at 384.
 BENCH_SIZES = [
-    dict(weight_format="tl2", group=3, lanes=16, tables=2, rows=15, k_max=4096),
-    dict(weight_format="int2", group=3, lanes=16, tables=2, rows=15, k_max=4096, symmetric=False),
-    dict(weight_format="int2", group=4, lanes=16, tables=2, rows=15, k_max=4096),
-    dict(weight_format="int4", group=3, lanes=16, tables=2, rows=15, k_max=4096, symmetric=False),
+    dict(weight_format="tl2", group=3, lanes=16, tables=4, rows=15, k_max=4096),
+    dict(weight_format="tl2", group=3, lanes=16, tables=8, rows=15, k_max=4096),
+    dict(weight_format="tl2", group=3, lanes=16, tables=16, rows=15, k_max=4096),
+    dict(weight_format="int2", group=3, lanes=16, tables=8, rows=15, k_max=4096, symmetric=False),
 ]

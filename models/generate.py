@@ -53,6 +53,23 @@ class FloatBackend:
         return logits[0]
 
 
+class IntRefBackend:
+    """The integer reference, with its fixed-point logits converted to float for sampling.
+
+    Greedy decoding is the same either way (the conversion is a positive power-of-two scale);
+    temperature sampling needs the real logit values.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def reset(self) -> None:
+        self.model.reset()
+
+    def step(self, token: int) -> np.ndarray:
+        return self.model.logits_float(self.model.step(int(token)))
+
+
 def load_backend(name: str, ckpt: Checkpoint):
     """Return a backend object with ``reset()`` and ``step(token) -> logits``."""
     if name == "float":
@@ -67,7 +84,7 @@ def load_backend(name: str, ckpt: Checkpoint):
             raise SystemExit("--backend intref: models.intref has no IntRefModel class")
         if not ckpt.quantized:
             raise SystemExit("--backend intref needs a ternary checkpoint, not a float baseline")
-        return intref.IntRefModel(ckpt)
+        return IntRefBackend(intref.IntRefModel(ckpt))
     raise SystemExit(f"unknown backend {name!r} (float or intref)")
 
 

@@ -19,7 +19,7 @@ CHECKPOINT ?= models/checkpoints/mmfree-tiny.safetensors
 PROMPT     ?= ROMEO:
 
 demo: $(STAMP)
-	$(PY) -m models.generate --checkpoint $(CHECKPOINT) --backend intref --prompt "$(PROMPT)" -n 200
+	$(PY) -m sw.demo --checkpoint $(CHECKPOINT) --prompt "$(PROMPT)" -n 200 --temperature 0.8 --top-k 40 --seed 1
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -229,8 +229,8 @@ def _run(cmd, log: Path, cwd: Path, timeout: int):
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode:
-        tail = log.read_text()[-1500:]
-        raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}):\n{tail}")
+        tail = log.read_text()[-800:]
+        raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}); log tail: {tail}")
 
 
 def measure(component, device: str, workdir: Path, freq: int = TARGET_MHZ,
@@ -331,7 +331,7 @@ def _tool_versions():
 
 
 def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False, dry_run=False,
-          timeout=600):
+          timeout=600, seed=1):
     results = _load()
     results["tool"] = _tool_versions()
     results["flow"] = (f"synth_ecp5 -abc9; nextpnr-ecp5 --package {PACKAGE} --speed {SPEED} "
@@ -372,7 +372,8 @@ def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False
         tmp = ROOT / "build" / "pe_sweep" / re.sub(r"[^A-Za-z0-9_.-]+", "_",
                                                     f"{cfg.family}-{cfg.label}-{dev}")
         try:
-            entry.update(measure(cfg.make(), dev, tmp, freq=freq, timeout=timeout))
+            entry.update(measure(cfg.make(), dev, tmp, freq=freq, timeout=timeout, seed=seed))
+            entry["seed"] = seed
             entry["status"] = "ok"
             if entry["macs_per_cycle"]:
                 entry["macs_per_klut"] = round(1000 * entry["macs_per_cycle"] / entry["lut4"], 2)
@@ -382,7 +383,9 @@ def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False
                   f"(synth {entry['synth_s']} s, pnr {entry['pnr_s']} s)", flush=True)
         except Exception as exc:  # noqa: BLE001 - recorded honestly in the results
             entry["status"] = "failed"
-            entry["error"] = f"{type(exc).__name__}: {str(exc)[-1200:]}"
+            text = str(exc)
+            entry["error"] = f"{type(exc).__name__}: " + (text if len(text) < 1200 else
+                                                          text[:300] + " ... " + text[-800:])
             print(f"    FAILED: {entry['error'][:400]}", flush=True)
             traceback.print_exc()
         if not keep:
@@ -681,6 +684,7 @@ def main(argv=None):
     ap.add_argument("--freq", type=int, default=TARGET_MHZ, help="nextpnr target MHz")
     ap.add_argument("--timeout", type=int, default=600,
                     help="seconds allowed to each tool run before the build is recorded as failed")
+    ap.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     ap.add_argument("--keep", action="store_true", help="keep the netlists in build/")
     ap.add_argument("--dry-run", action="store_true",
                     help="only construct and elaborate each configuration (no tools run)")
@@ -698,7 +702,7 @@ def main(argv=None):
         return 0
     sizes = args.sizes.split(",") if args.sizes else None
     results = sweep(args.family or list(FAMILIES), sizes, args.device or ["85f"], args.jobs,
-                    args.freq, args.keep, args.dry_run, args.timeout)
+                    args.freq, args.keep, args.dry_run, args.timeout, args.seed)
     if not args.no_docs and not args.dry_run:
         write_docs(backfill(results))
     return 0

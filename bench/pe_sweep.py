@@ -335,7 +335,7 @@ def sweep(families, sizes_override, devices, jobs=1, freq=TARGET_MHZ, keep=False
     results = _load()
     results["tool"] = _tool_versions()
     results["flow"] = (f"synth_ecp5 -abc9; nextpnr-ecp5 --package {PACKAGE} --speed {SPEED} "
-                       f"--freq {freq} --seed 1")
+                       f"--freq {freq} --seed <seed, 1 unless the run says otherwise>")
     plan = []
     for fam in families:
         make_configs, default_sizes = FAMILIES[fam]

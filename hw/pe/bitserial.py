@@ -27,7 +27,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from models.bitmod import (CODE_BITS, EXTRA_VALUE, GROUP_SIZE, SCALE_EXP_BITS, SCALE_MANT_BITS,
-                           TERM_TABLE, TERMS_PER_WEIGHT, DType, decode, weight_terms)
+                           TERM_TABLE, DType, decode, weight_terms)
 
 __all__ = ["BitSerialPE", "operand_layout", "pack_operands", "result_width", "group_sum_bound",
            "BENCH_SIZES", "SERIAL_DEQUANT_CYCLES"]
@@ -368,11 +368,6 @@ class BitSerialPE(wiring.Component):
             with m.If(adv):
                 m.d.sync += [r_nz.eq(nz), r_neg.eq(neg), r_shift.eq(shift), r_x.eq(pl.x[i])]
             dec.append((r_x, r_nz, r_neg, r_shift))
-        lane_out = [self._lane_shift(m, *d, f"lane{i}") for i, d in enumerate(dec)]
-        terms = [raw for raw, _ in lane_out]
-        # The negated lanes' +1s, counted once and added at the first adder of the tree.
-        carries = Signal(range(lanes + 1), name="carries")
-        m.d.comb += carries.eq(sum(c for _, c in lane_out))
         with m.If(adv):
             m.d.sync += [
                 tag.valid.eq(inp.valid),
@@ -384,34 +379,41 @@ class BitSerialPE(wiring.Component):
                 tag.e.eq(pl.scale_e),
             ]
 
-        # -- adder tree, a register stage after every two levels --------------------------------
-        # The first adder also takes the carries: |raw0 + raw1 + carries| <= 2 * 2048 + lanes
-        # fits its width exactly, so no level ever wraps.
-        if lanes == 1:
-            only = Signal(signed(_LANE_TERM_BITS + 1), name="sum_single")
-            m.d.comb += only.eq(terms[0] + carries)
-            terms = [only]
-        level, width, depth = terms, len(terms[0]), 0
-        while len(level) > 1:
-            width += 1
-            nxt = []
-            for k in range(0, len(level), 2):
-                s = Signal(signed(width), name=f"sum{depth}_{k // 2}")
-                extra = carries if depth == 0 and k == 0 else 0
-                m.d.comb += s.eq(level[k] + level[k + 1] + extra)
-                nxt.append(s)
-            level, depth = nxt, depth + 1
-            if depth % 2 == 0 and len(level) > 1:
-                regs = [Signal(signed(width), name=f"tree{depth}_{k}") for k in range(len(level))]
-                rtag = Signal(tag_layout, name=f"tag_tree{depth}")
+        # -- stage 2: each lane's shifted term and its carry ------------------------------------
+        vals, cars = [], []
+        for i, d in enumerate(dec):
+            raw, carry = self._lane_shift(m, *d, f"lane{i}")
+            r_raw = Signal(signed(_LANE_TERM_BITS), name=f"r_raw{i}")
+            r_carry = Signal(name=f"r_carry{i}")
+            with m.If(adv):
+                m.d.sync += [r_raw.eq(raw), r_carry.eq(carry)]
+            vals.append(r_raw)
+            cars.append(r_carry)
+        tag2 = Signal(tag_layout, name="tag2")
+        with m.If(adv):
+            m.d.sync += tag2.eq(tag)
+        tag = tag2
+
+        # -- adder tree over the terms and, beside it, over the carries; a register per level --
+        depth = 0
+        while len(vals) > 1:
+            nv, nc = [], []
+            for k in range(0, len(vals), 2):
+                sv = Signal(signed(len(vals[k]) + 1), name=f"tree{depth}_{k // 2}")
+                sc = Signal(range(2 ** (depth + 1) + 1), name=f"carries{depth}_{k // 2}")
                 with m.If(adv):
-                    m.d.sync += [r.eq(v) for r, v in zip(regs, level)]
-                    m.d.sync += rtag.eq(tag)
-                level, tag = regs, rtag
-        tree = Signal(signed(width), name="tree_sum")
+                    m.d.sync += [sv.eq(vals[k] + vals[k + 1]), sc.eq(cars[k] + cars[k + 1])]
+                nv.append(sv)
+                nc.append(sc)
+            rtag = Signal(tag_layout, name=f"tag_tree{depth}")
+            with m.If(adv):
+                m.d.sync += rtag.eq(tag)
+            vals, cars, tag, depth = nv, nc, rtag, depth + 1
+        # The lanes' +1s of negative terms, counted once: |sum| <= lanes * 2048 + lanes.
+        tree = Signal(signed(len(vals[0]) + 1), name="tree_sum")
         ttag = Signal(tag_layout, name="tag_sum")
         with m.If(adv):
-            m.d.sync += [tree.eq(level[0]), ttag.eq(tag)]
+            m.d.sync += [tree.eq(vals[0] + cars[0]), ttag.eq(tag)]
 
         # -- group accumulator and the pending slot ---------------------------------------------
         acc_p = Signal(signed(pbits))
@@ -462,13 +464,13 @@ class BitSerialPE(wiring.Component):
         m.d.comb += dq_adv.eq(~(s4_valid & s4_last & out_valid))
         m.d.comb += take.eq(dq_adv & pend_full & (~d1_valid | d1_done))
 
-        # Round half away from zero: (prod + 2**(e-1) - (prod < 0)) >> e for e > 0; the add in
-        # one stage, the arithmetic shift in two registered stages (by e[0:2], then by 4*e[2:5]).
+        # Round half away from zero: (prod + 2**(e-1) - (prod < 0)) >> e for e > 0, written as
+        # prod + (2**(e-1) - 1) + (prod >= 0): the mask 2**(e-1) - 1 is made when the group is
+        # loaded, so the rounding is one carry chain; the arithmetic shift follows in two
+        # registered stages (by e[0:2], then by 4 * e[2:5]).
+        d1_mask = Signal(prod_bits, name="round_mask")          # 2**(e-1) - 1, or 0
+        d1_round = Signal(name="round_en")                      # e > 0
         neg = d1_prod < 0
-        half = Signal(prod_bits, name="round_half")
-        m.d.comb += half.eq(Mux(d1_e == 0, 0, (Const(1, prod_bits) << d1_e) >> 1))
-        bias = Signal(signed(rbits), name="round_bias")
-        m.d.comb += bias.eq(Mux(d1_e == 0, 0, half - neg))
         shift_lo = Signal(signed(rbits), name="round_shift_lo")
         with m.Switch(s2_e[0:2]):
             for v in range(4):
@@ -489,14 +491,16 @@ class BitSerialPE(wiring.Component):
             m.d.sync += [s4_valid.eq(s3_valid), s4_last.eq(s3_last), s4_r.eq(shift_hi)]
             m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last), s3_r.eq(shift_lo),
                          s3_e.eq(s2_e[2:])]
-            m.d.sync += [s2_valid.eq(d1_done), s2_last.eq(d1_last), s2_r.eq(d1_prod + bias),
-                         s2_e.eq(d1_e)]
+            m.d.sync += [s2_valid.eq(d1_done), s2_last.eq(d1_last),
+                         s2_r.eq(d1_prod + d1_mask + (d1_round & ~neg)), s2_e.eq(d1_e)]
             with m.If(take):
                 m.d.sync += [d1_valid.eq(1), d1_last.eq(pend_last)]
                 with m.If(pend_tern):
-                    m.d.sync += [d1_prod.eq(pend_p), d1_e.eq(0), d1_mrem.eq(0)]
+                    m.d.sync += [d1_prod.eq(pend_p), d1_e.eq(0), d1_mrem.eq(0), d1_mask.eq(0),
+                                 d1_round.eq(0)]
                 with m.Else():
-                    m.d.sync += d1_e.eq(pend_e)
+                    m.d.sync += [d1_e.eq(pend_e), d1_round.eq(pend_e != 0),
+                                 d1_mask.eq(Cat(*(pend_e > k + 1 for k in range(prod_bits))))]
                     if self._dequant == "dsp":
                         m.d.sync += [d1_prod.eq(pend_p * pend_m), d1_mrem.eq(0)]
                     else:

@@ -561,17 +561,22 @@ def analysis(results) -> str:
             "part has. For ternary weights the multiplier is wasted: the adder tree does the same "
             "job without it.")
         lines.append("")
+    t5u = _run_of(results, "adder_tree_trits5_logic", "64x1 trits5 unpipelined decoder")
     lines += ["### 5-trits-per-byte weights decoded on the fly", ""]
     if decl or t5l:
         lines.append(
-            f"The multiply-shift decoder (five chained `3*s` adders per byte) alone, 64 weights "
-            f"(13 bytes): {_fmt_run(decl)} (harness included); inside the PE the 64-lane tree "
-            f"with it is {_fmt_run(t5l)} against {_fmt_run(at64)} for 2-bit weights"
-            + (f", i.e. {(t5l['lut4'] - at64['lut4']) / 64:.1f} LUT4 per weight more"
+            f"The multiply-shift decoder (five chained `3*s` adders per byte, no table) alone, "
+            f"64 weights (13 bytes), combinational between the harness registers: "
+            f"{_fmt_run(decl)} (harness included). Inside the 64-lane PE with one register "
+            f"inside the chain plus the decode register (`decoder_stages=1`, the default): "
+            f"{_fmt_run(t5l)}"
+            + (f"; with the chain unregistered the same PE was {_fmt_run(t5u)}" if t5u else "")
+            + f". Against {_fmt_run(at64)} for 2-bit weights"
+            + (f" that is {(t5l['lut4'] - at64['lut4']) / 64:.1f} LUT4 per weight more"
                if (t5l and at64) else "")
-            + ". The five-adder chain is also the slowest path. Saving 0.4 bit per weight "
-            "(1.6 instead of 2 bits, 20% less weight memory and link traffic) therefore costs "
-            "about half the PE again in LUT4s when decoded by logic.")
+            + ". Saving 0.4 bit per weight (1.6 instead of 2 bits: 20% less weight memory and "
+            "link traffic) therefore costs roughly half the PE again in LUT4s when decoded by "
+            "logic.")
         lines.append("")
     if decr or t5r:
         lines.append(
@@ -579,8 +584,9 @@ def analysis(results) -> str:
             f"{_fmt_run(decr)}" + (f" and {decr['dp16kd']} DP16KD" if decr else "")
             + f"; the 64-lane PE with it {_fmt_run(t5r)}"
             + (f" and {t5r['dp16kd']} DP16KD" if t5r else "")
-            + ". That moves the cost from LUT4s to block RAM: worth it when the weights stream "
-            "from SDRAM or over the link (bandwidth-bound), not when block RAM holds them.")
+            + ". That moves the decoder from LUT4s to block RAM (7 of the 85F's 208 DP16KD "
+            "per 64 lanes and row): worth it where weights stream from SDRAM or over the link "
+            "(bandwidth-bound), not where block RAM is what holds the weights.")
         lines.append("")
     lut = best.get("lut_gemm")
     bs = best.get("bitserial")

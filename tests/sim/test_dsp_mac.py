@@ -33,10 +33,10 @@ def test_dsp_mac_cocotb():
                       params=dict(CFG, acc_width=pe.acc_width)) == 2
 
 
-def test_wrong_width_is_caught():
-    # A testbench that reads the outputs at the wrong width must fail.
+def test_wrong_golden_is_caught():
+    # The bit-exact comparison is live: a golden model off by one must fail the run.
     pe = DspMac(CFG["lanes"], CFG["rows"], CFG["k_max"], stages=CFG["stages"])
-    with pytest.raises(CocotbFailure):
+    with pytest.raises(CocotbFailure, match="golden"):
         run_cocotb(pe, toplevel="dsp_mac_4x2", test_module="sim.tb_dsp_mac",
-                   params=dict(CFG, acc_width=pe.acc_width - 1),
+                   params=dict(CFG, acc_width=pe.acc_width, golden_offset=1),
                    testcase="random_lengths_with_gaps_and_backpressure")

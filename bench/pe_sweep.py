@@ -144,13 +144,19 @@ def adder_tree_trits5_configs(sizes, decoder="logic"):
     from hw.pe.adder_tree import TernaryAdderTree
     out = []
     for size in sizes:
-        n, p, _ = _nxps(size)
-        what = ("adder-chain decoder in LUT4s + 1 register" if decoder == "logic" else
+        m = re.fullmatch(r"(\d+)(?:x(\d+))?(?:d(\d))?", str(size).lower())
+        if not m:
+            raise ValueError(f"size {size!r} is not N, NxP or NxPdD (D decoder registers)")
+        n, p, ds = int(m[1]), int(m[2] or 1), None if m[3] is None else int(m[3])
+        kw = {} if ds is None else {"decoder_stages": ds}
+        what = (f"adder-chain decoder in LUT4s, {1 if ds is None else ds} register(s) in the "
+                f"chain + 1 after it" if decoder == "logic" else
                 "block-RAM table decoder, one DP16KD per two bytes")
-        out.append(Config(f"adder_tree_trits5_{decoder}", f"{n}x{p} trits5",
-                          lambda n=n, p=p: TernaryAdderTree(n, p, k_max=5632,
-                                                            weight_format="trits5",
-                                                            decoder=decoder),
+        label = f"{n}x{p} trits5" + ("" if ds is None else f" decoder_stages={ds}")
+        out.append(Config(f"adder_tree_trits5_{decoder}", label,
+                          lambda n=n, p=p, kw=kw: TernaryAdderTree(n, p, k_max=5632,
+                                                                   weight_format="trits5",
+                                                                   decoder=decoder, **kw),
                           n * p, n * p, f"5-trits-per-byte weights decoded on the fly ({what})"))
     return out
 

@@ -553,6 +553,15 @@ def analysis(results) -> str:
         lines.append(f"16 lanes: {_fmt_run(at16)} ({at16['lut4'] / 16:.1f} LUT4 per MAC/cycle; the "
                      f"21-bit accumulator and the harness weigh more at small sizes).")
         lines.append("")
+    at64x2 = _run_of(results, "adder_tree", "64x2 2bit")
+    if at64x2:
+        lines.append(
+            f"64 lanes x 2 rows sharing the activations: {_fmt_run(at64x2)} "
+            f"({at64x2['lut4'] / at64x2['macs_per_cycle']:.1f} LUT4 per MAC/cycle). Rows cost "
+            f"almost linearly: every row has its own leaves and tree, sharing the activations "
+            f"saves input wiring and registers, not LUT4s. Scaling is by copies, and the "
+            f"throughput per LUT4 holds from 16 to 128 MACs/cycle.")
+        lines.append("")
     lines += ["### The int8 DSP baseline", ""]
     if dsp64:
         lines.append(

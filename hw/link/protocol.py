@@ -37,6 +37,8 @@ from amaranth.lib.wiring import In, Out
 
 from sw import protocol as P
 
+from .crc import CRC32
+
 __all__ = ["MemPortSignature", "CorePortSignature", "LinkProtocol", "NullCore", "link_manifest"]
 
 
@@ -250,9 +252,9 @@ class LinkProtocol(wiring.Component):
         with m.If(self.uart_error):
             m.d.sync += uart_errors.eq(uart_errors + 1)
 
-        m.submodules.rx_crc = rx_crc = _crc()
-        m.submodules.tx_crc = tx_crc = _crc()
-        m.submodules.mem_crc = mem_crc = _crc()
+        m.submodules.rx_crc = rx_crc = CRC32()
+        m.submodules.tx_crc = tx_crc = CRC32()
+        m.submodules.mem_crc = mem_crc = CRC32()
         m.submodules.buf = buf = Memory(shape=8, depth=self._max_data, init=[])
         buf_wr = buf.write_port()
         buf_rd = buf.read_port(domain="sync")
@@ -535,7 +537,3 @@ class LinkProtocol(wiring.Component):
             m.d.sync += [cycles.eq(0), frames_ok.eq(0), frames_err.eq(0), uart_errors.eq(0)]
         return m
 
-
-def _crc():
-    from .crc import CRC32
-    return CRC32()

@@ -258,7 +258,8 @@ class TernaryAdderTree(wiring.Component):
         (one more cycle of latency). The ``"rom"`` decoder is always registered.
     decoder : str
         For ``"trits5"``: ``"logic"`` (:class:`Trits5Decoder`, adders in LUT4s) or ``"rom"``
-        (:class:`Trits5RomDecoder`, one ``DP16KD`` per two bytes per row, no LUT4s).
+        (:class:`Trits5RomDecoder`, one ``DP16KD`` per two bytes per row, no LUT4s; its output
+        is registered once more in the fabric, so it adds two cycles of latency).
     decoder_stages : int
         For the ``"logic"`` decoder: registers inside its five-adder chain (0, 1 or 2), before
         the ``decode_stage`` register.
@@ -351,7 +352,8 @@ class TernaryAdderTree(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from accepting a ``last`` beat to its output being valid (no stalls)."""
-        return len(self._register_after()) + int(self._decode_stage) + self._decoder_stages + 1
+        return (len(self._register_after()) + int(self._decode_stage) + self._decoder_stages +
+                int(self._decoder == "rom") + 1)
 
     @property
     def macs_per_cycle(self) -> int:
@@ -414,9 +416,14 @@ class TernaryAdderTree(wiring.Component):
             x = [r.as_signed() for r in regs[2:2 + lanes]]
         if self._decoder == "rom":
             # The table read is the decode register; valid, last and x are registered beside it.
+            # A second register takes the table output: Yosys does not use the DP16KD output
+            # register, and its clock-to-output delay followed by a leaf and an adder was the
+            # slowest path of the PE (86.7 MHz at 64 lanes).
             regs = stage([valid, last, *x], "dec")
+            regs = stage([*regs, *codes], "decq")
             valid, last = regs[0], regs[1]
             x = [r.as_signed() for r in regs[2:2 + lanes]]
+            codes = regs[2 + lanes:]
         elif self._decode_stage:
             regs = stage([valid, last, *x, *codes], "dec")
             valid, last = regs[0], regs[1]

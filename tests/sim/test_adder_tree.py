@@ -47,7 +47,7 @@ def test_widths():
     assert "en" not in Trits5Decoder.Signature(5).members
     assert "en" in Trits5Decoder.Signature(5, stages=1).members
     rom = TernaryAdderTree(7, rows=2, k_max=56, weight_format="trits5", decoder="rom", stages=0)
-    assert rom.decoder == "rom" and rom.latency == 2
+    assert rom.decoder == "rom" and rom.latency == 3
     Fragment.get(rom, None)
     with pytest.raises(ValueError, match="decoder"):
         TernaryAdderTree(7, rows=1, k_max=56, weight_format="trits5", decoder="table")

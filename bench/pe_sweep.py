@@ -236,6 +236,8 @@ def _run(cmd, log: Path, cwd: Path, timeout: int):
         proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode:
         tail = log.read_text()[-800:]
+        if not tail.strip() and (cwd / "yosys.log").exists():  # yosys -q logs to yosys.log
+            tail = (cwd / "yosys.log").read_text()[-800:]
         raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}); log tail: {tail}")
 
 

@@ -473,14 +473,20 @@ def table(results, device):
                         f"{_short(r.get('error', ''))} ||||||||||||")
             continue
         gmacs = r["macs_per_cycle"] * r["fmax_mhz"] / 1000 if r["fmax_mhz"] else 0
+        marks = ("¹" if "without -abc9" in r.get("synth", "") else "") + \
+                ("²" if r.get("source_modified") else "")
         pre = (f"{r['lut4_logic']} + {r['lut4_carry']}" if "lut4_logic" in r else "-")
         ram = r.get("lut4_ram", 0) + r.get("lut4_ramw", 0)
         pre += f" + {ram} RAM" if ram else ""
-        rows.append(f"| {r['family']} | {r['config']} | {r['lut4']} | {pre} | {r['ff']} "
+        rows.append(f"| {r['family']} | {r['config']}{marks} | {r['lut4']} | {pre} | {r['ff']} "
                     f"| {r['mult18x18d']} "
                     f"| {r['dp16kd']} | {r['fmax_mhz']} | {r['weights_per_cycle']:g} "
                     f"| {r['macs_per_cycle']:g} | {r.get('lut4_per_mac', '-')} "
                     f"| {r.get('macs_per_klut', '-')} | {gmacs:.2f} |")
+    rows += ["", "¹ synthesised with plain `synth_ecp5`: `synth_ecp5 -abc9` stopped on an internal "
+             "Yosys assertion for this design (the JSON keeps the message).",
+             "² built from a working-tree version of the family's module with uncommitted "
+             "changes (its owner was editing it); other runs name their commit in the JSON."]
     return "\n".join(rows)
 
 

@@ -616,6 +616,9 @@ def analysis(results) -> str:
             f"{_fmt_run(decr)}" + (f" and {decr['dp16kd']} DP16KD" if decr else "")
             + f"; the 64-lane PE with it {_fmt_run(t5r)}"
             + (f" and {t5r['dp16kd']} DP16KD" if t5r else "")
+            + " (the table output is registered once more in the fabric: Yosys leaves the "
+            "DP16KD output register unused, and the block RAM's clock-to-output delay feeding "
+            "the leaves directly held the same PE to 86.7 MHz in an earlier run of this script)"
             + ". That moves the decoder from LUT4s to block RAM (7 of the 85F's 208 DP16KD "
             "per 64 lanes and row): worth it where weights stream from SDRAM or over the link "
             "(bandwidth-bound), not where block RAM is what holds the weights.")

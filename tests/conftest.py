@@ -15,3 +15,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if sim_dir in pathlib.Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.sim)
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run a test with one torch thread: the tensors of unit tests are tiny, and on a busy
+    machine thread hand-offs cost more than the work."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

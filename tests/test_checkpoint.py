@@ -26,13 +26,7 @@ SHIPPED_FLOAT = REPO / "models" / "checkpoints" / "mmfree-tiny-float.safetensors
 WEIGHT_BUDGET = 1_200_000
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one thread avoids thread hand-off costs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _model(quantize=True, seed=0):

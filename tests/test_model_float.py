@@ -9,13 +9,7 @@ from models.mmfree import BitLinear, MMFreeLM
 from models.quant import act_quant_int8, ternary_quant
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one thread avoids thread hand-off costs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _randomised_model(config: ModelConfig, seed: int = 0) -> MMFreeLM:

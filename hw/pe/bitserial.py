@@ -425,7 +425,9 @@ class BitSerialPE(wiring.Component):
         pend_e = Signal(SCALE_EXP_BITS)
         pend_last, pend_tern = Signal(), Signal()
         take = Signal()                                        # the dequantiser loads pending
-        m.d.comb += adv.eq(~(ttag.valid & ttag.group_end & pend_full & ~take))
+        # From registers only (not from `take`): the enable of every pipeline register must be
+        # shallow. A group that ends just as the slot is being emptied waits one cycle.
+        m.d.comb += adv.eq(~(ttag.valid & ttag.group_end & pend_full))
         with m.If(take):
             m.d.sync += pend_full.eq(0)
         with m.If(adv & ttag.valid):

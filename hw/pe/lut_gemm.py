@@ -392,8 +392,9 @@ class LutGemv(wiring.Component):
 
         # ---- lanes, stage B: accumulate; the last block emits the results -----------------------
         acc_bound = lm.acc_bound(fmt, self.k_max)
-        acc_raddr = Signal(range(R + 1))
-        m.d.comb += acc_raddr.eq(Mux(bfirst, R, brow))
+        acc_raddr = Signal(range(R + 1))                # registered: it fans out to every lane
+        with m.If(advance):
+            m.d.sync += acc_raddr.eq(Mux(afirst, R, arow))
         results = []
         for p in range(P):
             # Word R is never written and stays zero: the first block of a GEMV reads it instead

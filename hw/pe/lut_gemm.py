@@ -146,7 +146,7 @@ class LutGemv(wiring.Component):
                     f"lanes={self._lanes}, tables={self._tables}, k_max={self._k_max})")
 
     def __init__(self, *, weight_format: str = "tl2", group: int = 3, lanes: int = 16,
-                 tables: int = 4, rows: int = 16, k_max: int = 4096, symmetric: bool = True):
+                 tables: int = 4, rows: int = 15, k_max: int = 4096, symmetric: bool = True):
         sig = self.Signature(weight_format, group, lanes, tables, k_max)
         _check_pos_int("rows", rows)
         if not isinstance(symmetric, bool):

@@ -27,6 +27,7 @@ from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
 
 DESIGNS = {
     "demo": "PLL + a ternary adder-tree PE fed by LFSRs, result on the LEDs (--lanes, --rows)",
+    "link": "PLL + the UART link (framed protocol, HELLO/WRITE/READ/CRC/STATUS/RESET) with a test memory",
 }
 
 
@@ -34,6 +35,9 @@ def make_design(name: str, board, args):
     if name == "demo":
         from hw.demo_top import DemoTop
         return DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, lanes=args.lanes, rows=args.rows)
+    if name == "link":
+        from hw.link_top import LinkTop
+        return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud)
     raise ValueError(name)
 
 

@@ -248,6 +248,6 @@ def test_committed_session_still_replays():
     from pathlib import Path
 
     from sw.client import main
-    path = Path(__file__).parent / "data" / "link_session_model.jsonl"
+    path = Path(__file__).parent.parent / "data" / "link_session_model.jsonl"
     lines = []
     assert main(["selftest", "--replay", str(path), "--bytes", "3000"], out=lines.append) == 0, lines

@@ -22,7 +22,7 @@ def test_signature():
     assert len(pe.o.payload.as_value()) == 2 * 15
     assert pe.signature == TernaryAdderTree.Signature(8, 2, 64, "2bit")
     t5 = TernaryAdderTree(7, rows=1, k_max=56, weight_format="trits5")
-    assert len(t5.i.payload.w[0]) == 16 and t5.latency == t5.stages + 3  # decoder reg + decode reg
+    assert len(t5.i.payload.w[0]) == 16 and t5.latency == t5.stages + 4  # 2 decoder regs + decode reg
     for dut in (pe, t5):
         Fragment.get(dut, None)  # elaborates
     for bad in [dict(lanes=0), dict(lanes=2.5), dict(rows=0), dict(k_max=4),

@@ -541,7 +541,6 @@ def analysis(results) -> str:
     at16 = _run_of(results, "adder_tree", "16x1 2bit")
     dsp64 = _run_of(results, "dsp_mac", "64x1 int8")
     dsp16 = _run_of(results, "dsp_mac", "16x1 int8")
-    t5l = _run_of(results, "adder_tree_trits5_logic", "64x1 trits5")
     t5r = _run_of(results, "adder_tree_trits5_rom", "64x1 trits5")
     decl = _run_of(results, "trits5_decoder_logic", "64 weights")
     decr = _run_of(results, "trits5_decoder_rom", "64 weights")
@@ -593,18 +592,20 @@ def analysis(results) -> str:
             "part has. For ternary weights the multiplier is wasted: the adder tree does the same "
             "job without it.")
         lines.append("")
-    t5u = _run_of(results, "adder_tree_trits5_logic", "64x1 trits5 unpipelined decoder")
+    t5_variants = sorted((r for r in results["runs"] if r["family"] == "adder_tree_trits5_logic"
+                          and r["device"] == dev and r.get("status") == "ok"),
+                         key=lambda r: r["fmax_mhz"])
     lines += ["### 5-trits-per-byte weights decoded on the fly", ""]
-    if decl or t5l:
+    if decl or t5_variants:
+        t5l = t5_variants[-1] if t5_variants else None
         lines.append(
             f"The multiply-shift decoder (five chained `3*s` adders per byte, no table) alone, "
             f"64 weights (13 bytes), combinational between the harness registers: "
-            f"{_fmt_run(decl)} (harness included). Inside the 64-lane PE with one register "
-            f"inside the chain plus the decode register (`decoder_stages=1`, the default): "
-            f"{_fmt_run(t5l)}"
-            + (f"; with the chain unregistered the same PE was {_fmt_run(t5u)}" if t5u else "")
-            + f". Against {_fmt_run(at64)} for 2-bit weights"
-            + (f" that is {(t5l['lut4'] - at64['lut4']) / 64:.1f} LUT4 per weight more"
+            f"{_fmt_run(decl)} (harness included). Inside the 64-lane PE: "
+            + "; ".join(f"{r['config']}: {_fmt_run(r)}" for r in t5_variants)
+            + " (the registers inside the decoder chain cost flip-flops only)."
+            + (f" Against {_fmt_run(at64)} for 2-bit weights that is "
+               f"{(t5l['lut4'] - at64['lut4']) / 64:.1f} LUT4 per weight more"
                if (t5l and at64) else "")
             + ". Saving 0.4 bit per weight (1.6 instead of 2 bits: 20% less weight memory and "
             "link traffic) therefore costs roughly half the PE again in LUT4s when decoded by "

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 
 RESULTS = ROOT / "bench" / "results" / "pe_sweep.json"
 DOC = ROOT / "docs" / "pe_comparison.md"
+DOC_JSON = ROOT / "docs" / "pe_comparison.json"  # copy of the results beside the page
 PLOT = ROOT / "docs" / "pe_comparison.png"
 
 DEVICES = {
@@ -438,10 +439,15 @@ def write_plot(results):
         fams = sorted({r["family"] for r in results["runs"]
                        if r["device"] == dev and r.get("status") == "ok" and r["macs_per_cycle"]})
         for fam in fams:
-            pts = sorted((r["lut4"], r["macs_per_cycle"] * r["fmax_mhz"] / 1000)
-                         for r in results["runs"] if r["family"] == fam and r["device"] == dev
-                         and r.get("status") == "ok" and r["macs_per_cycle"] and r["fmax_mhz"]
-                         and "stages" not in r["config"] and "unpipelined" not in r["config"])
+            # one point per throughput: the fastest variant (pipelining options differ in Fmax)
+            by_macs = {}
+            for r in results["runs"]:
+                if r["family"] == fam and r["device"] == dev and r.get("status") == "ok" \
+                        and r["macs_per_cycle"] and r["fmax_mhz"]:
+                    pt = (r["lut4"], r["macs_per_cycle"] * r["fmax_mhz"] / 1000)
+                    if pt[1] > by_macs.get(r["macs_per_cycle"], (0, 0))[1]:
+                        by_macs[r["macs_per_cycle"]] = pt
+            pts = sorted(by_macs.values())
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=fam, color=colours[fam])
         ax.set_xscale("log")
@@ -483,11 +489,19 @@ def table(results, device):
                     f"| {r['dp16kd']} | {r['fmax_mhz']} | {r['weights_per_cycle']:g} "
                     f"| {r['macs_per_cycle']:g} | {r.get('lut4_per_mac', '-')} "
                     f"| {r.get('macs_per_klut', '-')} | {f'{gmacs:.2f}' if gmacs else '-'} |")
-    rows += ["", "¹ synthesised with plain `synth_ecp5`: `synth_ecp5 -abc9` stopped on an internal "
-             "Yosys assertion for this design (the JSON keeps the message).",
-             "² built from a working-tree version of the family's module with uncommitted "
-             "changes (its owner was editing it); other runs name their commit in the JSON."]
-    return "\n".join(rows)
+    notes = []
+    if any("without -abc9" in r.get("synth", "") for r in runs):
+        notes.append("¹ synthesised with plain `synth_ecp5`: `synth_ecp5 -abc9` stopped on an "
+                     "internal Yosys assertion for this design (the JSON keeps the message).")
+    if any(r.get("source_modified") for r in runs):
+        notes.append("² built from a working-tree version of the family's module with "
+                     "uncommitted changes (its owner was editing it); other runs name their "
+                     "commit in the JSON.")
+    if any(r.get("seed", 1) != 1 for r in runs):
+        notes.append("Placement seed other than 1: " + ", ".join(
+            f"{r['family']} {r['config']} (seed {r['seed']})" for r in runs
+            if r.get("seed", 1) != 1) + ".")
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def _short(text):
@@ -648,20 +662,40 @@ def analysis(results) -> str:
             "is the most expensive option per MAC.")
         lines.append("")
     missing = [r for r in results["runs"] if r.get("status") != "ok"]
-    if missing:
-        lines += ["### Builds that did not complete", ""]
-        for r in missing:
-            lines.append(f"- {r['family']} {r['config']} on {r['device']}: {r.get('status')}, "
-                         f"{_short(r.get('error', ''))}")
-        lines += ["", "A 256-lane adder tree (about 6,400 LUT4) was also tried: nextpnr had not "
-                  "finished routing it after 15 minutes on this shared 2-core machine and it "
-                  "was dropped from the sweep; the SPEC's reference figure for 256 lanes is "
-                  "9,554 LUT4 at 173 MHz.", ""]
+    lines += ["### Limits of these measurements", ""]
+    for r in missing:
+        lines.append(f"- {r['family']} {r['config']} on {r['device']}: {r.get('status')}, "
+                     f"{_short(r.get('error', ''))}")
+    lines += [
+        "- A 256-lane adder tree (about 6,400 LUT4) did not finish: nextpnr was still routing it "
+        "after 15 minutes on this shared 2-core machine, and it was dropped from the sweep (the "
+        "SPEC's reference figure for 256 lanes is 9,554 LUT4 at 173 MHz). The 128-lane tree "
+        "with placement seed 1 ended with nextpnr exiting during simulated-annealing placement; "
+        "seed 2 completed (the table's row).",
+        "- The PEs stall as a whole: one enable (output register empty or being read) clocks "
+        "every pipeline register. At 128 lanes that enable's fan-out is the critical path "
+        "(output ready -> enable -> output register enable), which is why 128 lanes run "
+        "slower than 64; an elastic pipeline or a skid buffer at the output would remove it.",
+        "- One placement seed per build: Fmax differences of a few percent between rows are "
+        "not significant (the same 64-lane tree gives "
+        + (f"{at64['fmax_mhz']} MHz on the 85F and "
+           f"{_run_of(results, 'adder_tree', '64x1 2bit', '25f')['fmax_mhz']} MHz on the 25F"
+           if at64 and _run_of(results, "adder_tree", "64x1 2bit", "25f") else "different "
+           "figures on different parts") + ").",
+        "- bitserial and lut_gemm were built as committed by their owners at the commit named "
+        "per run in the JSON (`--from-commit HEAD`); their numbers change as those modules "
+        "change. An earlier committed LutGemv stopped `synth_ecp5 -abc9` on an internal Yosys "
+        "assertion; the version measured here synthesises normally.",
+        "- Fmax is the harness-wrapped block's; in a system the memories and control around a "
+        "PE add their own paths.", ""]
     lines += ["### Verdict", "",
-              f"On the ECP5 the ternary adder tree wins: it has the lowest LUT4 cost per "
-              f"ternary MAC and the highest Fmax of the families measured here, needs no DSP "
-              f"and no block RAM, and scales with LUT4s (tens of thousands on the 85F) rather "
-              f"than with the 156 multipliers. Its limit in a full system is not compute but "
+              f"On the ECP5 the ternary adder tree wins: it has the highest throughput per "
+              f"LUT4 and the highest Fmax of the families measured here, and the lowest LUT4 "
+              f"cost per MAC of the DSP-free ones, needs no block RAM, and scales with LUT4s "
+              f"(tens of thousands on the 85F) rather than with the 156 multipliers. The int8 "
+              f"DSP baseline uses slightly fewer LUT4 per MAC only because 64 of the 85F's 156 "
+              f"multipliers do its products, and it runs at about two thirds of the clock. "
+              f"The adder tree's limit in a full system is not compute but "
               f"weight bandwidth: one 64-lane tree at "
               f"{at64['fmax_mhz'] if at64 else 'n/a'} MHz wants "
               f"{(64 * 2 * at64['fmax_mhz'] / 8) if at64 else 0:.0f} MB/s of 2-bit weights, far "
@@ -698,7 +732,8 @@ def write_docs(results):
         "harness**; the harness adds one flip-flop per",
         "block input and output bit and about one LUT4 per three output bits (exact figures per",
         "run in the JSON, `harness_lut4` / `harness_ff`). Fmax is nextpnr's post-route estimate",
-        "for one placement seed (1). All figures are **measured** except the ratios (LUT4 per",
+        "for one placement seed (1 unless noted). All figures are **measured** except the ratios",
+        "(LUT4 per",
         "MAC/cycle, MACs/cycle per 1000 LUT4, GMAC/s), which are **derived** from measured ones.",
         "MACs/cycle is each block's own steady-state figure (int8 x ternary, int8 x int8 for",
         "`dsp_mac`). Each build ran while other builds shared the 2 CPU cores; the timings in",
@@ -709,9 +744,11 @@ def write_docs(results):
         parts += [f"## {DEVICES[dev]['part']}-{PACKAGE}, speed {SPEED}", "", table(results, dev), ""]
     parts += ["![throughput against LUT4](pe_comparison.png)", "",
               "`docs/pe_comparison.png`: measured throughput (MACs/cycle x measured Fmax) "
-              "against measured LUT4, one line per family and device.", "",
+              "against measured LUT4, one line per family and device, one point per "
+              "MACs/cycle (the fastest measured variant of that size).", "",
               analysis(results), ""]
     DOC.write_text("\n".join(parts))
+    DOC_JSON.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def main(argv=None):

@@ -93,10 +93,9 @@ def _bit_length(v):
 
 def _round_shift_const(v, s: int):
     """``round_shift(v, s)`` of a signed value by a constant ``s > 0`` (half away from zero)."""
-    neg = v < 0
-    mag = Mux(neg, -v, v)
-    r = ((mag >> (s - 1)) + 1) >> 1
-    return Mux(neg, -r, r)
+    # floor(v / 2**(s-1)), plus one unless v < 0 and no 1 was shifted out, halved: no negation
+    inc = ~v[-1] | v[:s - 1].any() if s > 1 else ~v[-1]
+    return ((v >> (s - 1)) + inc) >> 1
 
 
 def _unit_mux(sel, value):
@@ -208,20 +207,26 @@ class ScalarUnit(wiring.Component):
         bl = Signal(range(W + 1))
         m.d.comb += bl.eq(_bit_length(A.as_unsigned()))
 
-        # Rounding shifter: round_shift(sh_x, sh_s), half away from zero (sh_rnd) or truncating;
-        # sh_s <= 0 shifts left. |sh_s| is clamped: beyond it the result is 0 for every 54-bit x
-        # (right) or does not fit (left).
-        sh_x, sh_s, sh_rnd, sh_out = Signal(signed(W)), Signal(signed(8)), Signal(), Signal(signed(W))
-        sh_neg = sh_x < 0
-        mag = Signal(W)
-        rs, ls = Signal(6), Signal(6)
-        right, left, r = Signal(W), Signal(W), Signal(W)
-        m.d.comb += [mag.eq(Mux(sh_neg, -sh_x, sh_x)), rs.eq(sh_s - 1), ls.eq(-sh_s),
-                     right.eq(((mag >> rs) + sh_rnd) >> 1), left.eq(mag << ls),
-                     r.eq(Mux(sh_s > 0, right, left)), sh_out.eq(Mux(sh_neg, -r, r))]
+        # Rounding shifter: round_shift(sh_x, sh_s), half away from zero (sh_rnd) or truncating
+        # (non-negative sh_x only); sh_s <= 0 shifts left. On two's complement, without taking
+        # the magnitude: with t = sh_x >> (s - 1) (arithmetic) and `sticky` = any of the s - 1
+        # bits shifted out, round_shift = (t + (sh_x >= 0 or sticky)) >> 1; the truncating shift
+        # is t >> 1. sh_s is 7-bit signed: shift amounts beyond it are saturated to -64 / 63,
+        # where the result is the same (0 right; left: only x = 0 fits 54 bits).
+        SH = 64                             # sign-extended operand width of the shifter
+        sh_x, sh_s, sh_rnd, sh_out = Signal(signed(W)), Signal(signed(7)), Signal(), Signal(signed(W))
+        rs, ls = Signal(6), Signal(7)
+        xe = Signal(signed(SH))
+        t_sh = Signal(signed(SH))
+        sticky = Signal()
+        m.d.comb += [xe.eq(sh_x), rs.eq(sh_s - 1), ls.eq(-sh_s), t_sh.eq(xe >> rs),
+                     sticky.eq((xe.as_unsigned() & Cat(*[rs > i for i in range(SH)])).any()),
+                     sh_out.eq(Mux(sh_s > 0, (t_sh + (sh_rnd & (~xe[SH - 1] | sticky))) >> 1, sh_x << ls))]
 
         def clamp_shift(v):
-            return Mux(v > W + 1, W + 1, Mux(v < -W, -W, v))
+            """v saturated to 7 bits signed (v is signed, at least 7 bits)."""
+            hi = v[6:]
+            return Mux(hi.all() | ~hi.any(), v[:7], Mux(v[-1], -64, 63))
 
         # One signed 18 x 18 multiplier, operands from registers.
         mul_a, mul_b = Signal(signed(18)), Signal(signed(18))

@@ -375,3 +375,27 @@ async def test_write_port(dut):
     for r in range(1, 32):
         p.emit(Instr(Op.SADD, rd=r, ra=r, rb=(r + 1) % 32, imm=r))
     await run(dut, p, p_idle=0.0, seed=6, check_timing=False)
+
+
+@cocotb.test()
+async def test_write_conflict(dut):
+    """In one cycle, the unit's own write of rd wins over an external write to the same
+    register; an external write to another register in that cycle lands too."""
+    await setup(dut)
+    for ext in (5, 6):
+        dut.instr__valid.value = 1
+        dut.instr__payload.value = encode(Instr(Op.SLI, rd=5, imm=-7))
+        await RisingEdge(dut.clk)                  # accepted (the unit was idle)
+        dut.instr__valid.value = 0
+        dut.write__en.value, dut.write__addr.value, dut.write__data.value = 1, ext, 99
+        await ReadOnly()
+        assert dut.result__valid.value, "SLI result not in the cycle after it was accepted"
+        await RisingEdge(dut.clk)
+        dut.write__en.value = 0
+        dut.read__0__addr.value, dut.read__1__addr.value = 5, 6
+        await ReadOnly()
+        r5, r6 = (to_signed(int(getattr(dut, f"read__{j}__data").value), W) for j in (0, 1))
+        assert r5 == -7, f"r5 = {r5}: the unit's write must win over the external one"
+        if ext == 6:
+            assert r6 == 99, f"r6 = {r6}: the external write in the same cycle was lost"
+        await RisingEdge(dut.clk)

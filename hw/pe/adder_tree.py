@@ -7,8 +7,13 @@ tree (``{a, 1} + {b, c}`` shifted right by one adds ``a + b + c`` in one carry c
 costs one LUT4 per activation bit plus its share of the tree.
 
 Weights arrive in the host packing formats of :mod:`sw.packing`: ``"2bit"`` codes go straight to the
-lanes, ``"trits5"`` bytes (five weights per byte) pass through :class:`Trits5Decoder` first, which
-is its own component so that its cost can be measured separately.
+lanes, ``"trits5"`` bytes (five weights per byte) pass through a decoder first, its own component
+so that its cost can be measured separately: :class:`Trits5Decoder` computes the trits with a
+chain of adders in LUT4s, :class:`Trits5RomDecoder` looks them up in a block-RAM table. The
+decoders implement :func:`sw.packing.trits5_decode_byte`, the same rule the host packer is
+tested against.
+
+Measured costs on the ECP5 are in ``docs/pe_comparison.md`` (``bench/pe_sweep.py``).
 """
 
 import math

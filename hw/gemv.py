@@ -72,6 +72,7 @@ class GemvEngine(wiring.Component):
             raise ValueError(f"fifo_depth must be an integer >= 2, not {fifo_depth!r}")
         self._fmt, self._stages, self._fifo_depth = weight_format, stages, fifo_depth
         self._chunks_max = k_max // lanes
+        self._pe = TernaryAdderTree(lanes, rows, k_max=k_max, weight_format=weight_format, stages=stages)
         self._row_bits = row_weight_bits(lanes, weight_format)
         waw = max(1, (weight_depth - 1).bit_length())
         aaw = max(1, (2 * self._chunks_max - 1).bit_length())
@@ -97,6 +98,13 @@ class GemvEngine(wiring.Component):
     chunks_max = property(lambda self: self._chunks_max, doc="Activation words per bank.")
 
     @property
+    def latency(self) -> int:
+        """Cycles beyond ``groups * chunks`` from a command being offered to its last result beat
+        being presented, with no stalls: command accept, block-RAM read, operand register, the
+        adder tree's own latency, and the output FIFO."""
+        return self._pe.latency + 5
+
+    @property
     def word_bits(self) -> int:
         """Width of one weight word."""
         return self._rows * self._row_bits
@@ -109,8 +117,7 @@ class GemvEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lanes, rows = self._lanes, self._rows
-        m.submodules.pe = pe = TernaryAdderTree(lanes, rows, k_max=self._k_max,
-                                                weight_format=self._fmt, stages=self._stages)
+        m.submodules.pe = pe = self._pe
         m.submodules.wmem = wmem = memory.Memory(shape=unsigned(self.word_bits), depth=self._depth, init=[])
         m.submodules.amem = amem = memory.Memory(shape=unsigned(8 * lanes), depth=2 * self._chunks_max,
                                                  init=[])

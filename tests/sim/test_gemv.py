@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 import numpy as np
 import pytest
 
@@ -45,6 +46,6 @@ def test_layout_round_trip(fmt):
 def test_gemv_cocotb(lanes, rows, fmt):
     k_max = lanes * 8
     e = GemvEngine(lanes=lanes, rows=rows, weight_depth=256, k_max=k_max, weight_format=fmt)
-    p = {"lanes": lanes, "rows": rows, "k_max": k_max, "fmt": fmt, "acc_width": acc_width(k_max),
+    p = {"lanes": lanes, "rows": rows, "k_max": k_max, "fmt": fmt, "acc_width": acc_width(k_max), "latency": e.latency,
          "waw": len(e.cmd.payload.base), "gw": len(e.cmd.payload.groups), "cw": len(e.cmd.payload.chunks)}
     assert run_cocotb(e, toplevel=f"gemv_{fmt}", test_module="sim.tb_gemv", params=p) == 4

@@ -80,12 +80,15 @@ def vector_beats(op: Op, read_ports: int = 1, sigmoid_per_lane: float = 0.5) -> 
 def gemv_latency(lanes: int, fmt: str = "2bit") -> int:
     """Cycles from the engine's last beat to the last rescaled output written to VMEM.
 
-    Memory read stage (1) + ternary adder tree (``ceil(log2 lanes)`` adder levels, each
-    registered, + the accumulator, as :attr:`hw.pe.adder_tree.TernaryAdderTree.latency` with its
-    default pipelining; +1 with the trits5 decoder) + output rescale multiply, shift/saturate and
-    the VMEM write (3).
+    The engine's own fixed latency (:attr:`hw.gemv.GemvEngine.latency`, counted from the command
+    being offered, so one less from its last beat): command accept, block-RAM read, operand
+    register, the adder tree (``ceil(log2 lanes)`` registered adder levels + the accumulator,
+    +3 with the trits5 decoder's input and chain registers) and the output FIFO; then the output
+    rescale multiply, shift/saturate and the VMEM write (3). tests/sim/test_gemv.py checks this
+    against the gateware's figure.
     """
-    return 1 + (max(1, lanes) - 1).bit_length() + 1 + (fmt == "trits5") + 3
+    pe = (max(1, lanes) - 1).bit_length() + 1 + 3 * (fmt == "trits5")
+    return (pe + 5) - 1 + 3
 
 
 # ---------------------------------------------------------------------------- arithmetic

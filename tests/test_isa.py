@@ -113,10 +113,11 @@ def test_gemv_raw_and_sync():
     # cycle model by hand (docs/isa.md sections 6-7, width 16): VEMB issues at 0, runs 0..5
     # (latency 4 + 1 beat); SLI 1, SMULI 2 (result at 4), SLI 3; VQ issues at 4, starts when the
     # vector unit is free (5), done 13; GEMV starts at 13, 2 beats -> last beat 16, outputs written
-    # at 16 + latency (1 + 2 levels + 1 + 3 = 7) = 23; SYNC retires it at 23, next issue 24;
-    # VARGMAX 24..29; HALT waits for the vector unit (29) and takes 1: 30.
+    # at 16 + latency (engine: 2 levels + 1 accumulator + 5, less 1 counted from the last beat,
+    # + 3 rescale = 10) = 26; SYNC retires it at 26, next issue 27; VARGMAX 27..32; HALT waits
+    # for the vector unit (32) and takes 1: 33.
     assert core.cycles.engine_busy == 2
-    assert core.cycles.total == 30
+    assert core.cycles.total == 33
 
 
 def test_hazard_read_before_sync_is_refused():

@@ -49,3 +49,11 @@ def test_gemv_cocotb(lanes, rows, fmt):
     p = {"lanes": lanes, "rows": rows, "k_max": k_max, "fmt": fmt, "acc_width": acc_width(k_max), "latency": e.latency,
          "waw": len(e.cmd.payload.base), "gw": len(e.cmd.payload.groups), "cw": len(e.cmd.payload.chunks)}
     assert run_cocotb(e, toplevel=f"gemv_{fmt}", test_module="sim.tb_gemv", params=p) == 4
+
+
+@pytest.mark.parametrize("lanes,fmt", [(16, "2bit"), (32, "2bit"), (32, "trits5"), (64, "2bit"), (64, "trits5")])
+def test_cycle_model_uses_the_engine_latency(lanes, fmt):
+    # The core's cycle model (sw.isa_sim) must charge what the gateware takes.
+    from sw.isa_sim import gemv_latency
+    e = GemvEngine(lanes=lanes, rows=8, weight_depth=64, k_max=lanes * 16, weight_format=fmt)
+    assert gemv_latency(lanes, fmt) == e.latency - 1 + 3

@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k-max", type=int, default=512)
     ap.add_argument("--format", default="2bit", choices=["2bit", "trits5"])
     ap.add_argument("--device", default="85f", choices=["85f", "25f"])
+    ap.add_argument("--freq", type=int, default=100, help="nextpnr timing target, MHz (the SoC clock is 75)")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per tool run")
     args = ap.parse_args(argv)
     configs = [(args.lanes, args.rows, args.depth, args.k_max)] if args.lanes else DEFAULTS
     out = ROOT / "bench" / "results" / "gemv_build.json"
@@ -42,7 +44,8 @@ def main(argv=None) -> int:
         eng = GemvEngine(lanes=lanes, rows=rows, weight_depth=depth, k_max=k_max, weight_format=args.format)
         print(f"building GEMV engine lanes={lanes} rows={rows} depth={depth} ({eng.weight_bits / 1e6:.2f} Mbit "
               f"weights) for {args.device} ...", flush=True)
-        r = measure(eng, args.device, ROOT / "build" / "gemv" / f"{lanes}x{rows}x{depth}-{args.device}")
+        r = measure(eng, args.device, ROOT / "build" / "gemv" / f"{lanes}x{rows}x{depth}-{args.device}",
+                    freq=args.freq, timeout=args.timeout)
         r.update(lanes=lanes, rows=rows, depth=depth, k_max=k_max, format=args.format, device=args.device,
                  weights=depth * lanes * rows, macs_per_cycle=lanes * rows, kind="measured")
         print(f"  LUT4 {r['lut4']} (engine {r['block_lut4']}), FF {r['ff']}, DP16KD {r['dp16kd']}, "

@@ -452,8 +452,14 @@ class BitSerialPE(wiring.Component):
         d1_e = Signal(SCALE_EXP_BITS)
         d1_mrem = Signal(SCALE_MANT_BITS)                      # serial: scale bits still to add
         d1_mcand = Signal(signed(prod_bits))                   # serial: P << (bits done)
+        # DSP: two partial products (low 17 bits of P, and the rest) registered out of the
+        # multipliers, summed in the next cycle: two cycles per group.
+        lo_bits = min(17, pbits - 1)
+        d1_pp_lo = Signal(lo_bits + SCALE_MANT_BITS, name="pp_lo")
+        d1_pp_hi = Signal(signed(pbits - lo_bits + SCALE_MANT_BITS), name="pp_hi")
+        d1_busy = Signal(name="dsp_busy")
         d1_done = Signal()
-        m.d.comb += d1_done.eq(d1_valid & (d1_mrem == 0))
+        m.d.comb += d1_done.eq(d1_valid & (d1_mrem == 0) & ~d1_busy)
         rbits = prod_bits + 1
         s2_valid, s2_last, s2_r, s2_e = (Signal(), Signal(), Signal(signed(rbits)),
                                          Signal(SCALE_EXP_BITS))
@@ -504,7 +510,11 @@ class BitSerialPE(wiring.Component):
                     m.d.sync += [d1_e.eq(pend_e), d1_round.eq(pend_e != 0),
                                  d1_mask.eq(Cat(*(pend_e > k + 1 for k in range(prod_bits))))]
                     if self._dequant == "dsp":
-                        m.d.sync += [d1_prod.eq(pend_p * pend_m), d1_mrem.eq(0)]
+                        m.d.sync += [
+                            d1_pp_lo.eq(pend_p[:lo_bits] * pend_m),
+                            d1_pp_hi.eq(pend_p[lo_bits:].as_signed() * pend_m),
+                            d1_busy.eq(1), d1_mrem.eq(0),
+                        ]
                     else:
                         # First scale bit in the load cycle: 16 cycles for a 16-bit mantissa.
                         m.d.sync += [
@@ -514,6 +524,8 @@ class BitSerialPE(wiring.Component):
                         ]
             with m.Elif(d1_done):
                 m.d.sync += d1_valid.eq(0)
+            with m.Elif(d1_busy):
+                m.d.sync += [d1_prod.eq(d1_pp_lo + (d1_pp_hi << lo_bits)), d1_busy.eq(0)]
             with m.Elif(d1_valid):
                 m.d.sync += [
                     d1_prod.eq(d1_prod + Mux(d1_mrem[0], d1_mcand, 0)),

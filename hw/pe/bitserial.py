@@ -286,8 +286,8 @@ class BitSerialPE(wiring.Component):
 
         Returns ``(raw, carry)``: ``raw`` is ``x << shift`` for a positive term,
         ``~(x << shift)`` for a negative one and 0 for a zero term; ``carry`` is 1 for a
-        negative term, so that ``raw + carry`` is the term (the carries of all lanes are added
-        once, at the first adder of the tree). Two stages: ``a = (x ^ neg) << shift[0]`` filled
+        negative term, so that ``raw + carry`` is the term (the carries of all lanes are counted
+        in a tree beside the adder tree and added once at its root). Two stages: ``a = (x ^ neg) << shift[0]`` filled
         with ``neg`` (or 0), then ``a << (2 * shift[1] + 4 * shift[2])``.
         """
         fill = Signal(name=f"{name}_fill")

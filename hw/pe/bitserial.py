@@ -116,8 +116,10 @@ class BitSerialPE(wiring.Component):
         Scale multiplier of the dequantisation unit: ``"serial"`` shift-adds one scale bit per
         cycle (at most 16 cycles per group, no DSP); it keeps up while a 3/4-bit group takes at
         least 16 cycles, ``2 * group_size / lanes >= 16`` (lanes <= 16 at group 128).
-        ``"dsp"`` is one ``P * m`` multiply per cycle (two MULT18X18D on ECP5). ``"auto"``
-        (default) picks ``"serial"`` where it keeps up and ``"dsp"`` otherwise.
+        ``"dsp"`` multiplies ``P * m`` as two registered partial products on two MULT18X18D
+        and sums them in the next cycle: one group per two cycles, enough for every lane count
+        up to 128. ``"auto"`` (default) picks ``"serial"`` where it keeps up and ``"dsp"``
+        otherwise. Ternary groups bypass the multiplier in both.
 
     Members
     -------

@@ -214,6 +214,7 @@ class LutGemv(wiring.Component):
 
         # ---- table writer: one entry of every table per cycle, into bank `wp` --------------------
         xreg = Signal(data.ArrayLayout(signed(8), G * g))
+        xneg = Signal(data.ArrayLayout(signed(9), G * g))   # -x, negated on the way in
         wbusy = Signal()
         wcnt = Signal(range(E))
         wp = Signal()                                  # bank being filled next
@@ -229,6 +230,7 @@ class LutGemv(wiring.Component):
         go = Signal()
         m.d.comb += [self.act.ready.eq(~wbusy), go.eq(wbusy & ~full.bit_select(wp, 1))]
         with m.If(self.act.valid & self.act.ready):
+            m.d.sync += [xneg[i].eq(-self.act.payload.x[i]) for i in range(G * g)]
             m.d.sync += [xreg.eq(self.act.payload.x), wlast.eq(self.act.payload.last),
                          wfirst.eq(next_first), next_first.eq(self.act.payload.last),
                          wbusy.eq(1), wcnt.eq(0)]
@@ -247,7 +249,7 @@ class LutGemv(wiring.Component):
             for j in range(g):
                 xj = xreg[t * g + j]
                 term = Signal(signed(9), name=f"wr_t{t}_x{j}")
-                m.d.comb += term.eq(Mux(pos[j], xj, Mux(neg[j], -xj, 0)))
+                m.d.comb += term.eq(Mux(pos[j], xj, Mux(neg[j], xneg[t * g + j], 0)))
                 terms.append(term)
             entry = Signal(signed(ew), name=f"wr_entry{t}")
             m.d.comb += entry.eq(sum(terms))

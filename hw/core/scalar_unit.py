@@ -27,7 +27,8 @@ Multiplies:
   executor requires). It is split as ``a = a_lo + 2**17 a_hi`` with ``a_lo`` the low 17 bits
   (unsigned) and ``a_hi`` in {-1, 0, 1}; the multiplier computes ``a_lo * b_lo`` (17 x 17 unsigned
   on the signed 18 x 18 array) and the partial products ``2**17 (a_hi b_lo + b_hi a_lo) + 2**34
-  a_hi b_hi`` are selected and negated operands, added after the multiplier.
+  a_hi b_hi`` are selected and negated operands, summed in the operand cycle and added to the
+  multiplier's output in the second.
 * ``SRECIP`` (``recip_norm``): ``mn * r0`` (16 x 17), ``r0 * round_shift(e, 8)`` (17 x 17 signed).
 * ``SRSQ`` (``rsqrt_norm``): ``q0 * q0``, ``ms * t``, ``q0 * round_shift(e, 8)``.
   The seeds are read as 18-bit signed multiplier operands, so table entries must be below
@@ -82,13 +83,23 @@ class RegisterWriteSignature(wiring.Signature):
         super().__init__({"en": Out(1), "addr": Out(_REG_ADDR), "data": Out(signed(REG_BITS))})
 
 
-def _bit_length(v):
-    """``bit_length`` of the unsigned value ``v``, as a tree of halves (log depth)."""
+def _leading_one(v):
+    """``(any, position of the leading one)`` of the unsigned value ``v`` (width a power of two),
+    as a tree of halves: multiplexers only, no adders."""
     w = len(v)
     if w == 1:
-        return v
+        return v[0], Const(0, 0)
     h = w // 2
-    return Mux(v[h:].any(), h + _bit_length(v[h:]), _bit_length(v[:h]))
+    any_hi, p_hi = _leading_one(v[h:])
+    any_lo, p_lo = _leading_one(v[:h])
+    return any_hi | any_lo, Cat(Mux(any_hi, p_hi, p_lo), any_hi)
+
+
+def _bit_length(v):
+    """``bit_length`` of the unsigned value ``v``: leading-one position + 1, or 0."""
+    w = 1 << (len(v) - 1).bit_length()
+    nz, pos = _leading_one(Cat(v, Const(0, w - len(v))))
+    return Mux(nz, pos + 1, 0)
 
 
 def _round_shift_const(v, s: int):
@@ -247,8 +258,7 @@ class ScalarUnit(wiring.Component):
         k_r = Signal(signed(8))
         ms_r = Signal(17)
         seed_r = Signal(signed(18))
-        a_lo, b_lo = Signal(17), Signal(17)
-        a_hi, b_hi = Signal(signed(2)), Signal(signed(2))
+        corr = Signal(signed(37))           # SMUL: the partial products beside a_lo * b_lo
 
         ms = Signal(17)                     # SRSQ mantissa (step 1, combinational)
         m.d.comb += t_rd.addr.eq(Mux(op == Op.SRSQ, imm + ms[7:16] - 128, imm + A[7:16] - 256))
@@ -273,13 +283,13 @@ class ScalarUnit(wiring.Component):
                 with m.Case(Op.SMUL, Op.SMULI):
                     with m.If(step == 0):
                         b = Mux(op == Op.SMUL, B, imm)
-                        m.d.sync += [a_lo.eq(A[:17]), b_lo.eq(b[:17]), a_hi.eq(A[17:19]), b_hi.eq(b[17:19]),
+                        a_hi, b_hi = A[17:19].as_signed(), b[17:19].as_signed()
+                        cross = _unit_mux(a_hi, b[:17]) + _unit_mux(b_hi, A[:17])
+                        hh = Mux((a_hi == 0) | (b_hi == 0), 0, Mux(a_hi[1] ^ b_hi[1], -1, 1))
+                        m.d.sync += [corr.eq((cross << 17) + (hh.as_signed() << 34)),
                                      mul_a.eq(A[:17]), mul_b.eq(b[:17])]
                     with m.Else():
-                        cross = _unit_mux(a_hi, b_lo) + _unit_mux(b_hi, a_lo)
-                        hh = Mux((a_hi == 0) | (b_hi == 0), 0, Mux(a_hi[1] ^ b_hi[1], -1, 1))
-                        m.d.comb += [wd_en.eq(1),
-                                     wd_data.eq(prod + (cross << 17) + (hh.as_signed() << 34))]
+                        m.d.comb += [wd_en.eq(1), wd_data.eq(prod + corr)]
                 with m.Case(Op.SNORM, Op.SMANT16):
                     with m.If(step == 0):
                         m.d.sync += [x_r.eq(A), bl_r.eq(bl)]

@@ -29,6 +29,10 @@ columns (pad with zero weights and zero activations) runs as ``blocks`` column b
 
 Tables live in distributed RAM (LUTRAM: 16 x 4-bit TRELLIS_DPR16X4 on the ECP5) with one read
 port per lane and group (and bit plane); every lane has its own copy, written in parallel.
+
+The lane pipeline has three registered stages, A1 (lookup and sign), A2 (lane adder tree) and B
+(accumulate, result register); it advances while the result register is empty or being read.
+A block takes ``max(rows, table_entries + 1)`` cycles in the steady state.
 """
 
 import math
@@ -310,7 +314,6 @@ class LutGemv(wiring.Component):
         y_run = Signal(signed(lm.signed_width(ybound)))
 
         lane_sum, lane_cin = [], []
-        sum_bound = None
         for p in range(P):
             codes = self.weights.payload[p]
             planes = []                                # per bit plane: list of (value, carry, bound)
@@ -371,7 +374,6 @@ class LutGemv(wiring.Component):
                 m.d.sync += [sreg.eq(acc_v), creg.eq(acc_c)]
             lane_sum.append(sreg)
             lane_cin.append(creg)
-            sum_bound = acc_b
 
         with m.If(advance):
             m.d.sync += [avalid.eq(accept), afirst.eq(bank_first.bit_select(rp, 1)),

@@ -35,6 +35,22 @@ Multiplies:
   ``2**17`` (both seed tables are 17-bit: ``models.fixedpoint``), and the intermediates stay in 18
   bits for the shipped tables (checked exhaustively over both input ranges by the testbench).
 
+Resources and timing, **measured** on the ECP5-85F (speed 6) in ``hw.pe.harness.StandaloneHarness``
+(its own share: 100 LUT4, 631 FF), default parameters, with the synthesis script of
+``bench.pe_sweep.measure`` (``yosys: synth_ecp5 -abc9``) and ``nextpnr-ecp5 --85k --package
+CABGA381 --speed 6 --freq 75 --no-route --seed 1``: 14,882 LUT4 + 344 CCU2C (3,347 PFUMX, 725
+L6MUX21), 2,553 FF, 1 MULT18X18D, 1 DP16KD after synthesis; 15,786 TRELLIS_COMB after packing;
+**17.3 MHz** estimated after placement (not routed: ``measure(ScalarUnit(), "85f", workdir)``
+did not finish routing within 20 minutes on a shared machine, two attempts). This first version
+is verified but **not timing-closed for the 75 MHz system clock**. The slack histogram puts
+about 1,600 endpoints (the register file's flip-flops) at -36 to -45 ns; the placer printed no
+path, and by inspection the longest path into the register file is a one-cycle instruction's,
+``SRSHR``: register-file read (32:1 multiplexer), shift-amount clamp, barrel shifter and sticky
+bit, the 64-bit rounding increment, the result multiplexer and the register write. Reaching 75 MHz needs an operand-register stage and a shifter over two stages
+(i.e. ``SCALAR_CYCLES`` of 2-3 for the shifts and one more for the normalisers), and a LUT-RAM
+register file would cut most of the LUT4 (the flip-flop file with six 32:1 read multiplexers of 54
+bits, three of them the external :attr:`read` ports, dominates the count).
+
 Results outside 54 bits (which the executor rejects with ``OverflowError``) wrap around; inputs
 the executor rejects (negative ``SBLEN`` / ``SNORM`` / ``SMANT16`` / ``SRSQ`` operands, ``SRECIP``
 of a value that is not a 16-bit mantissa, multiplies beyond 18 bits) give unspecified results.

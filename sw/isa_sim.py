@@ -98,6 +98,8 @@ def rshift(x, s):
         x, s = int(x), int(s)
         if s <= 0:
             return x << -s
+        if abs(x).bit_length() < s:
+            return 0  # |x| < 2**(s-1): rounds to 0 (and a huge s must not build a huge int)
         a = (abs(x) + (1 << (s - 1))) >> s
         return -a if x < 0 else a
     x = np.asarray(x, dtype=_I64)

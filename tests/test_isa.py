@@ -210,3 +210,10 @@ def test_disassembly_names_every_opcode():
         text = str(Instr(op, **{k: getattr(ins, k) for k in ("sat", "rd", "ra", "rb", "rc", "n", "a0", "a1", "a2",
                                                             "imm")}, comment="c"))
         assert text.startswith(op.name) and text.endswith("; c")
+
+
+def test_rshift_huge_shift_amount_rounds_to_zero():
+    # A register shift amount can be any 54-bit value; the executor must not build a 2**(s-1).
+    from sw.isa_sim import rshift
+    assert rshift(2**53 - 1, 1 << 40) == 0 and rshift(-(2**53), 1 << 40) == 0
+    assert rshift(3, 2) == 1 and rshift(-2, 2) == -1 and rshift(1, 2) == 0   # 0.75, -0.5, 0.25

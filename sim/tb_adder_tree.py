@@ -77,14 +77,19 @@ async def run_jobs(dut, jobs, p_idle, p_stall, seed):
         for b in range(len(x)):
             beats.append(beat_word(x[b], w[b], b == len(x) - 1, fmt))
         expected.append(golden(x, w, fmt))
-    recv = cocotb.start_soon(sink.recv(len(jobs), timeout_cycles=20 * len(beats) + 200))
+    await check_results(dut, src, sink, beats, expected, [len(x) * lanes for x, _ in jobs], rows, aw)
+
+
+async def check_results(dut, src, sink, beats, expected, lengths, rows, aw):
+    """Send ``beats``, receive one output beat per expected row vector and compare; then check
+    that nothing extra comes out. ``lengths`` (K of each dot product) only label failures."""
+    recv = cocotb.start_soon(sink.recv(len(expected), timeout_cycles=20 * len(beats) + 200))
     await src.send(beats)
     words = await recv
     mask = (1 << aw) - 1
     got = [[to_signed((word >> (aw * r)) & mask, aw) for r in range(rows)] for word in words]
     for n, (g, e) in enumerate(zip(got, expected)):
-        assert g == e, f"dot product {n} (K = {len(jobs[n][0]) * lanes}): got {g}, golden {e}"
-    # Nothing extra comes out afterwards.
+        assert g == e, f"dot product {n} (K = {lengths[n]}): got {g}, golden {e}"
     for _ in range(10):
         await ReadOnly()
         assert not dut.o__valid.value, "an extra output beat appeared"

@@ -9,10 +9,9 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ReadOnly, RisingEdge
 
-from sim.tb import StreamSink, StreamSource, params, reset, to_signed
-from sim.tb_adder_tree import stall_monitor
+from sim.tb import StreamSink, StreamSource, params, reset
+from sim.tb_adder_tree import check_results, stall_monitor
 
 __all__ = []
 
@@ -40,17 +39,7 @@ async def run_jobs(dut, jobs, p_idle, p_stall, seed):
         # ``golden_offset`` (0 unless a test checks that a wrong golden model is caught)
         expected.append([int(np.einsum("bn,bn->", w[:, r, :].astype(np.int64), x.astype(np.int64)))
                          + p.get("golden_offset", 0) for r in range(rows)])
-    recv = cocotb.start_soon(sink.recv(len(jobs), timeout_cycles=20 * len(beats) + 200))
-    await src.send(beats)
-    words = await recv
-    mask = (1 << aw) - 1
-    got = [[to_signed((word >> (aw * r)) & mask, aw) for r in range(rows)] for word in words]
-    for n, (g, e) in enumerate(zip(got, expected)):
-        assert g == e, f"dot product {n} (K = {len(jobs[n][0]) * lanes}): got {g}, golden {e}"
-    for _ in range(10):
-        await ReadOnly()
-        assert not dut.o__valid.value, "an extra output beat appeared"
-        await RisingEdge(dut.clk)
+    await check_results(dut, src, sink, beats, expected, [len(x) * lanes for x, _ in jobs], rows, aw)
 
 
 async def start(dut):

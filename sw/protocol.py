@@ -24,7 +24,8 @@ from dataclasses import dataclass
 __all__ = [
     "SYNC", "HEADER_BYTES", "CRC_BYTES", "OVERHEAD", "ERROR_TYPE", "REPLY_FLAG", "PROTOCOL_VERSION",
     "MANIFEST_MAGIC", "DEFAULT_MAX_DATA", "ARG_BYTES",
-    "Command", "ErrorCode", "MemoryId", "PEKind",
+    "Command", "ErrorCode", "MemoryId", "PEKind", "CoreMemory", "CORE_STRIDE", "CORE_INFO_MAGIC",
+    "ISA_VERSION", "WeightFormat", "RunState", "RunError", "CoreInfo", "RunStatus", "load_arg", "run_arg",
     "crc32", "crc32_update", "encode_frame", "decode_frame", "FrameDecoder", "Frame", "FrameError",
     "max_payload", "write_request", "read_request", "crc_request", "Manifest", "Status",
 ]
@@ -52,8 +53,8 @@ class Command(enum.IntEnum):
     CRC = 0x04     #: mem u8, addr u32, count u32; reply: CRC-32 of the range, u32
     STATUS = 0x05  #: no payload; reply: :class:`Status`
     RESET = 0x06   #: no payload; resets the core and the link counters; reply: empty
-    LOAD = 0x07    #: arg u32 (program address); handled by the accelerator core
-    RUN = 0x08     #: arg u32 (step count); handled by the accelerator core
+    LOAD = 0x07    #: arg u32: token program address (bits 0..15), reset program address (16..31)
+    RUN = 0x08     #: arg u32: steps (bits 0..15), fill (16..31); see :func:`run_arg`
 
 
 class ErrorCode(enum.IntEnum):
@@ -65,11 +66,177 @@ class ErrorCode(enum.IntEnum):
     BAD_ADDRESS = 0x05      #: the address range is outside the memory
     BAD_MEMORY = 0x06       #: no memory with this id
     UNSUPPORTED = 0x07      #: command known but not supported by this bitstream (no core)
+    BUSY = 0x08             #: RUN or LOAD while the core is running
+    BAD_ARGUMENT = 0x09     #: LOAD / RUN argument out of range (addresses, step count, fill)
+    NOT_LOADED = 0x0A       #: RUN before a LOAD
 
 
 class MemoryId(enum.IntEnum):
     """Memories reachable with WRITE/READ/CRC. The link-only bitstream has the test memory."""
     TEST = 0x00
+
+
+class CoreMemory(enum.IntEnum):
+    """Memories of the accelerator bitstream (memory id = value).
+
+    Every memory is byte-addressed with a power-of-two stride per word (:data:`CORE_STRIDE`,
+    WMEM: :meth:`CoreInfo.wmem_stride`); a word holds its value little-endian in the low bytes,
+    two's complement in its width for the signed memories (CMEM 18 bits, VMEM 36 bits). A word is
+    written when the byte holding its top bit arrives, from the bytes of that word written before
+    it in the same order (uploads write whole words, lowest byte first); bytes above the word's
+    width are ignored on write and read as 0. INFO and CTRL are read-only (writes are ignored).
+    While the core runs only INFO, CTRL and TOKMEM answer; the others wait for the run to end.
+    """
+    INFO = 0      #: :class:`CoreInfo`
+    CTRL = 1      #: :class:`RunStatus`
+    PMEM = 2      #: program, 16 bytes per instruction (``sw.isa.program_bytes``)
+    WMEM = 3      #: packed weight words, stride ``CoreInfo.wmem_stride``
+    CMEM = 4      #: 18-bit signed constants, 4 bytes each
+    TMEM = 5      #: 18-bit scalar-unit tables, 4 bytes each
+    SIGMEM = 6    #: 18-bit sigmoid table, 4 bytes each
+    VMEM = 7      #: 36-bit signed vector words, 8 bytes each
+    TOKMEM = 8    #: 16-bit token ids, 2 bytes each
+
+
+#: Bytes per word on the link (WMEM's is in the INFO record).
+CORE_STRIDE = {CoreMemory.INFO: 1, CoreMemory.CTRL: 1, CoreMemory.PMEM: 16, CoreMemory.CMEM: 4,
+               CoreMemory.TMEM: 4, CoreMemory.SIGMEM: 4, CoreMemory.VMEM: 8, CoreMemory.TOKMEM: 2}
+CORE_INFO_MAGIC = 0x524F4354   # b"TCOR" read little-endian
+ISA_VERSION = 1
+
+
+class WeightFormat(enum.IntEnum):
+    """Weight packing of the GEMV engine (``sw.packing``)."""
+    TWO_BIT = 0   #: "2bit"
+    TRITS5 = 1    #: "trits5"
+
+
+class RunState(enum.IntEnum):
+    IDLE = 0
+    RUNNING = 1
+    RESETTING = 2
+
+
+class RunError(enum.IntEnum):
+    """Why the last run ended (``RunStatus.error``)."""
+    NONE = 0
+    NO_HALT = 1      #: the program ran past the end of PMEM without a HALT
+    ABORTED = 2      #: a RESET stopped the run
+
+
+@dataclass(frozen=True)
+class CoreInfo:
+    """Parameters of the core in a bitstream (memory INFO, read-only).
+
+    Layout (little-endian): magic u32, isa_version u16, pe_kind u8, weight_format u8, lanes u16,
+    rows u16, word_bits u16, k_max u16, vector_width u16, reserved u16, then the words of PMEM,
+    WMEM, CMEM, TMEM, SIGMEM, VMEM, TOKMEM, u32 each (48 bytes in all).
+    """
+    magic: int
+    isa_version: int
+    pe_kind: int
+    weight_format: int
+    lanes: int
+    rows: int
+    word_bits: int
+    k_max: int
+    vector_width: int
+    pmem_words: int
+    wmem_words: int
+    cmem_words: int
+    tmem_words: int
+    sigmem_words: int
+    vmem_words: int
+    tokmem_words: int
+
+    _FMT = "<IHBBHHHHHxx7I"
+    SIZE = 48
+
+    @property
+    def wmem_stride(self) -> int:
+        """Link bytes per WMEM word: the word's bytes rounded up to a power of two."""
+        return 1 << max(0, (-(-self.word_bits // 8) - 1).bit_length())
+
+    def stride(self, mem: int) -> int:
+        return self.wmem_stride if mem == CoreMemory.WMEM else CORE_STRIDE[CoreMemory(mem)]
+
+    def mem_bytes(self) -> tuple[int, ...]:
+        """Bytes of every memory (the manifest's ``mem_sizes`` of this core), by memory id."""
+        words = {CoreMemory.INFO: self.SIZE, CoreMemory.CTRL: RunStatus.SIZE,
+                 CoreMemory.PMEM: self.pmem_words, CoreMemory.WMEM: self.wmem_words,
+                 CoreMemory.CMEM: self.cmem_words, CoreMemory.TMEM: self.tmem_words,
+                 CoreMemory.SIGMEM: self.sigmem_words, CoreMemory.VMEM: self.vmem_words,
+                 CoreMemory.TOKMEM: self.tokmem_words}
+        return tuple(words[m] * self.stride(m) for m in CoreMemory)
+
+    def pack(self) -> bytes:
+        return struct.pack(self._FMT, self.magic, self.isa_version, self.pe_kind, self.weight_format,
+                           self.lanes, self.rows, self.word_bits, self.k_max, self.vector_width,
+                           self.pmem_words, self.wmem_words, self.cmem_words, self.tmem_words,
+                           self.sigmem_words, self.vmem_words, self.tokmem_words)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "CoreInfo":
+        if len(data) != cls.SIZE:
+            raise FrameError(f"core info of {len(data)} bytes, expected {cls.SIZE}")
+        return cls(*struct.unpack(cls._FMT, data))
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """State of the core's runs (memory CTRL, read-only, 32 bytes).
+
+    Layout (little-endian): state u8 (:class:`RunState`), error u8 (:class:`RunError`), loaded u8,
+    reserved u8, steps_done u32 (steps finished in the current / last RUN), steps u32 (of that
+    RUN), step_cycles u32 (cycles of the last finished step, program start to HALT),
+    step_engine_cycles u32 (cycles of that step in which the GEMV engine issued a weight word),
+    run_cycles u32 (cycles since the RUN started), tokens u32 (steps run since the last RESET),
+    last_token u16, reserved u16.
+    """
+    state: int
+    error: int
+    loaded: int
+    steps_done: int
+    steps: int
+    step_cycles: int
+    step_engine_cycles: int
+    run_cycles: int
+    tokens: int
+    last_token: int
+
+    _FMT = "<BBBxIIIIIIHxx"
+    SIZE = 32
+
+    def pack(self) -> bytes:
+        return struct.pack(self._FMT, self.state, self.error, self.loaded, self.steps_done, self.steps,
+                           self.step_cycles, self.step_engine_cycles, self.run_cycles, self.tokens,
+                           self.last_token)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> "RunStatus":
+        if len(data) != cls.SIZE:
+            raise FrameError(f"run status of {len(data)} bytes, expected {cls.SIZE}")
+        return cls(*struct.unpack(cls._FMT, data))
+
+
+def load_arg(program_addr: int, reset_addr: int) -> int:
+    """LOAD argument: where the token program and the reset program start in PMEM."""
+    if not (0 <= program_addr < 1 << 16 and 0 <= reset_addr < 1 << 16):
+        raise ValueError("program addresses must fit 16 bits")
+    return program_addr | reset_addr << 16
+
+
+def run_arg(steps: int, fill: int) -> int:
+    """RUN argument. The core runs ``steps`` tokens: step ``t`` (from 0) takes ``TOKMEM[t]`` as its
+    input token and, when ``t + 1 >= fill``, writes its output token (argmax, ``r2``) into
+    ``TOKMEM[t + 1]``. A prompt of ``p`` tokens followed by ``g`` generated ones is ``steps = p + g
+    - 1, fill = p``; one step on a host-chosen token is ``steps = 1, fill = 1``. The recurrent
+    state carries over from step to step and from RUN to RUN until a RESET. The core answers the
+    RUN once it has started (errors: BUSY, NOT_LOADED, BAD_ARGUMENT when ``steps`` or ``fill`` is
+    0 or ``steps`` + 1 exceeds TOKMEM) and reports progress in CTRL (:class:`RunStatus`)."""
+    if not (1 <= steps < 1 << 16 and 1 <= fill < 1 << 16):
+        raise ValueError("steps and fill must be in 1..65535")
+    return steps | fill << 16
 
 
 class PEKind(enum.IntEnum):

@@ -1,39 +1,16 @@
 """The compiled program on the instruction-level executor equals the integer reference bit for bit."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
 from models.checkpoint import export_checkpoint, load_checkpoint
-from models.config import ModelConfig
 from models.intref import CALIBRATION_TEXT, IntFormats, IntRefModel, argmax_first
-from models.mmfree import MMFreeLM
 from sw.compiler import ModelTooLarge
 from sw.isa import Op, decode_program, encode_program
 from sw.isa_sim import Core
 from sw.program import MemorySizes, compile_model
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "checkpoints" / "mmfree-tiny.safetensors"
-ZERO_TOK, HUGE_TOK, NEG_TOK = 5, 7, 9
-
-
-def _random_model(seed: int) -> MMFreeLM:
-    torch.manual_seed(seed)
-    m = MMFreeLM(ModelConfig(d_model=32, n_layers=2))
-    with torch.no_grad():  # non-trivial norm weights and lower bounds, as tests/test_intref.py
-        for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
-                p.mul_(1 + 0.3 * torch.randn_like(p))
-        m.model.lower_bounds.normal_()
-        emb = m.model.embeddings.weight
-        emb[ZERO_TOK] = 0.0                                        # all-zero residual: zero-scale path
-        emb[HUGE_TOK] = 4000.0 * torch.sign(torch.randn(32))       # saturates the 32-bit residual
-        emb[NEG_TOK] = -torch.abs(emb[NEG_TOK]) * 50.0             # large, one-signed
-    return m
-
+from tiny_models import HUGE_TOK, NEG_TOK, SHIPPED, ZERO_TOK, random_model as _random_model
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):

@@ -1,0 +1,292 @@
+"""The GEMV output stage of the core: rescale, saturate, residual add and VMEM write.
+
+:class:`GemvWriteback` takes a ``GEMV`` instruction (``sw.isa`` ``Op.GEMV``) with the values of
+``R[ra]`` (scale) and ``R[rb]`` (shift), consumes the ``groups`` beats of the engine's output
+stream (:class:`hw.gemv.GemvEngine` ``o``: beat ``g`` holds outputs ``g * rows .. g * rows + rows
+- 1``) and writes VMEM for every output ``m < n`` exactly as ``sw.isa_sim.Core._gemv`` does after
+the accumulation::
+
+    y = acc if raw else round_shift(acc * scale, shift)
+    if residual: y = x[a0 + m] + (clip(y, sat) if sat else y)       (read-modify-write)
+    x[a0 + m] = clip(y, sat) if sat else y;        R[rd] = max |written| (0 when n = 0)
+
+``round_shift`` is ``sw.isa_sim.rshift``: round half away from zero, ``shift <= 0`` an exact left
+shift, a huge shift gives 0. Outputs ``m >= n`` are consumed and dropped (a beat whose first output
+is at or beyond ``n`` is taken in one cycle).
+
+Ranges (checked by the testbench at the extremes):
+
+* ``acc``: ``acc_width``-bit signed (the engine's accumulator, ``hw.pe.adder_tree.acc_width``).
+* ``scale``: the low 18 bits of ``R[ra]``, signed: ``-2**17 <= scale < 2**17`` (the programs use
+  a non-negative 17-bit mantissa). The product ``acc * scale`` is exact in ``acc_width + 18``
+  bits (``P``).
+* ``shift``: all of ``R[rb]`` (54-bit signed). It is clamped to ``[-Y, P + 1]`` with ``Y = 38``:
+  any ``shift >= P + 1`` rounds every product to 0, and any ``shift <= -Y`` takes every non-zero
+  product beyond ``Y`` bits, where only its sign matters (see below).
+* ``raw`` mode uses ``scale = 1``, ``shift = 0`` (``R[ra]`` and ``R[rb]`` are ignored).
+* ``y`` is clamped to ``Y = 38`` signed bits before the saturation and the residual add. That is
+  exact for every program the executor accepts: with ``sat`` the value is clipped to at most 36
+  bits anyway; without it the written word must fit 36 bits (the executor raises
+  ``OverflowError`` otherwise), so ``y`` fits 36 bits, or 37 in residual mode (``x`` and
+  ``x + y`` both fit 36). For a program the executor rejects (a written value beyond the 36-bit
+  word), the word written is the low 36 bits of a clamped value: unspecified, not checked.
+
+Pipeline (one output per cycle, never stalls; the beat buffer is the only back-pressure point)::
+
+    issue   output r of the buffered beat -> acc register; address a0 + m
+    S1      p = acc * scale                                   (multiplier, registered)
+    S2      t = p >> (shift - 1) (arithmetic, one variable shifter over P + Y + 1 bits,
+            left for shift <= 0), sticky = any bit shifted out below the rounding bit
+    S3      y = (t + (p >= 0 or sticky)) >> 1                 (round half away from zero)
+    S4      clip y to sat bits (or clamp to Y bits); VMEM read of x[a0 + m] issued (residual)
+    S5      z = x[a0 + m] + y  (residual) or y
+    S6      clip z to sat bits -> VMEM write port (registered: the write happens in S7)
+    S7/S8   |written| -> running maximum
+
+The shift amount, the sticky mask and the saturation masks and limits are decoded from the
+latched instruction in the two cycles after the command is accepted (no output reaches S2
+earlier). A beat is accepted while the buffer is empty or its last output is being issued, so a
+beat of ``rows`` outputs is taken every ``rows`` cycles (the engine produces one every ``chunks``
+cycles); a beat of dropped outputs takes one cycle.
+
+Timing, measured by ``sim/tb_gemv_writeback.py`` (no stalls): command accepted in cycle ``c``,
+``busy`` from ``c + 1``; the first beat can be accepted in ``c + 1``. With the last beat accepted
+in cycle ``b``, and ``k`` of its outputs written (``1 <= k <= rows``), the last VMEM write is in
+cycle ``b + k + 7`` and ``done`` in cycle ``b + k + 9``; with no output written after the last
+beat (``k = 0``: ``n`` ended in an earlier beat, or ``n = 0``) ``done`` is at ``b + 9`` at most
+(when earlier outputs are still in the pipeline), ``b + 1`` with an empty pipeline. A new command
+can be accepted in the cycle after ``done``. Steady state: ``rows`` outputs per ``rows`` cycles.
+
+VMEM is outside: a synchronous read port (``data`` in the cycle after ``en``) and a write port.
+Within one command every output address is distinct, and the next command's first read comes
+after this command's last write, so no read-after-write bypass is needed.
+"""
+
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw.isa import FIELDS, REG_BITS, VMEM_BITS
+
+from .ports import UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
+
+__all__ = ["GemvWriteback", "Y_BITS", "LATENCY"]
+
+#: Width to which the rescaled output is clamped before saturation and the residual add.
+Y_BITS = VMEM_BITS + 2
+#: Cycles from an output's issue (taken from the beat buffer) to its VMEM write.
+LATENCY = 7
+
+_F = {name: (lsb, width) for name, lsb, width, _ in FIELDS}
+_IMM_RAW, _IMM_RESIDUAL = 16, 17
+
+
+def _field(word, name):
+    lsb, width = _F[name]
+    return word[lsb:lsb + width]
+
+
+def _check_pos_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+
+def _fits_mask(v, mask):
+    """``v`` (signed) has every bit selected by ``mask`` equal to its sign."""
+    sign = v[-1]
+    return ((v.as_unsigned() ^ sign.replicate(len(v))) & mask) == 0
+
+
+class GemvWriteback(wiring.Component):
+    """Output stage of the GEMV instruction (see the module docstring for semantics and timing).
+
+    Parameters
+    ----------
+    rows : int
+        Outputs per engine beat (the engine's ``rows``).
+    acc_width : int
+        Width of the engine's signed accumulators (``hw.pe.adder_tree.acc_width(k_max)``; 21
+        holds ``k_max <= 8191``).
+    vmem_depth : int
+        VMEM words; the address width is ``ceil(log2(vmem_depth))`` (at least 1). Addresses
+        ``a0 + m`` wrap modulo ``2**address_width``.
+
+    Members
+    -------
+    cmd : ``In(stream.Signature(UNIT_CMD_LAYOUT))``
+        The GEMV instruction word and ``R[ra]`` (scale), ``R[rb]`` (shift); ``rc`` is unused.
+        Accepted while idle (``ready = ~busy``).
+    i : ``In(stream.Signature(ArrayLayout(signed(acc_width), rows)))``
+        The engine's output beats; exactly ``groups`` (``a2``) are consumed per command.
+    vmem_rd : ``Out(MemReadSignature(address_width, signed(36)))``
+        Residual-mode reads of the destination.
+    vmem_wr : ``Out(MemWriteSignature(address_width, signed(36)))``
+        One write per output ``m < n``.
+    result : ``Out(UnitResultSignature())``
+        ``done`` once all beats are consumed and all writes issued; ``rd_we = 1``, ``rd_data`` =
+        max |written|; ``rc_we = 0``.
+    busy : ``Out(1)``
+        From the cycle after ``cmd`` is accepted up to and including the ``done`` cycle.
+    """
+
+    def __init__(self, rows: int = 8, acc_width: int = 21, vmem_depth: int = 4096):
+        _check_pos_int("rows", rows)
+        _check_pos_int("acc_width", acc_width)
+        _check_pos_int("vmem_depth", vmem_depth)
+        self._rows, self._acc_width, self._vmem_depth = rows, acc_width, vmem_depth
+        self._vaw = max(1, (vmem_depth - 1).bit_length())
+        super().__init__({
+            "cmd": In(stream.Signature(UNIT_CMD_LAYOUT)),
+            "i": In(stream.Signature(data.ArrayLayout(signed(acc_width), rows))),
+            "vmem_rd": Out(MemReadSignature(self._vaw, signed(VMEM_BITS))),
+            "vmem_wr": Out(MemWriteSignature(self._vaw, signed(VMEM_BITS))),
+            "result": Out(UnitResultSignature()),
+            "busy": Out(1),
+        })
+
+    rows = property(lambda self: self._rows, doc="Outputs per engine beat.")
+    acc_width = property(lambda self: self._acc_width, doc="Accumulator width (bits, signed).")
+    vmem_depth = property(lambda self: self._vmem_depth, doc="VMEM words.")
+    addr_width = property(lambda self: self._vaw, doc="VMEM address width.")
+    product_width = property(lambda self: self._acc_width + 18, doc="Width of acc * scale (P).")
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, AW, Y, VB = self._rows, self._acc_width, Y_BITS, VMEM_BITS
+        P = AW + 18                 # acc * scale, exact
+        TW = P + Y + 1              # shifter width: p << (Y + 1), shifted right by shift + Y
+        SMIN, SMAX = -Y, P + 1      # clamped shift range
+
+        # ------------------------------------------------------------ command latch
+        busy = Signal()
+        f_sat = Signal(6)
+        f_n = Signal(16)
+        f_raw = Signal()
+        f_res = Signal()
+        f_ra = Signal(signed(REG_BITS))
+        f_rb = Signal(signed(REG_BITS))
+        cmd = self.cmd.payload
+        accept = self.cmd.valid & self.cmd.ready
+        m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
+
+        beats_left = Signal(20)
+        full = Signal()             # the beat buffer holds outputs to issue
+        r = Signal(range(rows))     # index of the next output in the buffered beat
+        mi = Signal(17)             # index of the next output of the command
+        addr = Signal(self._vaw)    # a0 + mi
+        buf = Signal(data.ArrayLayout(signed(AW), rows))
+        maxw = Signal(VB)           # running max |written|
+
+        # ------------------------------------------------------------ decoded constants
+        # cycle c + 1 (c: accept): scale, clamped shift, saturation width
+        scale = Signal(signed(18))
+        sh = Signal(range(SMIN, SMAX + 1))
+        wsat = Signal(range(Y + 1))          # clip width: sat, or Y when sat = 0
+        m.d.sync += [
+            scale.eq(Mux(f_raw, 1, f_ra[:18].as_signed())),
+            sh.eq(Mux(f_raw, 0, Mux(f_rb < SMIN, SMIN, Mux(f_rb > SMAX, SMAX, f_rb)))),
+            wsat.eq(Mux(f_sat == 0, Y, f_sat)),
+        ]
+        # cycle c + 2: shifter amount, sticky mask, clip masks and limits
+        sv = Signal(range(TW + 1))           # right shift of p << (Y + 1): shift + Y
+        smask = Signal(TW)                   # bits of p << (Y + 1) below position sv
+        hmask = Signal(P + Y)                # bits >= wsat - 1: must equal the sign to fit
+        hmask_z = Signal(VB + 3)             # the same for the residual sum, against sat
+        zsat = Signal(range(VB + 1))
+        m.d.sync += [
+            sv.eq(sh + Y),
+            smask.eq(Cat(*[sv > k for k in range(TW)])),
+            hmask.eq(Cat(*[wsat <= k + 1 for k in range(P + Y)])),
+            hmask_z.eq(Cat(*[wsat <= k + 1 for k in range(VB + 3)])),
+            zsat.eq(f_sat),
+        ]
+        lim_hi = Signal(signed(Y))           # 2**(wsat - 1) - 1: the bits below wsat - 1
+        lim_lo = Signal(signed(Y))           # -2**(wsat - 1): the bits from wsat - 1 up
+        m.d.comb += [lim_hi.eq(~hmask[:Y]), lim_lo.eq(hmask[:Y])]
+
+        # ------------------------------------------------------------ input and issue
+        last_issue = Signal()
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(full),
+            last_issue.eq(full & ((r == rows - 1) | (mi + 1 == f_n))),
+            self.i.ready.eq(busy & (beats_left != 0) & (~full | last_issue)),
+        ]
+        mi_next = Signal(17)
+        m.d.comb += mi_next.eq(mi + issue)
+        with m.If(issue):
+            m.d.sync += [mi.eq(mi_next), addr.eq(addr + 1), r.eq(r + 1),
+                         buf.as_value().eq(buf.as_value() >> AW)]
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [beats_left.eq(beats_left - 1), buf.eq(self.i.payload), r.eq(0),
+                         full.eq(mi_next < f_n)]
+        with m.Elif(last_issue):
+            m.d.sync += full.eq(0)
+
+        # ------------------------------------------------------------ pipeline
+        v = [Signal(name=f"v{k}") for k in range(9)]     # v[k]: stage k holds an output
+        a = [Signal(self._vaw, name=f"addr{k}") for k in range(8)]
+        m.d.sync += v[1].eq(issue)
+        m.d.sync += a[1].eq(addr)
+        for k in range(2, 9):
+            m.d.sync += v[k].eq(v[k - 1])
+        for k in range(2, 8):
+            m.d.sync += a[k].eq(a[k - 1])
+
+        acc1 = Signal(signed(AW))
+        m.d.sync += acc1.eq(buf[0])
+        # S1: multiply
+        p2 = Signal(signed(P))
+        m.d.sync += p2.eq(acc1 * scale)
+        # S2: one variable arithmetic shifter, sticky bit
+        x2 = Signal(signed(TW))
+        m.d.comb += x2.eq(p2 << (Y + 1))
+        t3 = Signal(signed(TW))
+        c3 = Signal()
+        m.d.sync += [t3.eq(x2 >> sv),
+                     c3.eq(~p2[-1] | (x2.as_unsigned() & smask).any())]
+        # S3: rounding increment, halve
+        y4 = Signal(signed(P + Y))
+        m.d.sync += y4.eq((t3 + c3) >> 1)
+        # S4: clip to wsat bits (sat, or Y); issue the residual read
+        ys5 = Signal(signed(Y))
+        m.d.sync += ys5.eq(Mux(_fits_mask(y4, hmask), y4[:Y].as_signed(), Mux(y4[-1], lim_lo, lim_hi)))
+        m.d.comb += [self.vmem_rd.addr.eq(a[4]), self.vmem_rd.en.eq(v[4] & f_res)]
+        # S5: residual add
+        z6 = Signal(signed(VB + 3))
+        m.d.sync += z6.eq(Mux(f_res, self.vmem_rd.data + ys5, ys5))
+        # S6: clip to sat, register the write
+        wdata = Signal(signed(VB))
+        wen = Signal()
+        waddr = Signal(self._vaw)
+        zc = Signal(signed(VB + 3))
+        m.d.comb += zc.eq(Mux((zsat == 0) | _fits_mask(z6, hmask_z), z6, Mux(z6[-1], lim_lo, lim_hi)))
+        m.d.sync += [wdata.eq(zc[:VB].as_signed()), wen.eq(v[6]), waddr.eq(a[6])]
+        m.d.comb += [self.vmem_wr.addr.eq(waddr), self.vmem_wr.data.eq(wdata), self.vmem_wr.en.eq(wen)]
+        # S7: |written|; S8: running maximum
+        abs8 = Signal(VB)
+        m.d.sync += abs8.eq(Mux(wdata < 0, -wdata, wdata))
+        with m.If(v[8] & (abs8 > maxw)):
+            m.d.sync += maxw.eq(abs8)
+
+        # ------------------------------------------------------------ control
+        drained = Signal()
+        m.d.comb += drained.eq(~full & (beats_left == 0) & ~Cat(*v[1:]).any())
+        done = Signal()
+        m.d.comb += done.eq(busy & drained)
+        m.d.comb += [self.result.done.eq(done), self.result.rd_we.eq(done),
+                     self.result.rd_data.eq(maxw), self.result.rc_we.eq(0), self.result.rc_data.eq(0)]
+        with m.If(accept):
+            ins = cmd.instr
+            imm = _field(ins, "imm")
+            m.d.sync += [
+                busy.eq(1),
+                f_sat.eq(_field(ins, "sat")), f_n.eq(_field(ins, "n")),
+                f_raw.eq(imm[_IMM_RAW]), f_res.eq(imm[_IMM_RESIDUAL]),
+                f_ra.eq(cmd.ra), f_rb.eq(cmd.rb),
+                beats_left.eq(_field(ins, "a2")), full.eq(0), r.eq(0), mi.eq(0),
+                addr.eq(_field(ins, "a0")), maxw.eq(0),
+            ]
+        with m.Elif(done):
+            m.d.sync += busy.eq(0)
+        return m

@@ -1,0 +1,42 @@
+# amaranth: UnusedElaboratable=no
+import pytest
+from amaranth import signed, unsigned
+
+from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
+from hw.core.vector_unit import ELEMENT_CYCLES, OVERHEAD, VectorUnit
+from sim.cocotb_run import run_cocotb
+from sim.tb_vector_unit import VectorUnitHarness
+from sw.isa import VECTOR_OPS, Op
+from sw.isa_sim import VECTOR_LATENCY
+
+PARAMS = dict(vmem_depth=4096, cmem_depth=65536, sig_depth=2048, lanes=32, chunks_max=16)
+
+
+def test_ports_and_validation():
+    u = VectorUnit()
+    assert (u.vaw, u.caw, u.saw, u.aaw) == (12, 16, 11, 5)
+    assert u.signature.members["cmd"].signature.members["payload"].shape == UNIT_CMD_LAYOUT
+    assert u.signature.members["result"].signature == UnitResultSignature()
+    assert u.signature.members["vmem_rd"].signature == MemReadSignature(12, signed(36))
+    assert u.signature.members["vmem_wr"].signature == MemWriteSignature(12, signed(36))
+    assert u.signature.members["cmem_rd"].signature == MemReadSignature(16, signed(18))
+    assert u.signature.members["sig_rd"].signature == MemReadSignature(11, unsigned(18))
+    assert u.signature.members["a_wr"].signature == MemWriteSignature(5, unsigned(256), 32)
+    v = VectorUnit(vmem_depth=3000, cmem_depth=2, sig_depth=1025, lanes=8, chunks_max=5)
+    assert (v.vaw, v.caw, v.saw, v.aaw, len(v.a_wr.en), len(v.a_wr.data)) == (12, 1, 11, 4, 8, 64)
+    for name in PARAMS:
+        for bad in (0, -1, 1.5, True, "4"):
+            with pytest.raises(ValueError, match=name):
+                VectorUnit(**{name: bad})
+
+
+def test_cycle_table_covers_the_vector_opcodes():
+    # every vector opcode of the ISA (the cycle model lists them) has a step sequence
+    assert set(ELEMENT_CYCLES) == set(VECTOR_LATENCY) == {o for o in VECTOR_OPS if o in Op.__members__.values()}
+    assert OVERHEAD == 2
+
+
+@pytest.mark.parametrize("testcase", ["test_shipped_program", "test_simple_ops", "test_nqa_umax_q", "test_rec_glu"])
+def test_vector_unit_cocotb(testcase):
+    assert run_cocotb(VectorUnitHarness(**PARAMS), toplevel="vector_unit_harness",
+                      test_module="sim.tb_vector_unit", params=PARAMS, testcase=testcase) == 1

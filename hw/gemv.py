@@ -8,7 +8,7 @@ engine then streams ``groups * chunks`` beats into a :class:`hw.pe.adder_tree.Te
 While it runs on one bank, the other bank can be written with the next vector.
 """
 
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -51,6 +51,9 @@ class GemvEngine(wiring.Component):
         One beat per row group, rows ``g * rows ..`` of the product.
     w_wr : ``In(addr, data, en)``
         Weight memory write port.
+    w_rd : ``In(addr, data)``
+        Weight memory read-back (upload verification): ``data`` is the word at the ``addr`` of the
+        previous cycle, valid while the engine is idle (``busy`` low).
     a_wr : ``In(addr, data, en[lanes])``
         Activation memory write port with a byte enable per lane; address = ``bank * chunks_max +
         chunk``.
@@ -89,6 +92,7 @@ class GemvEngine(wiring.Component):
             "cmd": In(stream.Signature(cmd_layout)),
             "o": Out(stream.Signature(data.ArrayLayout(signed(acc_width(k_max)), rows))),
             "w_wr": In(_write_port_sig(waw, rows * self._row_bits)),
+            "w_rd": In(wiring.Signature({"addr": Out(waw), "data": In(rows * self._row_bits)})),
             "a_wr": In(_write_port_sig(aaw, 8 * lanes, lanes)),
             "busy": Out(1),
         })
@@ -155,7 +159,8 @@ class GemvEngine(wiring.Component):
         room = (fifo.level + inflight) < depth
         m.d.comb += [issue.eq(running & ((chunk != 0) | room)),
                      self.busy.eq(running), self.cmd.ready.eq(~running),
-                     w_rd.addr.eq(waddr), a_rd.addr.eq(bank * self._chunks_max + chunk)]
+                     w_rd.addr.eq(Mux(running, waddr, self.w_rd.addr)), self.w_rd.data.eq(w_rd.data),
+                     a_rd.addr.eq(bank * self._chunks_max + chunk)]
         m.d.sync += [s1_valid.eq(issue), s1_last.eq(last_chunk),
                      s2_valid.eq(s1_valid), s2_last.eq(s1_last), s2_x.eq(a_rd.data), s2_w.eq(w_rd.data)]
         with m.If(issue):

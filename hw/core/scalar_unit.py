@@ -156,6 +156,9 @@ class ScalarUnit(wiring.Component):
         the unit's own instruction to the same register in the same cycle takes precedence.
     tmem_w : ``In(addr, data, en)``
         ``TMEM`` write port.
+    tmem_r : ``In(addr, data)``
+        ``TMEM`` read-back (upload verification): ``data`` is the word at the ``addr`` of the
+        previous cycle, valid while no instruction executes (``busy`` low).
     busy : ``Out(1)``
         An instruction is executing.
     """
@@ -172,6 +175,7 @@ class ScalarUnit(wiring.Component):
             "result": Out(wiring.Signature({"valid": Out(1), "payload": Out(RESULT_LAYOUT)})),
             "write": In(RegisterWriteSignature()),
             "tmem_w": In(wiring.Signature({"addr": Out(self._taw), "data": Out(TMEM_BITS), "en": Out(1)})),
+            "tmem_r": In(wiring.Signature({"addr": Out(self._taw), "data": In(TMEM_BITS)})),
             "busy": Out(1),
         }
         if read_ports:
@@ -277,7 +281,9 @@ class ScalarUnit(wiring.Component):
         corr = Signal(signed(37))           # SMUL: the partial products beside a_lo * b_lo
 
         ms = Signal(17)                     # SRSQ mantissa (step 1, combinational)
-        m.d.comb += t_rd.addr.eq(Mux(op == Op.SRSQ, imm + ms[7:16] - 128, imm + A[7:16] - 256))
+        m.d.comb += [t_rd.addr.eq(Mux(ex, Mux(op == Op.SRSQ, imm + ms[7:16] - 128, imm + A[7:16] - 256),
+                                      self.tmem_r.addr)),
+                     self.tmem_r.data.eq(t_rd.data)]
 
         with m.If(ex):
             with m.Switch(op):

@@ -1,11 +1,10 @@
 """The link-only SoC: UART, receive FIFO, :class:`~hw.link.protocol.LinkProtocol`, a test memory and
 the :class:`~hw.link.protocol.NullCore`.
 
-This is what the host talks to before the accelerator exists, and what the board model
-(``sim/board.py``) simulates: HELLO, WRITE, READ, CRC, STATUS and RESET work against a block-RAM
-test memory (memory id 0, :data:`sw.protocol.MemoryId.TEST`); LOAD and RUN are answered with
-``UNSUPPORTED``. The accelerator SoC will replace the test memory and the null core behind the
-same two ports.
+Without a core (the link-only bitstream): HELLO, WRITE, READ, CRC, STATUS and RESET work against
+a block-RAM test memory (memory id 0, :data:`sw.protocol.MemoryId.TEST`); LOAD and RUN are
+answered with ``UNSUPPORTED``. With ``core=`` an :class:`hw.core.core.AcceleratorCore` takes the
+place of the test memory and the null core behind the same two ports (the accelerator SoC).
 """
 
 from amaranth import Module, Signal
@@ -100,6 +99,9 @@ class SocLink(wiring.Component):
         Inter-byte timeout; default 10 ms.
     build_id : int
         Reported in the manifest.
+    core : AcceleratorCore, optional
+        The accelerator behind the link (its memories replace the test memory; ``mem_size`` is
+        then ignored and the manifest reports the core's PE kind, lanes and memory sizes).
     rx_fifo_depth : int
         Bytes buffered between the UART and the parser while a command executes. 512 (one
         DP16KD on the ECP5) holds the next frame's bytes while a 4 KB WRITE is copied and
@@ -118,7 +120,7 @@ class SocLink(wiring.Component):
 
     def __init__(self, *, clk_freq: int = 75_000_000, baud: int = 3_000_000, mem_size: int = 65536,
                  max_data: int = P.DEFAULT_MAX_DATA, timeout_cycles: int | None = None,
-                 build_id: int = 0, rx_fifo_depth: int = 512):
+                 build_id: int = 0, rx_fifo_depth: int = 512, core=None):
         uart_divisor(clk_freq, baud)  # validates
         if timeout_cycles is None:
             timeout_cycles = clk_freq // 100
@@ -128,8 +130,13 @@ class SocLink(wiring.Component):
             raise ValueError(f"rx_fifo_depth must be an integer >= 2, not {rx_fifo_depth!r}")
         if not isinstance(mem_size, int) or not 1 <= mem_size <= 1 << 24:
             raise ValueError(f"test memory size must be an integer in 1..2**24, not {mem_size!r}")
-        self._manifest = link_manifest(mem_sizes=(mem_size,), max_data=max_data, clk_freq=clk_freq,
-                                       baud=baud, build_id=build_id)
+        self._core = core
+        if core is not None:
+            self._link_args = dict(mem_sizes=core.mem_sizes, pe_kind=P.PEKind.ADDER_TREE, lanes=core.lanes)
+        else:
+            self._link_args = dict(mem_sizes=(mem_size,))
+        self._manifest = link_manifest(max_data=max_data, clk_freq=clk_freq, baud=baud, build_id=build_id,
+                                       **self._link_args)
         self._clk_freq, self._baud = clk_freq, baud
         self._mem_size, self._max_data = mem_size, max_data
         self._timeout, self._build_id = timeout_cycles, build_id
@@ -149,6 +156,11 @@ class SocLink(wiring.Component):
         return uart_divisor(self._clk_freq, self._baud)
 
     @property
+    def core(self):
+        """The accelerator core, or None on the link-only SoC."""
+        return self._core
+
+    @property
     def manifest(self) -> P.Manifest:
         return self._manifest
 
@@ -161,20 +173,25 @@ class SocLink(wiring.Component):
         m.submodules.uart = uart = UART(clk_freq=self._clk_freq, baud=self._baud)
         m.submodules.rx_fifo = fifo = SyncFIFOBuffered(width=8, depth=self._rx_fifo_depth)
         m.submodules.protocol = proto = LinkProtocol(
-            mem_sizes=(self._mem_size,), max_data=self._max_data, timeout_cycles=self._timeout,
-            clk_freq=self._clk_freq, baud=self._baud, build_id=self._build_id)
-        m.submodules.memory = memory = LinkTestMemory(self._mem_size)
-        m.submodules.core = core = NullCore()
+            max_data=self._max_data, timeout_cycles=self._timeout, clk_freq=self._clk_freq, baud=self._baud,
+            build_id=self._build_id, **self._link_args)
+        if self._core is None:
+            m.submodules.memory = memory = LinkTestMemory(self._mem_size)
+            m.submodules.core = core = NullCore()
+            mem_port, core_busy = memory.port, 0
+        else:
+            m.submodules.core = core = self._core
+            mem_port, core_busy = core.mem, core.busy
 
         wiring.connect(m, uart.rx_stream, fifo.w_stream)
         m.submodules.rx_reg = rx_reg = StreamRegister()
         wiring.connect(m, fifo.r_stream, rx_reg.i)
         wiring.connect(m, rx_reg.o, proto.rx)
         wiring.connect(m, proto.tx, uart.tx_stream)
-        wiring.connect(m, proto.mem, memory.port)
+        wiring.connect(m, proto.mem, mem_port)
         wiring.connect(m, proto.core, core.port)
         m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx),
                      proto.uart_error.eq(uart.framing_error | uart.overrun),
-                     self.busy.eq(proto.busy | fifo.r_rdy | rx_reg.o.valid | uart.rx_busy | uart.tx_busy
+                     self.busy.eq(proto.busy | core_busy | fifo.r_rdy | rx_reg.o.valid | uart.rx_busy | uart.tx_busy
                                   | uart.rx_stream.valid)]
         return m

@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --temperature: sample among the k largest logits only (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     ap.add_argument("--baud", type=int, default=3_000_000, help="serial line rate (default: %(default)s)")
-    ap.add_argument("--timeout", type=float, default=1.0,
-                    help="seconds to wait for a link reply before retransmitting (default: %(default)s)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait for a link reply before retransmitting (default: 1 on a board, "
+                         "10 on the board model, whose clock runs slower than real time)")
     ap.add_argument("--retries", type=int, default=4, help="retransmissions per frame (default: %(default)s)")
     ap.add_argument("--run-timeout", type=float, default=30.0,
                     help="seconds the core may go without finishing a token (default: %(default)s)")
@@ -131,6 +132,8 @@ def run(args, out=sys.stdout, err=sys.stderr, open_client=_open_client) -> int:
     from sw.program import compile_model
     from sw.sampling import Sampler
 
+    if args.timeout is None:
+        args.timeout = 10.0 if args.device == "sim" else 1.0
     if args.n < 0:
         raise _BadInput("-n must be >= 0")
     if not args.temperature >= 0 or args.temperature == float("inf"):

@@ -28,6 +28,8 @@ from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
 DESIGNS = {
     "demo": "PLL + a ternary adder-tree PE fed by LFSRs, result on the LEDs (--lanes, --rows)",
     "link": "PLL + the UART link (framed protocol, HELLO/WRITE/READ/CRC/STATUS/RESET) with a test memory",
+    "soc": "PLL + the link + the accelerator core (32x8 trits5 GEMV engine, vector and scalar units, "
+           "sequencer): what python -m sw.run drives",
 }
 
 
@@ -38,6 +40,11 @@ def make_design(name: str, board, args):
     if name == "link":
         from hw.link_top import LinkTop
         return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud)
+    if name == "soc":
+        from hw.core.core import AcceleratorCore
+        from hw.link_top import LinkTop
+        return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud,
+                       core=AcceleratorCore())
     raise ValueError(name)
 
 

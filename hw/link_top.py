@@ -2,8 +2,8 @@
 
 ``build.py --design link`` builds it. With it on a board, the host reaches the link exactly as it
 reaches the board model: ``python -m sw.client --device /dev/ttyUSB0 hello`` (or ``selftest``).
-The accelerator core is not in this bitstream yet: RUN and LOAD answer "not supported by this
-bitstream".
+Without a core (``--design link``) RUN and LOAD answer "not supported by this bitstream"; with
+one (``--design soc``) this is the accelerator SoC that ``python -m sw.run`` drives.
 """
 
 import time
@@ -28,15 +28,17 @@ class LinkTop(wiring.Component):
         Bytes of the test memory behind the link.
     build_id : int
         32-bit build identifier reported by HELLO (default: the build time in seconds).
+    core : hw.core.core.AcceleratorCore, optional
+        The accelerator behind the link (the SoC bitstream); without it, the test memory.
 
-    LEDs: 0 lights while the link is busy with a frame, 1 toggles on every received byte edge
+    LEDs: 0 lights while the link is busy with a frame or the core runs, 1 toggles on every received byte edge
     (rx activity), 7 is the PLL lock.
     """
 
     def __init__(self, sys_clk_hz: int = 75_000_000, clk_in_hz: int = 25_000_000, baud: int = 3_000_000,
-                 mem_size: int = 16384, build_id: int | None = None):
+                 mem_size: int = 16384, build_id: int | None = None, core=None):
         self._pll_args = (clk_in_hz, sys_clk_hz)
-        self._link = SocLink(clk_freq=sys_clk_hz, baud=baud, mem_size=mem_size,
+        self._link = SocLink(clk_freq=sys_clk_hz, baud=baud, mem_size=mem_size, core=core,
                              build_id=int(time.time()) & 0xFFFFFFFF if build_id is None else build_id)
         super().__init__({})
 

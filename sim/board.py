@@ -25,8 +25,8 @@ from .cocotb_run import ROOT, SIM_BUILD, to_verilog
 from .toolchain import verilator_env, verilator_version
 from .waivers import verilator_lint_args
 
-__all__ = ["MODEL_CLK_FREQ", "MODEL_BAUD", "MODEL_TIMEOUT_CYCLES", "model_soc", "build_board_model",
-           "BoardModel", "BoardModelError"]
+__all__ = ["MODEL_CLK_FREQ", "MODEL_BAUD", "MODEL_TIMEOUT_CYCLES", "model_soc", "accel_soc", "build_board_model",
+           "BoardModel", "BoardModelError", "accel_board_model"]
 
 MAIN_CPP = ROOT / "sim" / "board_model" / "main.cpp"
 MODEL_CLK_FREQ = 24_000_000
@@ -50,6 +50,47 @@ def model_soc(**overrides):
                timeout_cycles=MODEL_TIMEOUT_CYCLES, build_id=MODEL_BUILD_ID)
     cfg.update(overrides)
     return SocLink(**cfg)
+
+
+ACCEL_BUILD_ID = 0xB0A2D001
+
+
+def accel_soc(**core_overrides):
+    """The accelerator SoC the board model simulates: :class:`hw.core.core.AcceleratorCore` behind
+    the link, at the model's clock and line rate."""
+    from hw.core.core import AcceleratorCore
+    core = AcceleratorCore(**core_overrides)   # default: the ULX3S-85F configuration of build.py
+    return model_soc(core=core, build_id=ACCEL_BUILD_ID)
+
+
+def _source_key(extra: str) -> str:
+    """Hash of every source file that goes into a board model, for the executable cache."""
+    import amaranth
+    files = sorted((ROOT / "hw").rglob("*.py")) + [ROOT / "sim" / f for f in (
+        "board.py", "cocotb_run.py", "toolchain.py", "waivers.py")] + [
+        ROOT / "sw" / "protocol.py", ROOT / "sw" / "isa.py", MAIN_CPP]
+    h = hashlib.sha256("\0".join([extra, verilator_version(), amaranth.__version__]).encode())
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def accel_board_model(**kwargs) -> "BoardModel":
+    """``with accel_board_model() as url:`` -- the board model of the accelerator SoC.
+
+    Built on first use (about 4 minutes: elaboration and a Verilator build) and cached under
+    ``sim_build/``; a later call with the same sources starts the cached executable at once,
+    without elaborating the SoC again.
+    """
+    link = SIM_BUILD / f"accel-{_source_key('accel')}.exe"
+    if link.exists():
+        exe = Path(link.read_text().strip())
+        if exe.exists():
+            return BoardModel(exe=exe, **kwargs)
+    exe = build_board_model(accel_soc())
+    SIM_BUILD.mkdir(parents=True, exist_ok=True)
+    link.write_text(str(exe) + "\n")
+    return BoardModel(exe=exe, **kwargs)
 
 
 _default_exe = None
@@ -111,14 +152,17 @@ class BoardModel(contextlib.AbstractContextManager):
     ----------
     soc : SocLink, optional
         Default :func:`model_soc`.
+    exe : Path, optional
+        An executable :func:`build_board_model` made (of a SoC at the model's clock and baud).
     port : int
         TCP port; 0 lets the kernel choose.
     start_timeout : float
         Seconds to wait for the model to listen.
     """
 
-    def __init__(self, soc=None, *, port: int = 0, start_timeout: float = 10.0):
+    def __init__(self, soc=None, *, exe: Path | None = None, port: int = 0, start_timeout: float = 10.0):
         self._soc = soc
+        self._exe = exe
         self._port = port
         self._start_timeout = start_timeout
         self._proc = None
@@ -137,7 +181,7 @@ class BoardModel(contextlib.AbstractContextManager):
         return int(m.group(1)) if m else None
 
     def start(self) -> str:
-        exe = build_board_model(self._soc)
+        exe = self._exe or build_board_model(self._soc)
         self._proc = subprocess.Popen([str(exe), str(self._port)], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([self._proc.stdout], [], [], self._start_timeout)

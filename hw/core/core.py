@@ -1,0 +1,478 @@
+"""The accelerator core: memories, sequencer, GEMV engine, vector and scalar units, link bridge.
+
+:class:`AcceleratorCore` runs the programs of ``sw/program.py`` (instruction set: ``docs/isa.md``)
+token after token and answers the link's LOAD / RUN / RESET commands and memory accesses
+(``sw.protocol``: :class:`~sw.protocol.CoreMemory`, :class:`~sw.protocol.CoreInfo`,
+:class:`~sw.protocol.RunStatus`, :func:`~sw.protocol.run_arg`). Its structure (``docs/core.md``):
+
+* **Memories**: PMEM (program, 128-bit words), VMEM (36-bit vector words), CMEM (18-bit
+  constants), SIGMEM (sigmoid table), TOKMEM (16-bit tokens); TMEM lives in the scalar unit, WMEM
+  and the two activation banks in the GEMV engine. Each is byte-addressed from the link with a
+  power-of-two stride per word; while the core runs, the link reaches only INFO, CTRL and TOKMEM
+  reads (the other requests wait for the run to end).
+* **Sequencer**: fetches one instruction from PMEM, reads its scalar sources from the register
+  file, hands it to the unit that executes it and waits for that unit to finish before it
+  fetches the next (in-order, one instruction at a time: ``SYNC`` and the chaining bits need no
+  hardware, and the program's order is the only order). The cycle model of ``sw.isa_sim`` projects
+  the overlapped design; this sequencer's cycles are measured (``bench/core_gateware.py``).
+* **Units**: :class:`~hw.core.scalar_unit.ScalarUnit` (scalar instructions), ``SLDC`` in the
+  sequencer (a CMEM read), :class:`~hw.core.vector_unit.VectorUnit` (vector instructions),
+  :class:`~hw.gemv.GemvEngine` feeding :class:`~hw.core.gemv_writeback.GemvWriteback` (GEMV).
+
+A step: read ``TOKMEM[t]``, clear the 32 registers and write the token into ``r1``, run the token
+program from its LOAD address to ``HALT``, read the next token from ``r2`` and store it into
+``TOKMEM[t + 1]`` when ``t + 1 >= fill``. A RESET stops a run at the next instruction boundary and
+runs the reset program (zeroing the recurrent state); a program that runs off the end of PMEM
+ends the run with ``RunError.NO_HALT``. Every wait is bounded by the instruction being executed,
+so the core always answers.
+"""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw import protocol as P
+from sw.isa import CMEM_BITS, INSTR_BITS, REG_NEXT, REG_TOKEN, SCALAR_OPS, TMEM_BITS, VECTOR_OPS, VMEM_BITS, Op
+
+from ..gemv import GemvEngine
+from ..link.protocol import CorePortSignature, MemPortSignature
+from ..pe.adder_tree import acc_width
+from .gemv_writeback import GemvWriteback
+from .scalar_unit import ScalarUnit
+from .vector_unit import VectorUnit
+
+__all__ = ["AcceleratorCore"]
+
+_FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
+
+
+def _bits(depth: int) -> int:
+    return max(1, (depth - 1).bit_length())
+
+
+class AcceleratorCore(wiring.Component):
+    """The core behind the link (see the module docstring).
+
+    Parameters
+    ----------
+    lanes, rows, weight_format :
+        The GEMV engine (``hw.gemv.GemvEngine``).
+    wmem_depth, k_max, vmem_depth, cmem_depth, tmem_depth, sig_depth, pmem_depth, tokmem_depth : int
+        Words of each memory (``k_max``: the longest GEMV input, one activation bank).
+
+    Members
+    -------
+    mem : ``In(MemPortSignature(32))``
+        The link's memory port (memory id = :class:`sw.protocol.CoreMemory`).
+    port : ``In(CorePortSignature())``
+        The link's command port (LOAD, RUN, RESET).
+    busy : ``Out(1)``
+        A run or a reset program is in progress.
+    """
+
+    def __init__(self, *, lanes: int = 32, rows: int = 8, weight_format: str = "trits5",
+                 wmem_depth: int = 4096, k_max: int = 512, vmem_depth: int = 4096, cmem_depth: int = 65536,
+                 tmem_depth: int = 1024, sig_depth: int = 2048, pmem_depth: int = 512, tokmem_depth: int = 1024):
+        depths = dict(wmem_depth=wmem_depth, vmem_depth=vmem_depth, cmem_depth=cmem_depth, tmem_depth=tmem_depth,
+                      sig_depth=sig_depth, pmem_depth=pmem_depth, tokmem_depth=tokmem_depth)
+        for name, v in depths.items():
+            if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 1 << 20:
+                raise ValueError(f"{name} must be an integer in 2..2**20, not {v!r}")
+        if weight_format not in _FORMAT_IDS:
+            raise ValueError(f"weight_format must be one of {sorted(_FORMAT_IDS)}, not {weight_format!r}")
+        if not isinstance(tokmem_depth, int) or tokmem_depth > 1 << 16:
+            raise ValueError("tokmem_depth must be at most 65536")
+        self._engine = GemvEngine(lanes=lanes, rows=rows, weight_depth=wmem_depth, k_max=k_max,
+                                  weight_format=weight_format)
+        self._engine._MustUse__silence = True
+        self._p = dict(lanes=lanes, rows=rows, weight_format=weight_format, k_max=k_max, **depths)
+        self._info = P.CoreInfo(
+            magic=P.CORE_INFO_MAGIC, isa_version=P.ISA_VERSION, pe_kind=int(P.PEKind.ADDER_TREE),
+            weight_format=int(_FORMAT_IDS[weight_format]), lanes=lanes, rows=rows,
+            word_bits=self._engine.word_bits, k_max=k_max, vector_width=1, pmem_words=pmem_depth,
+            wmem_words=wmem_depth, cmem_words=cmem_depth, tmem_words=tmem_depth, sigmem_words=sig_depth,
+            vmem_words=vmem_depth, tokmem_words=tokmem_depth)
+        super().__init__({"mem": In(MemPortSignature(32)), "port": In(CorePortSignature()), "busy": Out(1)})
+
+    @property
+    def info(self) -> P.CoreInfo:
+        """The INFO record (memory sizes in words, engine shape)."""
+        return self._info
+
+    @property
+    def mem_sizes(self) -> tuple:
+        """Bytes of each memory on the link, by memory id (the manifest's ``mem_sizes``)."""
+        return self._info.mem_bytes()
+
+    @property
+    def lanes(self) -> int:
+        return self._p["lanes"]
+
+    def elaborate(self, platform):  # noqa: C901 (the sequencer is one state machine)
+        m = Module()
+        p = self._p
+        info = self._info
+        lanes, rows, k_max = p["lanes"], p["rows"], p["k_max"]
+        chunks_max = k_max // lanes
+
+        m.submodules.engine = eng = self._engine
+        m.submodules.su = su = ScalarUnit(table_depth=p["tmem_depth"], read_ports=3)
+        m.submodules.vu = vu = VectorUnit(vmem_depth=p["vmem_depth"], cmem_depth=p["cmem_depth"],
+                                          sig_depth=p["sig_depth"], lanes=lanes, chunks_max=chunks_max)
+        m.submodules.wb = wb = GemvWriteback(rows=rows, acc_width=acc_width(k_max), vmem_depth=p["vmem_depth"])
+        wiring.connect(m, eng.o, wb.i)
+        m.d.comb += [eng.a_wr.addr.eq(vu.a_wr.addr), eng.a_wr.data.eq(vu.a_wr.data), eng.a_wr.en.eq(vu.a_wr.en)]
+
+        # ------------------------------------------------------------------ memories
+        m.submodules.pmem = pmem = memory.Memory(shape=unsigned(INSTR_BITS), depth=p["pmem_depth"], init=[])
+        m.submodules.vmem = vmem = memory.Memory(shape=signed(VMEM_BITS), depth=p["vmem_depth"], init=[])
+        m.submodules.cmem = cmem = memory.Memory(shape=signed(CMEM_BITS), depth=p["cmem_depth"], init=[])
+        m.submodules.sigmem = sigmem = memory.Memory(shape=unsigned(TMEM_BITS), depth=p["sig_depth"], init=[])
+        m.submodules.tokmem = tokmem = memory.Memory(shape=unsigned(16), depth=p["tokmem_depth"], init=[])
+        pm_r, pm_w = pmem.read_port(), pmem.write_port()
+        vm_r, vm_w = vmem.read_port(), vmem.write_port()
+        cm_r, cm_w = cmem.read_port(), cmem.write_port()
+        sg_r, sg_w = sigmem.read_port(), sigmem.write_port()
+        tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
+
+        # ------------------------------------------------------------------ sequencer state
+        ir = Signal(INSTR_BITS)
+        op, sat, rd, ra, rb, rc = ir[0:6], ir[6:12], ir[12:17], ir[17:22], ir[22:27], ir[27:32]
+        a1, a2 = ir[68:88], ir[88:108]
+        imm = ir[108:128].as_signed()
+        pc = Signal(range(p["pmem_depth"]))
+        prog_addr = Signal(16)
+        reset_addr = Signal(16)
+        loaded = Signal()
+        active = Signal()                        # not idle: a run or the reset program
+        resetting = Signal()                     # running the reset program
+        reset_reply = Signal()                   # answer the RESET command when it ends
+        abort = Signal()
+        run_error = Signal(8)
+        step_t = Signal(16)
+        steps = Signal(16)
+        fill = Signal(16)
+        steps_done = Signal(32)
+        tokens = Signal(32)
+        last_token = Signal(16)
+        step_cycles = Signal(32)
+        step_engine = Signal(32)
+        run_cycles = Signal(32)
+        cur_cycles = Signal(32)
+        cur_engine = Signal(32)
+        core_cycles = Signal(32)
+        clr = Signal(range(32))
+        token_in = Signal(16)
+        v_res = Signal.like(vu.result.rd_data)
+        v_res2 = Signal.like(vu.result.rc_data)
+        v_we = Signal()
+        v_we2 = Signal()
+
+        A, B, C = su.read[0].data, su.read[1].data, su.read[2].data
+        read_next = Signal()                     # read port 0 addresses r2 (the next token)
+        m.d.comb += [su.read[0].addr.eq(Mux(read_next, REG_NEXT, ra)), su.read[1].addr.eq(rb),
+                     su.read[2].addr.eq(rc)]
+
+        m.d.comb += [self.busy.eq(active), self.port.busy.eq(active), self.port.cycles.eq(core_cycles)]
+        with m.If(active):
+            m.d.sync += [core_cycles.eq(core_cycles + 1), run_cycles.eq(run_cycles + 1),
+                         cur_cycles.eq(cur_cycles + 1), cur_engine.eq(cur_engine + eng.busy)]
+
+        # ------------------------------------------------------------------ link commands
+        arg = self.port.arg
+        m.d.sync += self.port.done.eq(0)
+
+        def reply(code):
+            m.d.sync += [self.port.done.eq(1), self.port.result.eq(int(code))]
+
+        start_run = Signal()
+        start_reset = Signal()
+        with m.If(self.port.start):
+            with m.Switch(self.port.op):
+                with m.Case(P.Command.LOAD):
+                    with m.If(active):
+                        reply(P.ErrorCode.BUSY)
+                    with m.Elif((arg[0:16] >= p["pmem_depth"]) | (arg[16:32] >= p["pmem_depth"])):
+                        reply(P.ErrorCode.BAD_ARGUMENT)
+                    with m.Else():
+                        m.d.sync += [prog_addr.eq(arg[0:16]), reset_addr.eq(arg[16:32]), loaded.eq(1)]
+                        reply(0)
+                with m.Case(P.Command.RUN):
+                    with m.If(active):
+                        reply(P.ErrorCode.BUSY)
+                    with m.Elif(~loaded):
+                        reply(P.ErrorCode.NOT_LOADED)
+                    with m.Elif((arg[0:16] == 0) | (arg[16:32] == 0) | (arg[0:16] >= p["tokmem_depth"])):
+                        reply(P.ErrorCode.BAD_ARGUMENT)
+                    with m.Else():
+                        m.d.comb += start_run.eq(1)
+                        m.d.sync += [steps.eq(arg[0:16]), fill.eq(arg[16:32]), step_t.eq(0), steps_done.eq(0),
+                                     run_cycles.eq(0), run_error.eq(P.RunError.NONE)]
+                        reply(0)
+                with m.Case(P.Command.RESET):
+                    m.d.sync += [tokens.eq(0), core_cycles.eq(0)]
+                    with m.If(active):
+                        m.d.sync += [abort.eq(1), reset_reply.eq(1)]
+                    with m.Elif(loaded):
+                        m.d.comb += start_reset.eq(1)
+                        m.d.sync += reset_reply.eq(1)
+                    with m.Else():
+                        reply(0)
+                with m.Default():
+                    reply(P.ErrorCode.UNSUPPORTED)
+
+        # ------------------------------------------------------------------ sequencer
+        cm_seq_addr = Signal.like(cm_r.addr)
+        cm_seq_en = Signal()
+        tk_seq_wen = Signal()
+        tk_seq_waddr = Signal.like(tk_w.addr)
+        tk_seq_wdata = Signal(16)
+        su_w = su.write
+
+        def next_instr():
+            with m.If(pc == p["pmem_depth"] - 1):
+                m.d.sync += run_error.eq(P.RunError.NO_HALT)
+                m.next = "END"
+            with m.Else():
+                m.d.sync += pc.eq(pc + 1)
+                m.next = "FETCH"
+
+        def begin_reset():
+            m.d.sync += [pc.eq(reset_addr), resetting.eq(1), abort.eq(0)]
+            m.next = "FETCH"
+
+        with m.FSM(name="seq"):
+            with m.State("IDLE"):
+                with m.If(start_run):
+                    m.d.sync += active.eq(1)
+                    m.next = "STEP"
+                with m.Elif(start_reset):
+                    m.d.sync += active.eq(1)
+                    begin_reset()
+            with m.State("STEP"):
+                m.d.comb += [tk_r.addr.eq(step_t), tk_r.en.eq(1)]
+                m.d.sync += [clr.eq(0), cur_cycles.eq(1), cur_engine.eq(0)]
+                m.next = "CLEAR"
+            with m.State("CLEAR"):
+                with m.If(clr == 0):
+                    m.d.sync += token_in.eq(tk_r.data)
+                m.d.comb += [su_w.en.eq(1), su_w.addr.eq(clr),
+                             su_w.data.eq(Mux(clr == REG_TOKEN, token_in, 0))]
+                m.d.sync += clr.eq(clr + 1)
+                with m.If(clr == 31):
+                    m.d.sync += pc.eq(prog_addr)
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += [pm_r.addr.eq(pc), pm_r.en.eq(1)]
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += ir.eq(pm_r.data)
+                m.next = "ISSUE"
+            with m.State("ISSUE"):
+                with m.If(abort & ~resetting):
+                    m.d.sync += run_error.eq(P.RunError.ABORTED)
+                    begin_reset()
+                with m.Elif(op == Op.HALT):
+                    with m.If(resetting):
+                        m.next = "END"
+                    with m.Else():
+                        m.d.comb += read_next.eq(1)
+                        m.d.sync += last_token.eq(A[:16])
+                        m.next = "STEP_END"
+                with m.Elif(op == Op.SLDC):
+                    m.d.comb += [cm_seq_en.eq(1), cm_seq_addr.eq(A + imm)]
+                    m.next = "SLDC"
+                with m.Elif(op == Op.GEMV):
+                    m.d.comb += [eng.cmd.payload.base.eq(a1), eng.cmd.payload.groups.eq(a2),
+                                 eng.cmd.payload.chunks.eq(imm[0:15]), eng.cmd.payload.bank.eq(imm[15]),
+                                 wb.cmd.payload.instr.eq(ir), wb.cmd.payload.ra.eq(A), wb.cmd.payload.rb.eq(B),
+                                 wb.cmd.payload.rc.eq(C)]
+                    with m.If(eng.cmd.ready & wb.cmd.ready):
+                        m.d.comb += [eng.cmd.valid.eq(1), wb.cmd.valid.eq(1)]
+                        m.next = "GEMV"
+                with m.Elif((op >= min(VECTOR_OPS)) & (op <= max(VECTOR_OPS))):
+                    m.d.comb += [vu.cmd.valid.eq(1), vu.cmd.payload.instr.eq(ir), vu.cmd.payload.ra.eq(A),
+                                 vu.cmd.payload.rb.eq(B), vu.cmd.payload.rc.eq(C)]
+                    with m.If(vu.cmd.ready):
+                        m.next = "VECTOR"
+                with m.Elif((op >= min(SCALAR_OPS)) & (op <= max(SCALAR_OPS))):
+                    m.d.comb += [su.instr.valid.eq(1), su.instr.payload.eq(ir)]
+                    with m.If(su.instr.ready):
+                        m.next = "SCALAR"
+                with m.Else():        # NOP, SYNC (every earlier instruction has finished)
+                    next_instr()
+            with m.State("SCALAR"):
+                with m.If(su.instr.ready):
+                    next_instr()
+            with m.State("SLDC"):
+                m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_r.data)]
+                next_instr()
+            with m.State("VECTOR"):
+                with m.If(vu.result.done):
+                    m.d.sync += [v_we.eq(vu.result.rd_we), v_res.eq(vu.result.rd_data),
+                                 v_we2.eq(vu.result.rc_we), v_res2.eq(vu.result.rc_data)]
+                    m.next = "VECTOR_RD"
+            with m.State("VECTOR_RD"):
+                m.d.comb += [su_w.en.eq(v_we), su_w.addr.eq(rd), su_w.data.eq(v_res)]
+                m.next = "VECTOR_RC"
+            with m.State("VECTOR_RC"):
+                m.d.comb += [su_w.en.eq(v_we2), su_w.addr.eq(rc), su_w.data.eq(v_res2)]
+                next_instr()
+            with m.State("GEMV"):
+                with m.If(wb.result.done):
+                    m.d.comb += [su_w.en.eq(wb.result.rd_we), su_w.addr.eq(rd), su_w.data.eq(wb.result.rd_data)]
+                    next_instr()
+            with m.State("STEP_END"):
+                with m.If(step_t + 1 >= fill):
+                    m.d.comb += [tk_seq_wen.eq(1), tk_seq_waddr.eq(step_t + 1), tk_seq_wdata.eq(last_token)]
+                m.d.sync += [step_t.eq(step_t + 1), steps_done.eq(steps_done + 1), tokens.eq(tokens + 1),
+                             step_cycles.eq(cur_cycles), step_engine.eq(cur_engine)]
+                with m.If(abort):
+                    m.d.sync += run_error.eq(P.RunError.ABORTED)
+                    begin_reset()
+                with m.Elif(step_t + 1 == steps):
+                    m.next = "END"
+                with m.Else():
+                    m.next = "STEP"
+            with m.State("END"):
+                with m.If(abort):       # a RESET came during the last instruction of a run
+                    m.d.sync += run_error.eq(P.RunError.ABORTED)
+                    begin_reset()
+                with m.Else():
+                    m.d.sync += [active.eq(0), resetting.eq(0)]
+                    with m.If(reset_reply):
+                        m.d.sync += reset_reply.eq(0)
+                        reply(0)
+                    m.next = "IDLE"
+
+        # ------------------------------------------------------------------ link bridge
+        lp = self.mem
+        M = P.CoreMemory
+        word_bits = eng.word_bits
+        top = {M.PMEM: INSTR_BITS, M.WMEM: word_bits, M.CMEM: CMEM_BITS, M.TMEM: TMEM_BITS,
+               M.SIGMEM: TMEM_BITS, M.VMEM: VMEM_BITS, M.TOKMEM: 16}
+        shift = {mid: (info.stride(mid) - 1).bit_length() for mid in M}
+        stage = Array(Signal(8, name=f"stage{i}") for i in range((word_bits + 7) // 8))
+        mid = lp.mem
+        byte_i = Signal(8)
+        waddr = Signal(32)
+        with m.Switch(mid):
+            for k in M:
+                with m.Case(int(k)):
+                    m.d.comb += [byte_i.eq(lp.addr[:shift[k]] if shift[k] else 0), waddr.eq(lp.addr >> shift[k])]
+
+        always = (mid == M.INFO) | (mid == M.CTRL) | ((mid == M.TOKMEM) & lp.re)
+        m.d.comb += lp.ready.eq(always | ~active)
+        take_w = lp.we & lp.ready
+        take_r = lp.re & lp.ready
+
+        def word_data(bits):
+            nbytes = (bits + 7) // 8
+            return Cat(*[stage[i] for i in range(nbytes - 1)], lp.wdata)[:bits]
+
+        def top_byte(bits):
+            return (bits - 1) // 8
+
+        with m.If(take_w & (byte_i < len(stage))):
+            m.d.sync += stage[byte_i].eq(lp.wdata)
+        wr_en = {k: Signal(name=f"link_we_{k.name.lower()}") for k in top}
+        for k, bits in top.items():
+            m.d.comb += wr_en[k].eq(take_w & (mid == k) & (byte_i == top_byte(bits)))
+
+        # write ports: the link when idle, the units while running
+        m.d.comb += [pm_w.addr.eq(waddr), pm_w.data.eq(word_data(INSTR_BITS)), pm_w.en.eq(wr_en[M.PMEM]),
+                     eng.w_wr.addr.eq(waddr), eng.w_wr.data.eq(word_data(word_bits)), eng.w_wr.en.eq(wr_en[M.WMEM]),
+                     cm_w.addr.eq(waddr), cm_w.data.eq(word_data(CMEM_BITS)), cm_w.en.eq(wr_en[M.CMEM]),
+                     su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM]),
+                     sg_w.addr.eq(waddr), sg_w.data.eq(word_data(TMEM_BITS)), sg_w.en.eq(wr_en[M.SIGMEM])]
+        with m.If(vu.vmem_wr.en):
+            m.d.comb += [vm_w.addr.eq(vu.vmem_wr.addr), vm_w.data.eq(vu.vmem_wr.data), vm_w.en.eq(1)]
+        with m.Elif(wb.vmem_wr.en):
+            m.d.comb += [vm_w.addr.eq(wb.vmem_wr.addr), vm_w.data.eq(wb.vmem_wr.data), vm_w.en.eq(1)]
+        with m.Else():
+            m.d.comb += [vm_w.addr.eq(waddr), vm_w.data.eq(word_data(VMEM_BITS)), vm_w.en.eq(wr_en[M.VMEM])]
+        with m.If(tk_seq_wen):
+            m.d.comb += [tk_w.addr.eq(tk_seq_waddr), tk_w.data.eq(tk_seq_wdata), tk_w.en.eq(1)]
+        with m.Else():
+            m.d.comb += [tk_w.addr.eq(waddr), tk_w.data.eq(word_data(16)), tk_w.en.eq(wr_en[M.TOKMEM])]
+
+        # read ports: the units while running (each enables its own reads), the link when idle
+        link_re = {k: Signal(name=f"link_re_{k.name.lower()}") for k in M}
+        for k in M:
+            m.d.comb += link_re[k].eq(take_r & (mid == k))
+        with m.If(vu.vmem_rd.en):
+            m.d.comb += [vm_r.addr.eq(vu.vmem_rd.addr), vm_r.en.eq(1)]
+        with m.Elif(wb.vmem_rd.en):
+            m.d.comb += [vm_r.addr.eq(wb.vmem_rd.addr), vm_r.en.eq(1)]
+        with m.Else():
+            m.d.comb += [vm_r.addr.eq(waddr), vm_r.en.eq(link_re[M.VMEM])]
+        m.d.comb += [vu.vmem_rd.data.eq(vm_r.data), wb.vmem_rd.data.eq(vm_r.data)]
+        with m.If(vu.cmem_rd.en):
+            m.d.comb += [cm_r.addr.eq(vu.cmem_rd.addr), cm_r.en.eq(1)]
+        with m.Elif(cm_seq_en):
+            m.d.comb += [cm_r.addr.eq(cm_seq_addr), cm_r.en.eq(1)]
+        with m.Else():
+            m.d.comb += [cm_r.addr.eq(waddr), cm_r.en.eq(link_re[M.CMEM])]
+        m.d.comb += vu.cmem_rd.data.eq(cm_r.data)
+        with m.If(vu.sig_rd.en):
+            m.d.comb += [sg_r.addr.eq(vu.sig_rd.addr), sg_r.en.eq(1)]
+        with m.Else():
+            m.d.comb += [sg_r.addr.eq(waddr), sg_r.en.eq(link_re[M.SIGMEM])]
+        m.d.comb += vu.sig_rd.data.eq(sg_r.data)
+        with m.If(~active):
+            m.d.comb += [pm_r.addr.eq(waddr), pm_r.en.eq(link_re[M.PMEM])]
+        m.d.comb += [tk_lr.addr.eq(waddr), tk_lr.en.eq(link_re[M.TOKMEM]),
+                     eng.w_rd.addr.eq(waddr), su.tmem_r.addr.eq(waddr)]
+
+        # INFO and CTRL records
+        info_bytes = info.pack()
+        ctrl = Signal(8 * P.RunStatus.SIZE)
+        state = Mux(active, Mux(resetting, P.RunState.RESETTING, P.RunState.RUNNING), P.RunState.IDLE)
+        state_v = Signal(8)
+        m.d.comb += state_v.eq(state)
+
+        def field(v, width):
+            return Cat(v, Const(0, width - len(v))) if len(v) < width else v[:width]
+
+        m.d.comb += ctrl.eq(Cat(state_v, run_error, field(loaded, 8), Const(0, 8), steps_done, field(steps, 32),
+                                step_cycles, step_engine, run_cycles, tokens, last_token, Const(0, 16)))
+        assert len(ctrl) == 8 * P.RunStatus.SIZE
+
+        # read data: cycle t request, t + 1 memory data, t + 2 the selected byte
+        r_mid = Signal(8)
+        r_byte = Signal(8)
+        r_addr = Signal(8)
+        r_pend = Signal()
+        m.d.sync += r_pend.eq(take_r)
+        with m.If(take_r):
+            m.d.sync += [r_mid.eq(mid), r_byte.eq(byte_i), r_addr.eq(lp.addr[:8])]
+        sel = Signal(8)
+
+        def byte_of(value, width):
+            v = value.as_unsigned() if hasattr(value, "as_unsigned") else value
+            nbytes = (width + 7) // 8
+            return Array(v[8 * i:8 * i + 8] for i in range(nbytes))[r_byte[:max(1, (nbytes - 1).bit_length())]]
+
+        info_rom = Array(Const(b, 8) for b in info_bytes)
+        ctrl_bytes = Array(ctrl[8 * i:8 * i + 8] for i in range(P.RunStatus.SIZE))
+        with m.Switch(r_mid):
+            with m.Case(M.INFO):
+                m.d.comb += sel.eq(Mux(r_addr < len(info_bytes), info_rom[r_addr[:6]], 0))
+            with m.Case(M.CTRL):
+                m.d.comb += sel.eq(ctrl_bytes[r_addr[:5]])
+            with m.Case(M.PMEM):
+                m.d.comb += sel.eq(byte_of(pm_r.data, INSTR_BITS))
+            with m.Case(M.WMEM):
+                m.d.comb += sel.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(eng.w_rd.data, word_bits), 0))
+            with m.Case(M.CMEM):
+                m.d.comb += sel.eq(Mux(r_byte < 3, byte_of(cm_r.data, CMEM_BITS), 0))
+            with m.Case(M.TMEM):
+                m.d.comb += sel.eq(Mux(r_byte < 3, byte_of(su.tmem_r.data, TMEM_BITS), 0))
+            with m.Case(M.SIGMEM):
+                m.d.comb += sel.eq(Mux(r_byte < 3, byte_of(sg_r.data, TMEM_BITS), 0))
+            with m.Case(M.VMEM):
+                m.d.comb += sel.eq(Mux(r_byte < 5, byte_of(vm_r.data, VMEM_BITS), 0))
+            with m.Case(M.TOKMEM):
+                m.d.comb += sel.eq(byte_of(tk_lr.data, 16))
+        m.d.sync += [lp.rvalid.eq(r_pend), lp.rdata.eq(sel)]
+        return m

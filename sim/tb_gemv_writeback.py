@@ -64,7 +64,7 @@ class Bench:
         self.cmds = []          # (ins, scale, shift, acc, expected rd, expected writes)
         self.cycle = 0
         self.accepts, self.dones, self.writes, self.beats_in = [], [], [], []
-        self.rds = []
+        self.rds, self.reads = [], []
 
     # ------------------------------------------------------------ stimulus
     def fill(self, rng, values):
@@ -121,6 +121,9 @@ class Bench:
             rd_en, rd_addr = int(d.vmem_rd__en.value), int(d.vmem_rd__addr.value)
             wr_en, wr_addr = int(d.vmem_wr__en.value), int(d.vmem_wr__addr.value)
             wr_data = to_signed(int(d.vmem_wr__data.value), VMEM_BITS)
+            if rd_en:
+                assert busy, f"cycle {self.cycle}: VMEM read while idle"
+                self.reads.append((len(self.dones), rd_addr))
             if wr_en:
                 assert busy, f"cycle {self.cycle}: VMEM write while idle"
                 self.writes.append((len(self.dones), wr_addr, wr_data, self.cycle))
@@ -174,6 +177,9 @@ class Bench:
             for m, (g, e) in enumerate(zip(got, exp)):
                 assert g == e, (f"{what}: output {m} (acc {acc[m]}): wrote x[{g[0]}] = {g[1]}, "
                                 f"executor x[{e[0]}] = {e[1]}")
+            reads = [a for k, a in self.reads if k == j]
+            exp_reads = [a for a, _ in exp] if gemv_fields(ins.imm).residual else []
+            assert reads == exp_reads, f"{what}: VMEM reads {reads}, expected {exp_reads}"
             assert self.rds[j] == rd, f"{what}: rd = {self.rds[j]}, executor max|written| = {rd}"
             cyc = self.dones[j] - self.accepts[j]
             if check_rate and ins.n == ins.a2 * self.rows:
@@ -277,8 +283,10 @@ def edge_commands(gen: Gen):
         assert b.add(ins, accs, (1 << 17) - 1, -4)
         assert b.add(ins, [b.amin if a == b.amax else b.amax for a in accs], (1 << 17) - 1, 0)
     edge_acc = (ext * (3 * R))[:3 * R]
-    # every scaled combination of the listed shifts, scales and sats on the extreme accumulators
-    for sh in SHIFTS:
+    # every scaled combination of the listed shifts, scales and sats on the extreme accumulators;
+    # around the product width P = acc_width + 18 (|acc * scale| <= 2**(P - 2): 1 at shift P - 1)
+    P = b.aw + 18
+    for sh in SHIFTS + [P - 2, P - 1, P, P + 1, P + 2]:
         for sc in [0, (1 << 17) - 1, 1, -(1 << 17)]:
             for st in SATS:
                 gen.one(mode="scaled", sat=st, groups=3, n=3 * R, scale=sc, shift=sh, acc=edge_acc, tries=1)

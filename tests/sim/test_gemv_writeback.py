@@ -27,7 +27,7 @@ def test_signature_and_validation():
                 GemvWriteback(**{name: bad})
 
 
-@pytest.mark.parametrize("rows, aw, depth", [(8, acc_width(5632), 4096), (3, 12, 100)])
+@pytest.mark.parametrize("rows, aw, depth", [(8, acc_width(5632), 4096), (3, 12, 100), (1, 9, 64)])
 def test_gemv_writeback_cocotb(rows, aw, depth):
     dut = GemvWriteback(rows=rows, acc_width=aw, vmem_depth=depth)
     params = {"rows": rows, "acc_width": aw, "vmem_depth": depth}

@@ -55,7 +55,12 @@ in cycle ``b``, and ``k`` of its outputs written (``1 <= k <= rows``), the last 
 cycle ``b + k + 7`` and ``done`` in cycle ``b + k + 9``; with no output written after the last
 beat (``k = 0``: ``n`` ended in an earlier beat, or ``n = 0``) ``done`` is at ``b + 9`` at most
 (when earlier outputs are still in the pipeline), ``b + 1`` with an empty pipeline. A new command
-can be accepted in the cycle after ``done``. Steady state: ``rows`` outputs per ``rows`` cycles.
+can be accepted in the cycle after ``done``. Steady state: one output per cycle, ``rows`` outputs
+(one beat) per ``rows`` cycles. With the beats offered without gaps, a command of ``n = groups *
+rows`` takes exactly ``groups * rows + 10`` cycles from its accept to ``done`` (measured: 18, 26,
+66 and 138 cycles for 1, 2, 7 and 16 groups of 8 rows; the testbench asserts the formula, and
+``<=`` it for every command sent back to back). The engine produces a beat every ``chunks``
+cycles, so for ``chunks < rows`` this stage back-pressures it.
 
 VMEM is outside: a synchronous read port (``data`` in the cycle after ``en``) and a write port.
 Within one command every output address is distinct, and the next command's first read comes

@@ -39,6 +39,10 @@ Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done``
     VSET 1, VEMB 3, VADD 3, VMAXABS 2, VARGMAX 2, VNQA 8, VUMAX2 6, VQ 9, VGLU 16, VREC 27
     per element; OVERHEAD = 2 (one set-up cycle and the done cycle).
 
+``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
+covers cycles ``t + 1`` to the ``done`` cycle, so the next instruction can be accepted in the
+cycle after ``done``.
+
 Exactness domain: the results equal the executor's for every instruction it accepts whose
 intermediate values fit the datapath: multiplier operands within ``MUL_A`` (the vector-side
 value: ``z'``, ``rshift(u, R[rc])``, ``i``, ``target - s``, ``rshift(y, R[rb])``, the SiLU factor

@@ -36,6 +36,13 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert OVERHEAD == 2
 
 
+def test_vector_unit_small_cocotb():
+    """Another geometry: 8 lanes x 4 chunks (VQ lane and word counters), a 1025-word SIGMEM."""
+    p = dict(vmem_depth=4096, cmem_depth=16384, sig_depth=1025, lanes=8, chunks_max=4)
+    assert run_cocotb(VectorUnitHarness(**p), toplevel="vector_unit_harness", test_module="sim.tb_vector_unit",
+                      params=p, testcase="test_nqa_umax_q") == 1
+
+
 @pytest.mark.parametrize("testcase", ["test_shipped_program", "test_simple_ops", "test_nqa_umax_q", "test_rec_glu"])
 def test_vector_unit_cocotb(testcase):
     assert run_cocotb(VectorUnitHarness(**PARAMS), toplevel="vector_unit_harness",

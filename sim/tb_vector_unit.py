@@ -11,7 +11,8 @@ executor rejects are not sent), then by the unit. For every instruction the test
   writing opcodes, 0 otherwise); the whole VMEM at the end of every test;
 * the activation memory (both banks, every code) after every ``VQ``;
 * timing: ``busy`` from the cycle after the accept to the ``done`` cycle, ``done`` in cycle
-  ``t + OVERHEAD + n * ELEMENT_CYCLES[op]`` (``t + 1`` for ``n = 0`` and non-vector opcodes).
+  ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]`` (``t + 1`` for ``n = 0`` and
+  non-vector opcodes), :func:`hw.core.vector_unit.cycles`.
 
 Inputs: the vector instructions of the shipped model's token program with the register values and
 memory contents the executor had at each (captured with a hook), and directed and random cases:
@@ -34,7 +35,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 
 from hw.core.ports import UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
-from hw.core.vector_unit import ELEMENT_CYCLES, OVERHEAD, VectorUnit
+from hw.core.vector_unit import ELEMENT_CYCLES, INTERVAL, OVERHEAD, VectorUnit, cycles
 from sim.tb import params, reset, to_signed
 from sw.isa import REG_BITS, VECTOR_OPS, Instr, Op, encode
 from sw.isa_sim import Core
@@ -269,7 +270,7 @@ class Bench:
         if exp_rc:
             assert rc_v == exp_rc[0], f"{ins}: rc = {rc_v}, executor {exp_rc[0]}"
         vec = ins.op in ELEMENT_CYCLES and ins.n > 0
-        want = OVERHEAD + ins.n * ELEMENT_CYCLES[ins.op] if vec else 1
+        want = cycles(ins.op, ins.n)
         assert lat == want, f"{ins}: done after {lat} cycles, expected {want}"
         assert nvw == (ins.n if ins.op in WRITES_VMEM else 0), f"{ins}: {nvw} VMEM writes"
         assert naw == (ins.n if ins.op == Op.VQ else 0), f"{ins}: {naw} activation writes"
@@ -290,11 +291,16 @@ class Bench:
         return True
 
     def report(self):
+        """Measured cycles: per element (the slope between the shortest and the longest instruction
+        of each opcode) and the rest (fixed overhead + pipeline depth)."""
         for op, v in sorted(self.stats.items()):
-            per = {(lat - OVERHEAD) / n for n, lat in v}
-            self.dut._log.info(f"{op.name:8s} {len(v):4d} instructions, n up to {max(n for n, _ in v):5d}: "
-                               f"{sorted(per)} cycles per element + {OVERHEAD}")
-            assert max(per) <= 30, f"{op.name}: more than 30 cycles per element"
+            (n0, c0), (n1, c1) = min(v), max(v)
+            per = (c1 - c0) / (n1 - n0) if n1 > n0 else float(INTERVAL[op])
+            fixed = c1 - per * n1
+            self.dut._log.info(f"{op.name:8s} {len(v):4d} instructions, n {n0}..{n1}: {per:g} cycles per element "
+                               f"+ {fixed:g} (overhead {OVERHEAD} + depth {ELEMENT_CYCLES[op]} - interval)")
+            assert per == INTERVAL[op] and fixed == OVERHEAD + ELEMENT_CYCLES[op] - INTERVAL[op]
+            assert per <= 27 and fixed <= 40, f"{op.name}: slower than the documented bound"
 
 
 async def bench(dut) -> Bench:

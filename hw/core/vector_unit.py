@@ -24,20 +24,35 @@ Interface (initiator's view of the memories, which belong to the core):
 
 Addresses are truncated to the port widths (they wrap); ``n = 0`` finishes without writes.
 
-Datapath: elements are processed one at a time by a per-opcode sequence of steps (one step per
-cycle) over one shared signed multiplier (``MUL_A`` x ``MUL_B`` bits, registered operands and
-registered product: the product of operands set in step ``k`` is read in step ``k + 2``), one
-shared rounding shifter (``round_shift`` half away from zero by a signed amount; ``<= 0`` is an
-exact left shift, ``>= SHIFT_BITS`` gives 0; registered output, read in the next step) and the
+Datapath: each opcode is a list of steps (one cycle each) that one element goes through, over
+one shared signed multiplier (``MUL_A`` x ``MUL_B`` bits, registered operands and registered
+product: the product of operands set in step ``k`` is read in step ``k + 2``), one shared
+rounding shifter (``round_shift`` half away from zero by a signed amount; ``<= 0`` is an exact
+left shift, ``>= SHIFT_BITS`` gives 0; registered output, read in the next step) and the
 reductions (max ``|written|``, sum of squares, max, argmax) in registers. The sigmoid
 (``Core._sigmoid``: optional rescale to 16 fractional bits, clamp, table index and fraction, two
 table reads, interpolation multiply and shift, odd symmetry) takes 7 steps of the same datapath.
+The step lists are modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the
+run, ``II = INTERVAL[op]``; steps of elements in flight at the same time never share a memory
+port, the multiplier or the shifter, and elements finish in order. ``VGLU`` and ``VREC`` run one
+element at a time (``II`` = their step count).
 
 Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done`` in cycle
-``t + OVERHEAD + n * ELEMENT_CYCLES[op]``; the testbench asserts this for every instruction)::
+``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
+testbench asserts it for every instruction)::
 
-    VSET 1, VEMB 3, VADD 3, VMAXABS 2, VARGMAX 2, VNQA 8, VUMAX2 6, VQ 9, VGLU 16, VREC 27
-    per element; OVERHEAD = 2 (one set-up cycle and the done cycle).
+    opcode    cycles per element (II)   steps per element (depth)
+    VSET      1                         1
+    VEMB      1                         3
+    VADD      2  (two VMEM reads)       3
+    VMAXABS   1                         2
+    VARGMAX   1                         2
+    VNQA      4                         8
+    VUMAX2    2                         6
+    VQ        4                         9
+    VGLU      16                        16
+    VREC      27                        27
+    fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
 ``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
 covers cycles ``t + 1`` to the ``done`` cycle, so the next instruction can be accepted in the
@@ -50,8 +65,9 @@ value: ``z'``, ``rshift(u, R[rc])``, ``i``, ``target - s``, ``rshift(y, R[rb])``
 ``SHIFT_BITS``. The executor computes in int64 and silently wraps beyond it, so its own results are
 meaningful only in a narrower domain. Source and destination ranges must not overlap with the
 destination ahead of a source (``a_src < a0 < a_src + n``): the executor reads all sources before
-writing, this unit reads element ``j`` after writing element ``j - 1`` (the in-place case
-``a0 = a_src`` is exact).
+writing, this unit may read a word after an earlier element of the same instruction wrote it (a
+destination at or behind its sources, ``a0 <= a_src``, e.g. in place, is exact: every step list
+reads an element's sources before it writes the element).
 
 Timing: correctness first; the wide multiplier (several ``MULT18X18D``) and the 82-bit shifter are
 one registered stage each, not yet placed at 75 MHz.
@@ -65,15 +81,30 @@ from sw.isa import REG_BITS, VMEM_BITS, Op
 
 from .ports import UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
-__all__ = ["VectorUnit", "ELEMENT_CYCLES", "OVERHEAD", "MUL_A", "MUL_B", "SHIFT_BITS"]
+__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MUL_A", "MUL_B", "SHIFT_BITS"]
 
-#: Cycles per element of each vector opcode.
+#: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
     Op.VSET: 1, Op.VEMB: 3, Op.VADD: 3, Op.VMAXABS: 2, Op.VARGMAX: 2,
     Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 9, Op.VGLU: 16, Op.VREC: 27,
 }
-#: Cycles from accepting an instruction to ``done`` beyond ``n * ELEMENT_CYCLES[op]``.
+#: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
+#: two steps in the same residue class use the same memory port, the multiplier or the shifter,
+#: and no working register is rewritten before its last use).
+INTERVAL = {
+    Op.VSET: 1, Op.VEMB: 1, Op.VADD: 2, Op.VMAXABS: 1, Op.VARGMAX: 1,
+    Op.VNQA: 4, Op.VUMAX2: 2, Op.VQ: 4, Op.VGLU: 16, Op.VREC: 27,
+}
+#: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
+
+
+def cycles(op, n: int) -> int:
+    """Cycles from accepting a vector instruction (cycle ``t``) to its ``done`` (cycle ``t + cycles``)."""
+    op = Op(op)
+    if op not in ELEMENT_CYCLES or n == 0:
+        return 1
+    return OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]
 
 MUL_A = 44        #: multiplier operand A, signed bits
 MUL_B = 37        #: multiplier operand B, signed bits
@@ -168,11 +199,14 @@ class VectorUnit(wiring.Component):
         sat_hi, sat_lo = Signal(signed(38)), Signal(signed(38))
 
         # ------------------------------------------------------------ element loop
-        j = Signal(16)
-        jl = Signal(range(lanes))
+        # Element e runs step k in cycle e * II + k of the RUN state. ph = cycle mod II; e_new is the
+        # newest element started; the steps k = ph (mod II) run for element e_new - k // II. Each
+        # step's code reads ``j``, rebound below to that element's index before the step is built.
+        ph = Signal(range(32))
+        e_new = Signal(17)
+        j = None
+        jl = Signal(range(lanes))           # lane and word of the next VQ code
         jw = Signal(16)
-        st = Signal(range(32))
-        elem_last = Signal()
 
         # ------------------------------------------------------------ shared multiplier
         mul_a, mul_b = Signal(signed(MUL_A)), Signal(signed(MUL_B))
@@ -344,6 +378,10 @@ class VectorUnit(wiring.Component):
             m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
                          self.a_wr.data.eq(Cat(*([c] * lanes))),
                          self.a_wr.en.eq(Const(1, lanes) << jl)]
+            with m.If(jl == lanes - 1):
+                m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+            with m.Else():
+                m.d.sync += jl.eq(jl + 1)
         prog[Op.VQ] = [
             lambda: vrd(a1 + j),
             lambda: zstep1(a2 + j),
@@ -410,7 +448,7 @@ class VectorUnit(wiring.Component):
             lambda: vwrite(sv + sh_r),
         ]
         for o, steps in prog.items():
-            assert len(steps) == ELEMENT_CYCLES[o], (o, len(steps))
+            assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), o
 
         # ------------------------------------------------------------ control
         is_vec = Signal()       # the offered instruction is a vector opcode with n > 0
@@ -436,31 +474,32 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),
-                             j.eq(0), jl.eq(0), jw.eq(0), st.eq(0)]
+                             ph.eq(0), e_new.eq(0), jl.eq(0), jw.eq(0)]
                 for k, F in enumerate((rA, rB)):
                     m.d.sync += [fsh[k].eq(_clamp(F - 16, 0, 127)), fb[k].eq(_clamp(F, 6, 16) - 6)]
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
+                last = Signal()
                 with m.Switch(op):
                     for o, steps in prog.items():
+                        ii, L = INTERVAL[o], len(steps)
                         with m.Case(int(o)):
-                            with m.Switch(st):
-                                for k, fn in enumerate(steps):
-                                    with m.Case(k):
-                                        fn()
-                                        if k == len(steps) - 1:
-                                            m.d.comb += elem_last.eq(1)
-                with m.If(elem_last):
-                    m.d.sync += [st.eq(0), j.eq(j + 1)]
-                    with m.If(jl == lanes - 1):
-                        m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
-                    with m.Else():
-                        m.d.sync += jl.eq(jl + 1)
-                    with m.If(j == n - 1):
-                        m.next = "DONE"
-                with m.Else():
-                    m.d.sync += st.eq(st + 1)
+                            with m.Switch(ph):
+                                for r in range(ii):
+                                    with m.Case(r):
+                                        for k in range(r, L, ii):
+                                            q = k // ii
+                                            j = (e_new - q)[:16]      # the element at step k
+                                            with m.If((e_new >= q) & (e_new - q < n)):
+                                                steps[k]()
+                            m.d.comb += last.eq((ph == (L - 1) % ii) & (e_new - (L - 1) // ii == n - 1))
+                            with m.If(ph == ii - 1):
+                                m.d.sync += [ph.eq(0), e_new.eq(e_new + 1)]
+                            with m.Else():
+                                m.d.sync += ph.eq(ph + 1)
+                with m.If(last):
+                    m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [self.busy.eq(1), self.result.done.eq(1)]
                 with m.Switch(op):

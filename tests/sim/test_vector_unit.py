@@ -3,7 +3,7 @@ import pytest
 from amaranth import signed, unsigned
 
 from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
-from hw.core.vector_unit import ELEMENT_CYCLES, OVERHEAD, VectorUnit
+from hw.core.vector_unit import ELEMENT_CYCLES, INTERVAL, OVERHEAD, VectorUnit, cycles
 from sim.cocotb_run import run_cocotb
 from sim.tb_vector_unit import VectorUnitHarness
 from sw.isa import VECTOR_OPS, Op
@@ -33,7 +33,10 @@ def test_ports_and_validation():
 def test_cycle_table_covers_the_vector_opcodes():
     # every vector opcode of the ISA (the cycle model lists them) has a step sequence
     assert set(ELEMENT_CYCLES) == set(VECTOR_LATENCY) == {o for o in VECTOR_OPS if o in Op.__members__.values()}
-    assert OVERHEAD == 2
+    assert set(INTERVAL) == set(ELEMENT_CYCLES) and OVERHEAD == 2
+    assert cycles(Op.VSET, 0) == cycles(Op.NOP, 5) == 1
+    assert cycles(Op.VNQA, 1) == 2 + ELEMENT_CYCLES[Op.VNQA]
+    assert cycles(Op.VNQA, 10) == 2 + 9 * INTERVAL[Op.VNQA] + ELEMENT_CYCLES[Op.VNQA]
 
 
 def test_vector_unit_small_cocotb():

@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 CHECKPOINT ?= models/checkpoints/mmfree-tiny.safetensors
 PROMPT     ?= ROMEO:
 
+DEVICE     ?= sim
+N          ?= 120
+
+# The shipped model on the accelerator gateware: the cycle-accurate board model by default
+# (DEVICE=/dev/ttyUSB0 for a ULX3S running `python build.py --board ulx3s --design soc`).
 demo: $(STAMP)
-	$(PY) -m sw.demo --checkpoint $(CHECKPOINT) --prompt "$(PROMPT)" -n 200 --temperature 0.8 --top-k 40 --seed 1
+	$(PY) -m sw.run --device $(DEVICE) --checkpoint $(CHECKPOINT) --prompt "$(PROMPT)" -n $(N) \
+		--temperature 0.8 --top-k 40 --seed 1 --verify
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--run-timeout", type=float, default=30.0,
                     help="seconds the core may go without finishing a token (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true", help="no upload progress on stderr")
+    ap.add_argument("--verify", action="store_true",
+                    help="also run the integer reference (models.intref) on the same prompt and sampler and "
+                         "check that the board's tokens are identical (exit status 1 if not)")
     return ap
 
 
@@ -185,14 +188,47 @@ def run(args, out=sys.stdout, err=sys.stderr, open_client=_open_client) -> int:
         out.write(f"tokens: {len(prompt)} prompt + {len(gen)} generated ({s.tokens} steps in {s.runs} runs)\n")
         out.write(f"cycles/token: {s.step_cycles:,} total, {s.step_engine_cycles:,} GEMV engine, "
                   f"{s.other_cycles:,} other; engine utilisation {100 * s.engine_utilisation:.1f}%\n")
-        out.write(f"projected at the bitstream clock ({s.clk_hz / 1e6:g} MHz): "
-                  f"{s.projected_tokens_per_s:,.0f} tokens/s\n")
+        if args.device == "sim":
+            from boards import get_board
+            board = get_board("ulx3s")
+            out.write(f"projected on the {board.name} at its {board.sys_clk_hz / 1e6:g} MHz system clock: "
+                      f"{board.sys_clk_hz / max(1, s.step_cycles):,.0f} tokens/s (the board model's "
+                      f"{s.clk_hz / 1e6:g} MHz is a simulation clock)\n")
+        else:
+            out.write(f"projected at the bitstream clock ({s.clk_hz / 1e6:g} MHz): "
+                      f"{s.projected_tokens_per_s:,.0f} tokens/s\n")
         out.write(f"measured on this device: {s.measured_tokens_per_s:,.1f} tokens/s "
                   f"({s.tokens} steps in {s.generate_seconds:.2f} s, link included)\n")
         out.write(f"link: upload {s.upload_bytes:,} bytes in {s.upload_seconds:.2f} s; generation "
                   f"{link_b:,} bytes ({s.link_seconds:.3f} s of line time at {client.baud:,} baud)\n")
         out.flush()
+    if args.verify:
+        want = _reference_tokens(ref, tokens, args.n, args, ref.formats.logit_frac)
+        same = want == list(gen)
+        out.write(f"identical to the integer reference (models.intref): {'yes' if same else 'NO'}\n")
+        if not same:
+            k = next(i for i, (a, b) in enumerate(zip(want + [None] * len(gen), gen)) if a != b)
+            err.write(f"error: the board's token {k} differs from the integer reference's\n")
+            return 1
     return 0
+
+
+def _reference_tokens(ref, prompt, n: int, args, logit_frac: int) -> list[int]:
+    """The tokens ``models.intref`` generates for the same prompt and sampler."""
+    from sw.sampling import Sampler, argmax_first
+    sampler = Sampler(args.temperature, args.top_k, args.seed, logit_frac) if args.temperature > 0 else None
+    ref.reset(1)
+    logits = None
+    for t in prompt:
+        logits = ref.step(int(t))
+    out = []
+    while len(out) < n:
+        flat = logits.reshape(-1)
+        tok = int(sampler(flat)) if sampler is not None else int(argmax_first(flat))
+        out.append(tok)
+        if len(out) < n:
+            logits = ref.step(tok)
+    return out
 
 
 def main(argv=None, out=None, err=None, open_client=_open_client) -> int:

@@ -1,0 +1,148 @@
+"""Cycles per token of the accelerator gateware, measured on the cycle-accurate board model.
+
+Starts the board model (``sim/board.py``: the accelerator SoC under Verilator, the same gateware
+``build.py`` puts on the ULX3S), uploads the shipped model through the link (``sw.device``), runs
+tokens, and reads the core's own cycle counters (memory CTRL, ``sw.protocol.RunStatus``):
+
+* measured: cycles per token (program start to HALT, the core's counter), the cycles in which the
+  GEMV engine issued weight words, everything else;
+* derived: PE-array utilisation = useful MAC cycles (sum of M x K over the token's GEMVs divided by
+  lanes x rows) over the token's cycles;
+* projected: tokens/s at the clock the ULX3S-85F build reaches (``build/ulx3s-85f-soc/report.json``
+  when present, else the 75 MHz system clock), and the cycle model's projection for the
+  overlapped, 16-lane design of ``docs/isa.md`` beside it;
+* measured: upload bytes/s against the line rate, and host wall time per token on the model;
+* with ``--breakdown`` (default): cycles per opcode, measured by ending the token program early
+  (a HALT patched in after each instruction) and differencing the step cycles; the core's cycles
+  do not depend on the data, so the prefixes need no state restore.
+
+Usage: ``python bench/core_gateware.py [--tokens N] [--no-breakdown] [--out bench/results/core_gateware.json]``
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.intref import IntRefModel  # noqa: E402
+from sim.board import accel_board_model  # noqa: E402
+from sw import protocol as P  # noqa: E402
+from sw.client import Client  # noqa: E402
+from sw.device import Device, encode_words  # noqa: E402
+from sw.isa import Instr, Op, encode  # noqa: E402
+from sw.isa_sim import Core  # noqa: E402
+from sw.program import MemorySizes, compile_model  # noqa: E402
+
+SHIPPED = ROOT / "models" / "checkpoints" / "mmfree-tiny.safetensors"
+SYS_CLK_HZ = 75_000_000
+M = P.CoreMemory
+
+
+def _step(dev: Device, token: int) -> P.RunStatus:
+    dev.client.write(M.TOKMEM, 0, encode_words([token], 16, 2))
+    dev.client.run(P.run_arg(1, 1))
+    while True:
+        st = dev.status()
+        if st.state == P.RunState.IDLE:
+            if st.error != P.RunError.NONE:
+                raise RuntimeError(f"run error {st.error}")
+            return st
+
+
+def _fmax() -> tuple[float, str]:
+    rep = ROOT / "build" / "ulx3s-85f-soc" / "report.json"
+    if rep.exists():
+        r = json.loads(rep.read_text())
+        f = r.get("fmax_mhz") or r.get("fmax", {}).get("sys")
+        if f:
+            return float(f) * 1e6, f"measured Fmax of {rep.relative_to(ROOT)}"
+    return float(SYS_CLK_HZ), "the 75 MHz system clock (no SoC build report found)"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=8, help="tokens to time (default 8)")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-opcode breakdown")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "core_gateware.json")
+    args = ap.parse_args(argv)
+
+    ref = IntRefModel(SHIPPED)
+    print("building / starting the board model (cached after the first build) ...", flush=True)
+    with accel_board_model() as url, Client.open(url, timeout=10.0) as client:
+        dev = Device(client, run_timeout=300.0)
+        info = dev.info()
+        sizes = MemorySizes(weight_words=info.wmem_words, k_max=info.k_max, vmem_words=info.vmem_words,
+                            cmem_words=info.cmem_words, tmem_words=info.tmem_words, prog_words=info.pmem_words)
+        cm = compile_model(ref, info.lanes, info.rows, dev.format_name(info), sizes=sizes)
+        t0 = time.monotonic()
+        dev.load(cm, progress=None)
+        st = dev.stats()
+        upload = {"bytes": st.upload_bytes, "seconds_wall": round(time.monotonic() - t0, 2)}
+        print(f"uploaded {st.upload_bytes:,} link bytes in {upload['seconds_wall']} s of host time")
+
+        tokens = list(b"ROMEO:\nWhat light")[:max(1, args.tokens)]
+        per_token = []
+        t0 = time.monotonic()
+        for tok in tokens:
+            s = _step(dev, tok)
+            per_token.append((s.step_cycles, s.step_engine_cycles))
+        wall = time.monotonic() - t0
+        cyc = max(c for c, _ in per_token)
+        eng = max(e for _, e in per_token)
+        assert all(c == cyc for c, _ in per_token), "cycles per token vary with the data"
+
+        breakdown = {}
+        if not args.no_breakdown:
+            print(f"per-opcode breakdown: {len(cm.program)} prefixes of the token program ...", flush=True)
+            prog = cm.program_image()
+            halt = encode(Instr(Op.HALT)).to_bytes(16, "little")
+            prev = 0
+            for pc, ins in enumerate(cm.program[:-1]):
+                dev.client.write(M.PMEM, 16 * (pc + 1), halt)
+                c = _step(dev, tokens[0]).step_cycles
+                dev.client.write(M.PMEM, 16 * (pc + 1), prog[16 * (pc + 1):16 * (pc + 2)])
+                breakdown[ins.op.name] = breakdown.get(ins.op.name, 0) + (c - prev)
+                prev = c
+            breakdown["HALT"] = breakdown.get("HALT", 0) + cyc - prev
+
+    fclk, fsrc = _fmax()
+    macs = cm.gemv_macs / (info.lanes * info.rows)
+    proj = Core(cm, width=16)
+    proj.reset()
+    proj.step(tokens[0])
+    result = {
+        "model": SHIPPED.name,
+        "core": {"lanes": info.lanes, "rows": info.rows, "weight_format": dev.format_name(info),
+                 "vector_width": info.vector_width, "sequencer": "in-order, one instruction at a time"},
+        "measured_on": "board model (Verilator, cycle-accurate gateware of the SoC)",
+        "cycles_per_token": cyc, "engine_cycles": eng, "other_cycles": cyc - eng,
+        "useful_mac_cycles": macs, "pe_utilisation": macs / cyc,
+        "clock_hz": fclk, "clock_source": fsrc, "projected_tokens_per_s": fclk / cyc,
+        "cycle_model_16_lane_overlapped": {"cycles_per_token": proj.cycles.total,
+                                           "tokens_per_s_75mhz": SYS_CLK_HZ / proj.cycles.total},
+        "board_model_wall_s_per_token": wall / len(tokens), "upload": upload,
+        "cycles_by_opcode": dict(sorted(breakdown.items(), key=lambda kv: -kv[1])),
+    }
+    print(f"cycles/token (measured, gateware): {cyc:,}  = engine {eng:,} + other {cyc - eng:,}")
+    print(f"PE utilisation (derived): {100 * macs / cyc:.1f} %  ({macs:,.0f} useful MAC cycles)")
+    print(f"projected: {fclk / cyc:,.0f} tokens/s at {fclk / 1e6:.1f} MHz ({fsrc})")
+    print(f"cycle model of the overlapped 16-lane design (projected): {proj.cycles.total:,} cycles/token")
+    print(f"board model: {wall / len(tokens):.3f} s of host time per token")
+    if breakdown:
+        print("cycles by opcode (measured):")
+        for k, v in result["cycles_by_opcode"].items():
+            print(f"  {k:8s} {v:8,d}  {100 * v / cyc:5.1f} %")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"saved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The whole model on the accelerator gateware, through the link, against the integer reference.
+
+The board model (``sim/board.py``: the accelerator SoC of the ULX3S under Verilator, its UART
+pins bridged to a socket) receives a compiled model over the link exactly as a board does, and
+runs it token after token with the recurrent state carried. For every token the residual stream
+after the embedding and after every layer, every layer's state, the logits and the output token
+are read back from the core's memories and compared bit for bit with ``models.intref``.
+
+The residual after layer ``l`` exists only in the middle of a token; it is read by patching a
+``HALT`` into PMEM right after the instruction that completes it (``CompiledModel.probes``),
+running that prefix of the token on the saved state, and restoring state and program before the
+full token runs.
+"""
+
+import numpy as np
+import pytest
+
+from models.intref import IntRefModel, argmax_first
+from sim.board import accel_board_model
+from sw import protocol as P
+from sw.client import Client
+from sw.device import Device, decode_words, encode_words
+from sw.isa import Instr, Op, encode
+from sw.program import MemorySizes, compile_model
+
+from tiny_models import HUGE_TOK, NEG_TOK, ZERO_TOK, SHIPPED, tiny_checkpoint
+
+M = P.CoreMemory
+
+
+@pytest.fixture(scope="module")
+def board():
+    with accel_board_model() as url:
+        with Client.open(url, timeout=5.0) as client:
+            dev = Device(client, run_timeout=120.0)
+            yield dev
+
+
+def sizes_of(info: P.CoreInfo) -> MemorySizes:
+    return MemorySizes(weight_words=info.wmem_words, k_max=info.k_max, vmem_words=info.vmem_words,
+                       cmem_words=info.cmem_words, tmem_words=info.tmem_words, prog_words=info.pmem_words)
+
+
+def compile_for(dev: Device, ref: IntRefModel):
+    info = dev.info()
+    return compile_model(ref, info.lanes, info.rows, dev.format_name(info), sizes=sizes_of(info))
+
+
+def vread(dev: Device, cm, name: str) -> np.ndarray:
+    a, n = cm.vmem_map[name]
+    return decode_words(dev.client.read(M.VMEM, 8 * a, 8 * n), 36, 8, signed=True)
+
+
+def step(dev: Device, token: int) -> P.RunStatus:
+    """One token on the board (TOKMEM[0] = token, RUN steps=1 fill=1); returns CTRL after it."""
+    dev.client.write(M.TOKMEM, 0, encode_words([token], 16, 2))
+    dev.client.run(P.run_arg(1, 1))
+    for _ in range(100000):
+        st = dev.status()
+        if st.state == P.RunState.IDLE:
+            break
+    assert st.state == P.RunState.IDLE and st.error == P.RunError.NONE, st
+    return st
+
+
+def run_and_compare(dev: Device, ref: IntRefModel, cm, tokens, probe_tokens=2):
+    """Step the board and the reference over ``tokens``; compare everything (see module doc)."""
+    n_layers = ref.config.n_layers
+    states = [f"state{n}" for n in range(n_layers)]
+    prog = cm.program_image()
+    dev.reset()
+    ref.reset(1)
+    cycles = []
+    for k, tok in enumerate(tokens):
+        logits, tr = ref.step(int(tok), trace=True)
+        if k < probe_tokens:  # the residual after the embedding and after every layer
+            saved = {s: vread(dev, cm, s) for s in states}
+            for pc, name in cm.probes:
+                halt = encode(Instr(Op.HALT)).to_bytes(16, "little")
+                dev.client.write(M.PMEM, 16 * (pc + 1), halt)
+                step(dev, int(tok))
+                dev.client.write(M.PMEM, 16 * (pc + 1), prog[16 * (pc + 1):16 * (pc + 2)])
+                got = vread(dev, cm, "h")
+                want = tr["h"][int(name[1:])][0]
+                assert np.array_equal(got, want), f"{name} differs at token {k} ({tok}): " \
+                    f"{np.flatnonzero(got != want)[:8]}"
+                for s in states:
+                    a, _ = cm.vmem_map[s]
+                    dev.client.write(M.VMEM, 8 * a, encode_words(saved[s], 36, 8, signed=True))
+        st = step(dev, int(tok))
+        cycles.append((st.step_cycles, st.step_engine_cycles))
+        got = vread(dev, cm, "logits")
+        want = logits.reshape(-1)
+        assert np.array_equal(got, want), f"logits differ at token {k} ({tok})"
+        assert np.array_equal(vread(dev, cm, "h"), tr["h"][-1][0]), f"final residual differs at token {k}"
+        for n in range(n_layers):
+            assert np.array_equal(vread(dev, cm, f"state{n}"), ref.state[n][0]), f"state {n} differs at token {k}"
+        nxt = decode_words(dev.client.read(M.TOKMEM, 2, 2), 16, 2)[0]
+        assert nxt == int(argmax_first(want)) == st.last_token, f"next token differs at token {k}"
+    return cycles
+
+
+def test_manifest_and_info(board):
+    info = board.info()
+    m = board.manifest
+    assert m.pe_kind == P.PEKind.ADDER_TREE and m.lanes == info.lanes == 32 and info.rows == 8
+    assert board.format_name(info) == "trits5" and info.vector_width == 1
+    assert tuple(m.mem_sizes) == info.mem_bytes()
+    # INFO and CTRL are read-only
+    board.client.write(M.INFO, 0, b"\x00\x00\x00\x00")
+    assert P.CoreInfo.unpack(board.client.read(M.INFO, 0, P.CoreInfo.SIZE)) == info
+
+
+def test_run_errors(board):
+    c = board.client
+    from sw.client import RemoteError
+    with pytest.raises(RemoteError) as e:
+        c.run(P.run_arg(1, 1))       # nothing loaded since the model started
+    assert e.value.code in (P.ErrorCode.NOT_LOADED,)
+    with pytest.raises(RemoteError) as e:
+        c.load(P.load_arg(0, 600))   # beyond PMEM (512 words)
+    assert e.value.code == P.ErrorCode.BAD_ARGUMENT
+
+
+def test_tiny_model_equals_intref(board, tmp_path):
+    ref = IntRefModel(tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    cm = compile_for(board, ref)
+    board.load(cm)
+    rng = np.random.default_rng(1)
+    toks = [ZERO_TOK, HUGE_TOK, 3, NEG_TOK, 0, 255, *rng.integers(0, 256, 4), ZERO_TOK, HUGE_TOK]
+    run_and_compare(board, ref, cm, toks, probe_tokens=3)
+    # zero steps, zero fill or more steps than TOKMEM holds are refused; the board keeps serving
+    from sw.client import RemoteError
+    for arg in (0, P.run_arg(1, 1) & 0xFFFF, 1024 | 1 << 16):
+        with pytest.raises(RemoteError) as e:
+            board.client.run(arg)
+        assert e.value.code == P.ErrorCode.BAD_ARGUMENT
+    # greedy generation in one RUN: prompt of 3, 6 generated tokens
+    prompt = [72, 105, 33]
+    got = board.generate(prompt, 6)
+    ref.reset(1)
+    for t in prompt[:-1]:
+        ref.step(t)
+    want, t = [], prompt[-1]
+    for _ in range(6):
+        t = int(argmax_first(ref.step(t).reshape(-1)))
+        want.append(t)
+    assert list(got) == want
+
+
+def test_shipped_model_equals_intref(board):
+    assert SHIPPED.exists(), "the shipped checkpoint is missing"
+    ref = IntRefModel(SHIPPED)
+    cm = compile_for(board, ref)
+    board.load(cm)
+    cycles = run_and_compare(board, ref, cm, list(b"ROMEO:\n\x00"), probe_tokens=1)
+    # the engine issues every weight word of the token once: at least the image's words per step
+    for total, engine in cycles:
+        assert engine >= len(cm.weights.words) and total > engine
+
+
+def test_run_cli_on_board_model():
+    """``python -m sw.run --device sim`` (what ``make demo`` runs): upload with progress, sampled
+    text streamed, statistics, and the tokens identical to the integer reference (--verify)."""
+    import io
+
+    from sw.run import main
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(["--device", "sim", "--prompt", "ROMEO:", "-n", "6", "--temperature", "0.8", "--top-k", "40",
+               "--seed", "1", "--verify"], out=out, err=err)
+    text = out.getvalue()
+    assert rc == 0, err.getvalue()
+    assert text.startswith("ROMEO:")
+    assert "identical to the integer reference (models.intref): yes" in text
+    assert "cycles/token:" in text and "projected on the ulx3s" in text.lower()
+    assert "upload WMEM" in err.getvalue() and "100.0%" in err.getvalue()

@@ -34,8 +34,8 @@ reductions (max ``|written|``, sum of squares, max, argmax) in registers. The si
 table reads, interpolation multiply and shift, odd symmetry) takes 7 steps of the same datapath.
 The step lists are modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the
 run, ``II = INTERVAL[op]``; steps of elements in flight at the same time never share a memory
-port, the multiplier or the shifter, and elements finish in order. ``VGLU`` and ``VREC`` run one
-element at a time (``II`` = their step count).
+port, the multiplier or the shifter, and elements finish in order. ``VREC`` runs one element at
+a time (``II`` = its step count).
 
 Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done`` in cycle
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
@@ -50,7 +50,7 @@ testbench asserts it for every instruction)::
     VNQA      4                         8
     VUMAX2    2                         6
     VQ        4                         9
-    VGLU      16                        16
+    VGLU      4                         17
     VREC      27                        27
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
@@ -86,14 +86,14 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MU
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
     Op.VSET: 1, Op.VEMB: 3, Op.VADD: 3, Op.VMAXABS: 2, Op.VARGMAX: 2,
-    Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 9, Op.VGLU: 16, Op.VREC: 27,
+    Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 9, Op.VGLU: 17, Op.VREC: 27,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port, the multiplier or the shifter,
 #: and no working register is rewritten before its last use).
 INTERVAL = {
     Op.VSET: 1, Op.VEMB: 1, Op.VADD: 2, Op.VMAXABS: 1, Op.VARGMAX: 1,
-    Op.VNQA: 4, Op.VUMAX2: 2, Op.VQ: 4, Op.VGLU: 16, Op.VREC: 27,
+    Op.VNQA: 4, Op.VUMAX2: 2, Op.VQ: 4, Op.VGLU: 4, Op.VREC: 27,
 }
 #: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
@@ -279,9 +279,14 @@ class VectorUnit(wiring.Component):
         om = Signal(signed(SHIFT_BITS))
         sv = Signal(signed(VMEM_BITS))
         iv = Signal(signed(VMEM_BITS))
+        negb = Signal()
+        ya, sy = Signal(signed(SHIFT_BITS)), Signal(signed(SHIFT_BITS))
 
-        def sigmoid(src, c):
-            """7 steps: sig <= sigmoid(src; F) (src read in the first step), F from config c."""
+        def sigmoid(src, c, neg_r=None):
+            """7 steps: sig <= sigmoid(src; F) (src read in the first step), F from config c; the
+            sign is read in the last step from ``neg_r`` (default: ``neg``, written in step 1)."""
+            neg_r = neg if neg_r is None else neg_r
+
             def g0():
                 shift(src, fsh[c])
 
@@ -312,11 +317,14 @@ class VectorUnit(wiring.Component):
                 d = Signal(signed(21), name="sd")
                 p = Signal(18, name="sp")
                 m.d.comb += [d.eq(t0 + sh_r), p.eq(_round_shift_const((1 << 17) + d, 2))]
-                m.d.sync += sig.eq(Mux(neg, (1 << 16) - p, p))
+                m.d.sync += sig.eq(Mux(neg_r, (1 << 16) - p, p))
             return [g0, g1, g2, g3, g4, g5, g6]
 
         def nop():
             pass
+
+        def latch(reg, v):
+            m.d.sync += reg.eq(v)
 
         # ------------------------------------------------------------ step lists
         prog = {}
@@ -394,21 +402,35 @@ class VectorUnit(wiring.Component):
             vq8,
         ]
 
+        # VGLU, II = 4: shifter in steps 1, 4, 6, 11; multiplier in 4, 9, 14; SIGMEM in 2, 3;
+        # VMEM reads in 0, 13 (distinct mod 4). Working registers live at most 4 steps (negb
+        # carries the sign past the next element's step 2; ya and sy hold the shifted values).
+        g = sigmoid(X, 0, negb)        # g[0] shifts the word read in step 0
+
         def glu1():
-            shift(X, shz)
+            g[0]()                      # shift(y, F - 16)
             m.d.sync += x1.eq(X)
 
-        def glu2():
-            m.d.sync += zr.eq(sh_r)
+        def glu4():
+            g[3]()                      # interpolation multiply
+            shift(x1, shz)              # rshift(y, R[rb])
+            m.d.sync += negb.eq(neg)
         prog[Op.VGLU] = [
             lambda: vrd(a1 + j),
             glu1,
-            glu2,
-            *sigmoid(x1, 0),
-            lambda: mul(zr, sig),
+            g[1],
+            g[2],
+            glu4,
+            lambda: latch(ya, sh_r),
+            g[5],
+            g[6],
             nop,
-            lambda: (shift(P, 16), vrd(a2 + j)),
-            lambda: mul(sh_r, X),
+            lambda: mul(ya, sig),
+            nop,
+            lambda: shift(P, 16),
+            lambda: latch(sy, sh_r),
+            lambda: vrd(a2 + j),
+            lambda: mul(sy, X),
             nop,
             lambda: vwrite(P),
         ]

@@ -34,8 +34,7 @@ reductions (max ``|written|``, sum of squares, max, argmax) in registers. The si
 table reads, interpolation multiply and shift, odd symmetry) takes 7 steps of the same datapath.
 The step lists are modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the
 run, ``II = INTERVAL[op]``; steps of elements in flight at the same time never share a memory
-port, the multiplier or the shifter, and elements finish in order. ``VREC`` runs one element at
-a time (``II`` = its step count).
+port, the multiplier or the shifter, and elements finish in order.
 
 Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done`` in cycle
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
@@ -51,7 +50,7 @@ testbench asserts it for every instruction)::
     VUMAX2    2                         6
     VQ        4                         9
     VGLU      4                         17
-    VREC      27                        27
+    VREC      8                         17
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
 ``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
@@ -73,6 +72,8 @@ Timing: correctness first; the wide multiplier (several ``MULT18X18D``) and the 
 one registered stage each, not yet placed at 75 MHz.
 """
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -86,14 +87,14 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MU
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
     Op.VSET: 1, Op.VEMB: 3, Op.VADD: 3, Op.VMAXABS: 2, Op.VARGMAX: 2,
-    Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 9, Op.VGLU: 17, Op.VREC: 27,
+    Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 9, Op.VGLU: 17, Op.VREC: 17,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port, the multiplier or the shifter,
 #: and no working register is rewritten before its last use).
 INTERVAL = {
     Op.VSET: 1, Op.VEMB: 1, Op.VADD: 2, Op.VMAXABS: 1, Op.VARGMAX: 1,
-    Op.VNQA: 4, Op.VUMAX2: 2, Op.VQ: 4, Op.VGLU: 4, Op.VREC: 27,
+    Op.VNQA: 4, Op.VUMAX2: 2, Op.VQ: 4, Op.VGLU: 4, Op.VREC: 8,
 }
 #: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
@@ -271,21 +272,23 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ working registers
         zr = Signal(signed(SHIFT_BITS))
         x1 = Signal(signed(VMEM_BITS))
-        t0 = Signal(unsigned(_SIG_BITS))
-        k1 = Signal(11)
-        fr = Signal(10)
-        neg = Signal()
-        sig = Signal(unsigned(17))
+
+        def sig_regs(name):
+            """The working registers of one sigmoid evaluation in flight."""
+            return SimpleNamespace(t0=Signal(unsigned(_SIG_BITS), name=f"t0_{name}"),
+                                   k1=Signal(11, name=f"k1_{name}"), fr=Signal(10, name=f"fr_{name}"),
+                                   neg=Signal(name=f"neg_{name}"), sig=Signal(unsigned(17), name=f"sig_{name}"))
+        SI, SF = sig_regs("i"), sig_regs("f")     # VREC evaluates sigmoid(i) and sigmoid(f) overlapped
         om = Signal(signed(SHIFT_BITS))
         sv = Signal(signed(VMEM_BITS))
         iv = Signal(signed(VMEM_BITS))
         negb = Signal()
         ya, sy = Signal(signed(SHIFT_BITS)), Signal(signed(SHIFT_BITS))
 
-        def sigmoid(src, c, neg_r=None):
-            """7 steps: sig <= sigmoid(src; F) (src read in the first step), F from config c; the
-            sign is read in the last step from ``neg_r`` (default: ``neg``, written in step 1)."""
-            neg_r = neg if neg_r is None else neg_r
+        def sigmoid(src, c, R, neg_r=None):
+            """7 steps: R.sig <= sigmoid(src; F) (src read in the first step), F from config c; the
+            sign is read in the last step from ``neg_r`` (default: ``R.neg``, written in step 1)."""
+            neg_r = R.neg if neg_r is None else neg_r
 
             def g0():
                 shift(src, fsh[c])
@@ -298,14 +301,14 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [ay.eq(_abs(sh_r)), lim.eq((Const(1, 22) << (fb[c] + 10)) - 1),
                              a.eq(Mux(ay > lim, lim, ay)), k.eq(a >> fb[c])]
                 srd(k)
-                m.d.sync += [k1.eq(k + 1), fr.eq(a & ((Const(1, 11) << fb[c]) - 1)), neg.eq(sh_r < 0)]
+                m.d.sync += [R.k1.eq(k + 1), R.fr.eq(a & ((Const(1, 11) << fb[c]) - 1)), R.neg.eq(sh_r < 0)]
 
             def g2():
-                srd(k1)
-                m.d.sync += t0.eq(Sd)
+                srd(R.k1)
+                m.d.sync += R.t0.eq(Sd)
 
             def g3():
-                mul(Cat(Sd, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(), fr)
+                mul(Cat(Sd, Const(0, 1)).as_signed() - Cat(R.t0, Const(0, 1)).as_signed(), R.fr)
 
             def g4():
                 pass
@@ -316,8 +319,8 @@ class VectorUnit(wiring.Component):
             def g6():
                 d = Signal(signed(21), name="sd")
                 p = Signal(18, name="sp")
-                m.d.comb += [d.eq(t0 + sh_r), p.eq(_round_shift_const((1 << 17) + d, 2))]
-                m.d.sync += sig.eq(Mux(neg_r, (1 << 16) - p, p))
+                m.d.comb += [d.eq(R.t0 + sh_r), p.eq(_round_shift_const((1 << 17) + d, 2))]
+                m.d.sync += R.sig.eq(Mux(neg_r, (1 << 16) - p, p))
             return [g0, g1, g2, g3, g4, g5, g6]
 
         def nop():
@@ -405,7 +408,7 @@ class VectorUnit(wiring.Component):
         # VGLU, II = 4: shifter in steps 1, 4, 6, 11; multiplier in 4, 9, 14; SIGMEM in 2, 3;
         # VMEM reads in 0, 13 (distinct mod 4). Working registers live at most 4 steps (negb
         # carries the sign past the next element's step 2; ya and sy hold the shifted values).
-        g = sigmoid(X, 0, negb)        # g[0] shifts the word read in step 0
+        g = sigmoid(X, 0, SI, negb)        # g[0] shifts the word read in step 0
 
         def glu1():
             g[0]()                      # shift(y, F - 16)
@@ -414,7 +417,7 @@ class VectorUnit(wiring.Component):
         def glu4():
             g[3]()                      # interpolation multiply
             shift(x1, shz)              # rshift(y, R[rb])
-            m.d.sync += negb.eq(neg)
+            m.d.sync += negb.eq(SI.neg)
         prog[Op.VGLU] = [
             lambda: vrd(a1 + j),
             glu1,
@@ -425,7 +428,7 @@ class VectorUnit(wiring.Component):
             g[5],
             g[6],
             nop,
-            lambda: mul(ya, sig),
+            lambda: mul(ya, SI.sig),
             nop,
             lambda: shift(P, 16),
             lambda: latch(sy, sh_r),
@@ -435,36 +438,25 @@ class VectorUnit(wiring.Component):
             lambda: vwrite(P),
         ]
 
-        def rec12():
-            m.d.sync += om.eq(sh_r)
-            vrd(a1 + j)
-
-        def rec13():
-            m.d.sync += iv.eq(X)
-
-        sig_i = sigmoid(X, 0)
-
-        def rec13_all():
-            rec13()
-            sig_i[0]()
-
-        def rec22():
-            shift(P, shc)
-            m.d.sync += sv.eq(X)
+        # VREC, II = 8: shifter in steps 1, 3, 6, 8, 10, 12, 15; multiplier in 4, 6, 8, 10, 13;
+        # SIGMEM in 2..5; VMEM reads in 0 (f), 2 (i), 12 (s); CMEM in 7 (distinct mod 8). The two
+        # sigmoids have their own registers; every working register lives at most 8 steps.
+        gf, gi = sigmoid(X, 1, SF), sigmoid(X, 0, SI)
         prog[Op.VREC] = [
-            lambda: vrd(a2 + j),
-            *sigmoid(X, 1),
-            lambda: crd(imm + j),
-            lambda: mul((1 << 16) - sig, Cd),
-            nop,
-            lambda: shift(P, 16),
-            rec12,
-            rec13_all,
-            *sig_i[1:],
-            lambda: mul(iv, sig),
-            lambda: vrd(a0 + j),
-            rec22,
-            lambda: mul(sh_r - sv, om),
+            lambda: vrd(a2 + j),                                        # f
+            gf[0],
+            lambda: (gf[1](), vrd(a1 + j)),                             # i
+            lambda: (gf[2](), gi[0](), latch(iv, X)),
+            lambda: (gf[3](), gi[1]()),
+            gi[2],
+            lambda: (gf[5](), gi[3]()),
+            lambda: (gf[6](), crd(imm + j)),                            # 1 - lb
+            lambda: (mul((1 << 16) - SF.sig, Cd), gi[5]()),
+            gi[6],
+            lambda: (shift(P, 16), mul(iv, SI.sig)),                    # om; i * sigmoid(i)
+            lambda: latch(om, sh_r),
+            lambda: (shift(P, shc), vrd(a0 + j)),                       # target; s
+            lambda: (mul(sh_r - X, om), latch(sv, X)),
             nop,
             lambda: shift(P, 16),
             lambda: vwrite(sv + sh_r),

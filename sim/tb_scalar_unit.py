@@ -387,9 +387,13 @@ async def test_write_conflict(dut):
         dut.instr__payload.value = encode(Instr(Op.SLI, rd=5, imm=-7))
         await RisingEdge(dut.clk)                  # accepted (the unit was idle)
         dut.instr__valid.value = 0
+        for _ in range(SCALAR_CYCLES[Op.SLI] - 1):
+            await ReadOnly()
+            assert not dut.result__valid.value, "SLI result before its latency"
+            await RisingEdge(dut.clk)
         dut.write__en.value, dut.write__addr.value, dut.write__data.value = 1, ext, 99
         await ReadOnly()
-        assert dut.result__valid.value, "SLI result not in the cycle after it was accepted"
+        assert dut.result__valid.value, "SLI result not SCALAR_CYCLES[SLI] cycles after it was accepted"
         await RisingEdge(dut.clk)
         dut.write__en.value = 0
         dut.read__0__addr.value, dut.read__1__addr.value = 5, 6

@@ -45,15 +45,18 @@ class HazardError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- cycle model
-#: Cycles per scalar instruction (issue to result usable by the next instruction).
+#: Cycles per scalar instruction (issue to result usable by the next instruction): those of
+#: ``hw/core/scalar_unit.py`` (operand registers, then registered stages, result registers).
 SCALAR_CYCLES = {
     Op.NOP: 1, Op.HALT: 1, Op.SYNC: 1,
-    Op.SLI: 1, Op.SADD: 1, Op.SSUB: 1, Op.SMAXI: 1, Op.SRSHI: 1, Op.SRSHR: 1, Op.SBLEN: 1, Op.SZSEL: 1,
-    Op.SMUL: 2, Op.SMULI: 2,          # one MULT18X18D, input and output registers
-    Op.SNORM: 2, Op.SMANT16: 2,       # leading-zero count, then shift (+ round for SNORM)
+    Op.SLI: 2, Op.SADD: 3, Op.SSUB: 3, Op.SMAXI: 3, Op.SZSEL: 3,   # operands, one adder, write
+    Op.SBLEN: 4,                      # leading-zero count, then add
+    Op.SRSHI: 6, Op.SRSHR: 6,         # clamp, shifter in two stages, rounding increment
+    Op.SMUL: 5, Op.SMULI: 5,          # one MULT18X18D, input and product registers, correction add
+    Op.SNORM: 7, Op.SMANT16: 7,       # leading-zero count, then shift (+ round for SNORM)
     Op.SLDC: 2,                       # CMEM read
-    Op.SRECIP: 6,                     # table read, 2 dependent multiplies, subtract
-    Op.SRSQ: 9,                       # normalise, table read, 3 dependent multiplies
+    Op.SRECIP: 8,                     # table read, 2 dependent multiplies, subtract
+    Op.SRSQ: 14,                      # normalise, table read, 3 dependent multiplies
     Op.GEMV: 1,                       # issue (plus waiting for the engine to accept)
 }
 #: Pipeline latency (fill + drain) of each vector instruction, cycles.

@@ -13,9 +13,34 @@ directions, rounding half away from zero or truncating), one leading-zero counte
 registers) and the seed-table memory ``TMEM`` (18-bit words, one ``DP16KD`` at the default 1024
 words), written through :attr:`ScalarUnit.tmem_w` with ``sw.program``'s ``tmem`` image.
 
+Pipelining (for the 75 MHz system clock): every path runs from a register to a register through
+at most one wide adder or the multiplier. Step 0 reads ``ra``, ``rb``, ``rc`` into operand
+registers; the leading-zero count and the zero flag of the first operand are registered (valid
+from step 2); the shifter has three registered stages (``a``: operand, ``s - 1`` or ``-s``;
+``b``: shift by the multiple of 8 and the OR of the bytes shifted out; ``c``: shift by the rest,
+sticky bit and rounding increment), followed by the rounding adder; the product is registered
+(``P``); results go into result registers, and the register file is written from them in the
+last step. Schedule (step: work), ``L`` = :data:`LATENCY`:
+
+* ``SLI`` (2): 0 result = imm; 1 write.
+* ``SADD`` / ``SSUB`` / ``SMAXI`` / ``SZSEL`` (3): 0 operands; 1 result (a carry-save 3:2 row and
+  one adder / a compare / zero tests); 2 write.
+* ``SBLEN`` (4): 1 leading-zero count; 2 result = count + imm; 3 write.
+* ``SRSHI`` / ``SRSHR`` (6): 1 shift amount saturated to 7 bits, shifter stage a; 2 b; 3 c;
+  4 result (rounding adder); 5 write.
+* ``SMUL`` / ``SMULI`` (5): 1 multiplier operands and cross partial products; 2 product, their
+  sum; 3 result = product + sum; 4 write.
+* ``SNORM`` / ``SMANT16`` (7): 1 leading-zero count; 2 exponent, shifter stage a; 3 b; 4 c;
+  5 result; 6 write.
+* ``SRECIP`` (8): 1 table address; 2 seed, multiply; 4 multiply; 6 result; 7 write.
+* ``SRSQ`` (14): 1 leading-zero count; 2 ``k``, shifter stage a; 5 ``ms`` and table address;
+  6 seed, multiply; 8, 10 multiply; 12 result; 13 write.
+
 Timing: an instruction is accepted in cycle ``t`` (``instr`` handshake), executes in cycles
-``t + 1 .. t + L`` and writes its registers at the end of cycle ``t + L``; the next instruction
-can be accepted in cycle ``t + L`` and reads the new values. ``L`` is :data:`LATENCY`, equal to
+``t + 1 .. t + L`` (steps ``0 .. L - 1``) and writes its registers at the end of cycle ``t + L``;
+the next instruction can be accepted in cycle ``t + L`` and reads the new values (operands are
+read in its step 0, so an external :attr:`write` lands in time if it is at the latest in the
+cycle the instruction is accepted). ``L`` is :data:`LATENCY`, equal to
 ``sw.isa_sim.SCALAR_CYCLES`` for every scalar opcode, so a chain of dependent instructions runs
 at exactly the cycle model's rate. Unlike the cycle model's fully pipelined unit, instructions do
 not overlap: an independent instruction after a multi-cycle one also waits for it (the token
@@ -67,8 +92,8 @@ __all__ = ["ScalarUnit", "LATENCY", "RegisterReadSignature", "RegisterWriteSigna
 #: Cycles from accepting an instruction to its result being usable by the next instruction
 #: (the same as ``sw.isa_sim.SCALAR_CYCLES``); opcodes not listed take 1 cycle and write nothing.
 LATENCY = {
-    Op.SLI: 1, Op.SADD: 1, Op.SSUB: 1, Op.SMAXI: 1, Op.SRSHI: 1, Op.SRSHR: 1, Op.SBLEN: 1, Op.SZSEL: 1,
-    Op.SMUL: 2, Op.SMULI: 2, Op.SNORM: 2, Op.SMANT16: 2, Op.SRECIP: 6, Op.SRSQ: 9,
+    Op.SLI: 2, Op.SADD: 3, Op.SSUB: 3, Op.SMAXI: 3, Op.SZSEL: 3, Op.SBLEN: 4, Op.SRSHI: 6, Op.SRSHR: 6,
+    Op.SMUL: 5, Op.SMULI: 5, Op.SNORM: 7, Op.SMANT16: 7, Op.SRECIP: 8, Op.SRSQ: 14,
 }
 
 _REG_ADDR = (N_REGS - 1).bit_length()
@@ -189,7 +214,7 @@ class ScalarUnit(wiring.Component):
         m = Module()
         W = REG_BITS
 
-        # ---------------------------------------------------------------- state
+        # ---------------------------------------------------------------- control
         regs = Array(Signal(signed(W), name=f"r{i}") for i in range(N_REGS))
         ir = Signal(INSTR_BITS)
         ex = Signal()                       # an instruction is executing
@@ -214,56 +239,104 @@ class ScalarUnit(wiring.Component):
         with m.Elif(ex):
             m.d.sync += step.eq(step + 1)
 
-        A, B, C = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
-        m.d.comb += [A.eq(regs[ra]), B.eq(regs[rb]), C.eq(regs[rc])]
+        def at(k):
+            """The instruction is in its step ``k``."""
+            return ex & (step == k)
+
+        # ---------------------------------------------------------------- register file
         for port in (self.read if self._read_ports else []):
             m.d.comb += port.data.eq(regs[port.addr])
+        # operand stage: the registers of ra, rb, rc as they are in step 0
+        A, B, C = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
+        with m.If(at(0)):
+            m.d.sync += [A.eq(regs[ra]), B.eq(regs[rb]), C.eq(regs[rc])]
 
-        # ---------------------------------------------------------------- write-back
+        # write-back, from the result registers, in the last step
+        res_d, res_c = Signal(signed(W)), Signal(signed(W))
+        writes_d, writes_c = Signal(), Signal()
+        m.d.comb += [writes_d.eq(op.matches(*[o for o in LATENCY])),
+                     writes_c.eq(op.matches(Op.SNORM, Op.SMANT16, Op.SRSQ))]
         wd_en, wc_en = Signal(), Signal()
-        wd_data, wc_data = Signal(signed(W)), Signal(signed(W))
-        m.d.comb += [self.result.valid.eq(wd_en), self.result.payload.rd.eq(rd),
-                     self.result.payload.rd_data.eq(wd_data), self.result.payload.rc_en.eq(wc_en),
-                     self.result.payload.rc.eq(rc), self.result.payload.rc_data.eq(wc_data)]
+        m.d.comb += [wd_en.eq(last & writes_d), wc_en.eq(last & writes_c),
+                     self.result.valid.eq(wd_en), self.result.payload.rd.eq(rd),
+                     self.result.payload.rd_data.eq(res_d), self.result.payload.rc_en.eq(wc_en),
+                     self.result.payload.rc.eq(rc), self.result.payload.rc_data.eq(res_c)]
         for i in range(1, N_REGS):
             with m.If(wc_en & (rc == i)):
-                m.d.sync += regs[i].eq(wc_data)
+                m.d.sync += regs[i].eq(res_c)
             with m.Elif(wd_en & (rd == i)):
-                m.d.sync += regs[i].eq(wd_data)
+                m.d.sync += regs[i].eq(res_d)
             with m.Elif(self.write.en & (self.write.addr == i)):
                 m.d.sync += regs[i].eq(self.write.data)
 
         # ---------------------------------------------------------------- function units
-        # Leading-zero counter (bit length of the non-negative operand A).
-        bl = Signal(range(W + 1))
-        m.d.comb += bl.eq(_bit_length(A.as_unsigned()))
+        # Leading-zero counter (bit length of the non-negative operand A) and zero flag,
+        # registered: valid from step 2.
+        bl_r = Signal(range(W + 1))
+        az_r = Signal()
+        m.d.sync += [bl_r.eq(_bit_length(A.as_unsigned())), az_r.eq(A == 0)]
 
-        # Rounding shifter: round_shift(sh_x, sh_s), half away from zero (sh_rnd) or truncating
-        # (non-negative sh_x only); sh_s <= 0 shifts left. On two's complement, without taking
-        # the magnitude: with t = sh_x >> (s - 1) (arithmetic) and `sticky` = any of the s - 1
-        # bits shifted out, round_shift = (t + (sh_x >= 0 or sticky)) >> 1; the truncating shift
-        # is t >> 1. sh_s is 7-bit signed: shift amounts beyond it are saturated to -64 / 63,
-        # where the result is the same (0 right; left: only x = 0 fits 54 bits).
+        # Rounding shifter, three registered stages: round_shift(x, s) half away from zero (rnd)
+        # or truncating (non-negative x only); s <= 0 shifts left. On two's complement, without
+        # taking the magnitude: with t = x >> (s - 1) (arithmetic) and `sticky` = any of the
+        # s - 1 bits shifted out, round_shift = (t + (x >= 0 or sticky)) >> 1; the truncating
+        # shift is t >> 1. s is 7-bit signed (shift amounts beyond it are saturated to -64 / 63,
+        # where the result is the same: 0 right; left: only x = 0 fits 54 bits).
+        #   stage a (loaded by the instruction): x, s - 1 (right) or -s (left), rnd;
+        #   stage b: shift by the multiple of 8, OR of the bits shifted out;
+        #   stage c: shift by the rest (0..7), sticky bit and rounding increment;
+        #   then sh_out = (t + inc) >> 1 (right) or the left-shifted value, one wide adder.
         SH = 64                             # sign-extended operand width of the shifter
-        sh_x, sh_s, sh_rnd, sh_out = Signal(signed(W)), Signal(signed(7)), Signal(), Signal(signed(W))
-        rs, ls = Signal(6), Signal(7)
+        sa_x, sa_pos, sa_rs, sa_ls, sa_rnd = Signal(signed(W)), Signal(), Signal(6), Signal(7), Signal()
+
+        def shifter_load(x, s, rnd):
+            """Statements loading stage a with x and the 7-bit signed shift amount s."""
+            return [sa_x.eq(x), sa_pos.eq(s > 0), sa_rs.eq(s - 1), sa_ls.eq(-s), sa_rnd.eq(rnd)]
+
         xe = Signal(signed(SH))
-        t_sh = Signal(signed(SH))
-        sticky = Signal()
-        m.d.comb += [xe.eq(sh_x), rs.eq(sh_s - 1), ls.eq(-sh_s), t_sh.eq(xe >> rs),
-                     sticky.eq((xe.as_unsigned() & Cat(*[rs > i for i in range(SH)])).any()),
-                     sh_out.eq(Mux(sh_s > 0, (t_sh + (sh_rnd & (~xe[SH - 1] | sticky))) >> 1, sh_x << ls))]
+        m.d.comb += xe.eq(sa_x)
+        sb_t, sb_st, sb_l = Signal(signed(SH)), Signal(), Signal(signed(W))
+        sb_pos, sb_rf, sb_lf, sb_rnd = Signal(), Signal(3), Signal(3), Signal()
+        kq, kl = sa_rs[3:6], sa_ls[3:7]
+        with m.Switch(kq):
+            for j in range(8):
+                with m.Case(j):
+                    m.d.sync += sb_t.eq(xe >> (8 * j))
+        groups = [xe[8 * j:8 * j + 8].any() for j in range(SH // 8)]
+        m.d.sync += [sb_st.eq(Cat(*[groups[j] & (kq > j) for j in range(SH // 8)]).any()),
+                     sb_pos.eq(sa_pos), sb_rf.eq(sa_rs[:3]), sb_lf.eq(sa_ls[:3]), sb_rnd.eq(sa_rnd)]
+        with m.Switch(kl):
+            for j in range(8):
+                with m.Case(j):
+                    m.d.sync += sb_l.eq(sa_x << (8 * j))
+            with m.Default():
+                m.d.sync += sb_l.eq(0)
+
+        sc_t, sc_inc, sc_l, sc_pos = Signal(signed(W)), Signal(), Signal(signed(W)), Signal()
+        t_f = Signal(signed(SH))
+        with m.Switch(sb_rf):
+            for j in range(8):
+                with m.Case(j):
+                    m.d.comb += t_f.eq(sb_t >> j)
+        fsticky = Cat(*[sb_t[i] & (sb_rf > i) for i in range(7)]).any()
+        m.d.sync += [sc_t.eq(t_f), sc_inc.eq(sb_rnd & (~sb_t[SH - 1] | sb_st | fsticky)),
+                     sc_l.eq(sb_l << sb_lf), sc_pos.eq(sb_pos)]
+        # x >> (s - 1) fits 54 bits; t + inc only overflows them before the final halving
+        sh_sum = Signal(signed(W + 1))
+        sh_out, sh_trunc = Signal(signed(W)), Signal(signed(W))
+        m.d.comb += [sh_sum.eq(sc_t + sc_inc),
+                     sh_out.eq(Mux(sc_pos, sh_sum >> 1, sc_l)),
+                     sh_trunc.eq(Mux(sc_pos, sc_t >> 1, sc_l))]   # rnd = 0: no adder
 
         def clamp_shift(v):
             """v saturated to 7 bits signed (v is signed, at least 7 bits)."""
             hi = v[6:]
-            return Mux(hi.all() | ~hi.any(), v[:7], Mux(v[-1], -64, 63))
+            return Mux(hi.all() | ~hi.any(), v[:7].as_signed(), Mux(v[-1], -64, 63))
 
-        # One signed 18 x 18 multiplier, operands from registers.
+        # One signed 18 x 18 multiplier, operands from registers; its product registered (P).
         mul_a, mul_b = Signal(signed(18)), Signal(signed(18))
-        prod = Signal(signed(36))
         P = Signal(signed(37))
-        m.d.comb += prod.eq(mul_a * mul_b)
+        m.d.sync += P.eq(mul_a * mul_b)
 
         # Seed tables.
         m.submodules.tmem = tmem = memory.Memory(shape=unsigned(TMEM_BITS), depth=self._table_depth, init=[])
@@ -273,95 +346,101 @@ class ScalarUnit(wiring.Component):
         seed = t_rd.data.as_signed()        # entries < 2**17
 
         # Multi-cycle registers.
-        x_r = Signal(signed(W))
-        bl_r = Signal(range(W + 1))
-        k_r = Signal(signed(8))
+        e_r = Signal(signed(8))             # SNORM / SMANT16 exponent, SRSQ k
         ms_r = Signal(17)
         seed_r = Signal(signed(18))
+        u_r, v_r = Signal(signed(18)), Signal(signed(18))   # SMUL: the cross partial products
+        hh_r = Signal(signed(2))
         corr = Signal(signed(37))           # SMUL: the partial products beside a_lo * b_lo
+        m.d.sync += corr.eq(((u_r + v_r) << 17) + (hh_r << 34))
 
-        ms = Signal(17)                     # SRSQ mantissa (step 1, combinational)
-        m.d.comb += [t_rd.addr.eq(Mux(ex, Mux(op == Op.SRSQ, imm + ms[7:16] - 128, imm + A[7:16] - 256),
+        ms = Signal(17)                     # SRSQ mantissa (from shifter stage c)
+        m.d.comb += [ms.eq(Mux(az_r, 1 << 14, sh_trunc)),
+                     t_rd.addr.eq(Mux(ex, Mux(op == Op.SRSQ, imm + ms[7:16] - 128, imm + A[7:16] - 256),
                                       self.tmem_r.addr)),
                      self.tmem_r.data.eq(t_rd.data)]
 
         with m.If(ex):
             with m.Switch(op):
                 with m.Case(Op.SLI):
-                    m.d.comb += [wd_en.eq(1), wd_data.eq(imm)]
-                with m.Case(Op.SADD):
-                    m.d.comb += [wd_en.eq(1), wd_data.eq(A + B + imm)]
-                with m.Case(Op.SSUB):
-                    m.d.comb += [wd_en.eq(1), wd_data.eq(A - B + imm)]
-                with m.Case(Op.SMAXI):
-                    m.d.comb += [wd_en.eq(1), wd_data.eq(Mux(A > imm, A, imm))]
-                with m.Case(Op.SRSHI, Op.SRSHR):
-                    m.d.comb += [sh_x.eq(A), sh_s.eq(clamp_shift(Mux(op == Op.SRSHI, imm, B))),
-                                 sh_rnd.eq(1), wd_en.eq(1), wd_data.eq(sh_out)]
-                with m.Case(Op.SBLEN):
-                    m.d.comb += [wd_en.eq(1), wd_data.eq(bl + imm)]
-                with m.Case(Op.SZSEL):
-                    m.d.comb += [wd_en.eq(1), wd_data.eq(Mux((A == 0) | (B == 0), 0, C))]
-                with m.Case(Op.SMUL, Op.SMULI):
                     with m.If(step == 0):
+                        m.d.sync += res_d.eq(imm)
+                with m.Case(Op.SADD, Op.SSUB):
+                    with m.If(step == 1):
+                        # A + (B or ~B) + imm (+ 1) as a carry-save sum and one adder
+                        sub = op == Op.SSUB
+                        bx = Mux(sub, ~B, B)
+                        ie = Signal(signed(W))
+                        m.d.comb += ie.eq(imm)
+                        s3 = A ^ bx ^ ie
+                        c3 = (A & bx) | (A & ie) | (bx & ie)
+                        m.d.sync += res_d.eq(s3.as_unsigned() + Cat(sub, c3[:W - 1]))
+                with m.Case(Op.SMAXI):
+                    with m.If(step == 1):
+                        m.d.sync += res_d.eq(Mux(A > imm, A, imm))
+                with m.Case(Op.SZSEL):
+                    with m.If(step == 1):
+                        m.d.sync += res_d.eq(Mux((A == 0) | (B == 0), 0, C))
+                with m.Case(Op.SBLEN):
+                    with m.If(step == 2):
+                        m.d.sync += res_d.eq(bl_r + imm)
+                with m.Case(Op.SRSHI, Op.SRSHR):
+                    with m.If(step == 1):
+                        amt = Signal(signed(W))
+                        m.d.comb += amt.eq(Mux(op == Op.SRSHI, imm, B))
+                        m.d.sync += shifter_load(A, clamp_shift(amt), 1)
+                    with m.If(step == 4):
+                        m.d.sync += res_d.eq(sh_out)
+                with m.Case(Op.SMUL, Op.SMULI):
+                    with m.If(step == 1):
                         b = Mux(op == Op.SMUL, B, imm)
                         a_hi, b_hi = A[17:19].as_signed(), b[17:19].as_signed()
-                        cross = _unit_mux(a_hi, b[:17]) + _unit_mux(b_hi, A[:17])
                         hh = Mux((a_hi == 0) | (b_hi == 0), 0, Mux(a_hi[1] ^ b_hi[1], -1, 1))
-                        m.d.sync += [corr.eq((cross << 17) + (hh.as_signed() << 34)),
-                                     mul_a.eq(A[:17]), mul_b.eq(b[:17])]
-                    with m.Else():
-                        m.d.comb += [wd_en.eq(1), wd_data.eq(prod + corr)]
+                        m.d.sync += [u_r.eq(_unit_mux(a_hi, b[:17])), v_r.eq(_unit_mux(b_hi, A[:17])),
+                                     hh_r.eq(hh), mul_a.eq(A[:17]), mul_b.eq(b[:17])]
+                    with m.If(step == 3):       # corr and P of step 2
+                        m.d.sync += res_d.eq(P + corr)
                 with m.Case(Op.SNORM, Op.SMANT16):
-                    with m.If(step == 0):
-                        m.d.sync += [x_r.eq(A), bl_r.eq(bl)]
-                    with m.Else():
-                        m.d.comb += [sh_x.eq(x_r), wd_en.eq(1), wc_en.eq(1)]
+                    with m.If(step == 2):
+                        e = Signal(signed(8))
+                        m.d.comb += e.eq(bl_r - Mux(op == Op.SNORM, 17, 16))
+                        m.d.sync += [e_r.eq(e), *shifter_load(A, e, op == Op.SNORM)]
+                    with m.If(step == 5):
                         with m.If(op == Op.SNORM):
-                            e = Signal(signed(8))
-                            m.d.comb += [e.eq(bl_r - 17), sh_s.eq(e), sh_rnd.eq(1)]
-                            with m.If(x_r == 0):
-                                m.d.comb += [wd_data.eq(0), wc_data.eq(0)]
+                            with m.If(az_r):
+                                m.d.sync += [res_d.eq(0), res_c.eq(0)]
                             with m.Elif(sh_out[17]):      # rounded up to 2**17
-                                m.d.comb += [wd_data.eq(sh_out >> 1), wc_data.eq(e + 1)]
+                                m.d.sync += [res_d.eq(sh_out >> 1), res_c.eq(e_r + 1)]
                             with m.Else():
-                                m.d.comb += [wd_data.eq(sh_out), wc_data.eq(e)]
+                                m.d.sync += [res_d.eq(sh_out), res_c.eq(e_r)]
                         with m.Else():
-                            t = Signal(signed(8))
-                            m.d.comb += [t.eq(bl_r - 16), sh_s.eq(t), sh_rnd.eq(0), wc_data.eq(t),
-                                         wd_data.eq(Mux(x_r == 0, 1 << 15, sh_out))]
+                            m.d.sync += [res_c.eq(e_r), res_d.eq(Mux(az_r, 1 << 15, sh_trunc))]
                 with m.Case(Op.SRECIP):
                     with m.Switch(step):
-                        with m.Case(0):             # table address from mn
-                            m.d.sync += x_r.eq(A)
-                        with m.Case(1):             # r0
-                            m.d.sync += [seed_r.eq(seed), mul_a.eq(x_r[:16]), mul_b.eq(seed)]
-                        with m.Case(2, 4):
-                            m.d.sync += P.eq(prod)
-                        with m.Case(3):             # e = mn r0 - 2**32
+                        # step 1: table address from mn (A)
+                        with m.Case(2):             # r0
+                            m.d.sync += [seed_r.eq(seed), mul_a.eq(A[:16]), mul_b.eq(seed)]
+                        with m.Case(4):             # e = mn r0 - 2**32
                             m.d.sync += [mul_a.eq(seed_r),
-                                         mul_b.eq(_round_shift_const(P - (1 << 32), 8))]
-                        with m.Case(5):
-                            m.d.comb += [wd_en.eq(1), wd_data.eq(seed_r - _round_shift_const(P, 24))]
+                                         mul_b.eq(_round_shift_const(Cat(P[:32], P[32:].as_signed() - 1).as_signed(), 8))]
+                        with m.Case(6):
+                            m.d.sync += res_d.eq(seed_r - _round_shift_const(P, 24))
                 with m.Case(Op.SRSQ):
                     with m.Switch(step):
-                        with m.Case(0):
-                            m.d.sync += [x_r.eq(A), bl_r.eq(bl)]
-                        with m.Case(1):             # k even, ms = ss >> k; table address from ms
+                        with m.Case(2):             # k even, ms = ss >> k
                             k = Signal(signed(8))
-                            m.d.comb += [k.eq(bl_r - 16), sh_x.eq(x_r), sh_s.eq(k + k[0]), sh_rnd.eq(0),
-                                         ms.eq(Mux(x_r == 0, 1 << 14, sh_out))]
-                            m.d.sync += [ms_r.eq(ms), k_r.eq(sh_s)]
-                        with m.Case(2):             # q0
+                            s = Signal(signed(8))
+                            m.d.comb += [k.eq(bl_r - 16), s.eq(k + k[0])]
+                            m.d.sync += [e_r.eq(s), *shifter_load(A, s, 0)]
+                        with m.Case(5):             # ms; table address from ms
+                            m.d.sync += ms_r.eq(ms)
+                        with m.Case(6):             # q0
                             m.d.sync += [seed_r.eq(seed), mul_a.eq(seed), mul_b.eq(seed)]
-                        with m.Case(3, 5, 7):
-                            m.d.sync += P.eq(prod)
-                        with m.Case(4):             # t = round_shift(q0 q0, 16)
+                        with m.Case(8):             # t = round_shift(q0 q0, 16)
                             m.d.sync += [mul_a.eq(ms_r), mul_b.eq(_round_shift_const(P, 16))]
-                        with m.Case(6):             # e = ms t - 2**30
+                        with m.Case(10):            # e = ms t - 2**30
                             m.d.sync += [mul_a.eq(seed_r),
-                                         mul_b.eq(_round_shift_const(P - (1 << 30), 8))]
-                        with m.Case(8):
-                            m.d.comb += [wd_en.eq(1), wc_en.eq(1), wc_data.eq(k_r),
-                                         wd_data.eq(seed_r - _round_shift_const(P, 23))]
+                                         mul_b.eq(_round_shift_const(Cat(P[:30], P[30:].as_signed() - 1).as_signed(), 8))]
+                        with m.Case(12):
+                            m.d.sync += [res_c.eq(e_r), res_d.eq(seed_r - _round_shift_const(P, 23))]
         return m

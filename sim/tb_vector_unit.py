@@ -213,7 +213,8 @@ class Bench:
     async def check_all_vmem(self):
         got = np.asarray(await self.read_vmem(0, self.vdepth), np.int64)
         bad = np.flatnonzero(got != self.m.vmem)
-        assert bad.size == 0, f"VMEM differs at {bad.size} words, first {bad[0]}: {got[bad[0]]} != {self.m.vmem[bad[0]]}"
+        assert bad.size == 0, \
+            f"VMEM differs at {bad.size} words, first {bad[0]}: {got[bad[0]]} != {self.m.vmem[bad[0]]}"
 
     async def run(self, ins: Instr, ra=0, rb=0, rc=0, check=True) -> bool:
         """Execute ``ins`` with R[ra], R[rb], R[rc] = the given values (registers 0 read 0) on the
@@ -253,7 +254,8 @@ class Bench:
         lat = round((get_sim_time("ns") - t_acc) / PERIOD) + 1
         assert d.busy.value == 1, "busy low in the done cycle"
         rd_we, rc_we = int(d.result__rd_we.value), int(d.result__rc_we.value)
-        rd_v, rc_v = to_signed(int(d.result__rd_data.value), REG_BITS), to_signed(int(d.result__rc_data.value), REG_BITS)
+        rd_v = to_signed(int(d.result__rd_data.value), REG_BITS)
+        rc_v = to_signed(int(d.result__rc_data.value), REG_BITS)
         await FallingEdge(d.clk)
         d.cmd__valid.value = 0
         await RisingEdge(d.clk)

@@ -109,6 +109,8 @@ def rshift(x, s):
     s = int(s)
     if s <= 0:
         return x << _I64(-s)
+    if s >= 63:   # 2**(s-1) + |x| may not fit int64: |x| / 2**s < 1 rounds to +-1 or 0
+        return np.where(np.abs(x) >= (_I64(1) << _I64(62)) if s == 63 else False, np.sign(x), 0).astype(_I64)
     a = (np.abs(x) + (_I64(1) << _I64(s - 1))) >> _I64(s)
     return np.where(x < 0, -a, a)
 

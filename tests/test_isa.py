@@ -81,6 +81,13 @@ def test_rshift_rounds_half_away():
     assert list(rshift(np.array([1, -1, 5, -5]), 1)) == [1, -1, 3, -3]
 
 
+def test_rshift_array_and_scalar_agree_at_huge_shifts():
+    # 2**(s-1) no longer fits int64 from s = 64 on: the array path must still round like the scalar one
+    x = [0, 1, -1, 3 << 51, -(3 << 51), (1 << 62) - 1, 1 << 62, -(1 << 62)]
+    for s in (52, 53, 61, 62, 63, 64, 65, 100, 1 << 20):
+        assert list(rshift(np.array(x, dtype=np.int64), s)) == [rshift(v, s) for v in x], s
+
+
 def _toy(prog, vmem=64, lanes=4, rows=2):
     """A compiled model with an identity-like 4 x 4 matrix and a hand-written program."""
     w = np.array([[1, 0, 0, -1], [0, 1, 0, 0], [0, 0, 1, 0], [1, 1, 1, 1]], np.int8)

@@ -24,34 +24,60 @@ Interface (initiator's view of the memories, which belong to the core):
 
 Addresses are truncated to the port widths (they wrap); ``n = 0`` finishes without writes.
 
-Datapath: each opcode is a list of steps (one cycle each) that one element goes through, over
-one shared signed multiplier (``MUL_A`` x ``MUL_B`` bits, registered operands and registered
-product: the product of operands set in step ``k`` is read in step ``k + 2``), one shared
-rounding shifter (``round_shift`` half away from zero by a signed amount; ``<= 0`` is an exact
-left shift, ``>= SHIFT_BITS`` gives 0; registered output, read in the next step) and the
-reductions (max ``|written|``, sum of squares, max, argmax) in registers. The sigmoid
-(``Core._sigmoid``: optional rescale to 16 fractional bits, clamp, table index and fraction, two
-table reads, interpolation multiply and shift, odd symmetry) takes 7 steps of the same datapath.
-The step lists are modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the
-run, ``II = INTERVAL[op]``; steps of elements in flight at the same time never share a memory
-port, the multiplier or the shifter, and elements finish in order.
+Datapath: each opcode is a list of steps (one cycle each) that one element goes through. Every
+multiply and every rounding shift of a step list has its own unit (units are shared only between
+opcodes, which never run at the same time), so the interval of an opcode is set by its memory
+ports alone. Units (all operands signed):
+
+* ``MZ1``, ``MZ2`` -- ``MUL_A`` x 18: ``z' * C[a2]`` and ``z' * C[a0]`` (``VNQA``, ``VUMAX2``,
+  ``VQ``: the CMEM word is 18 bits), ``rshift(y, R[rb]) * sigmoid(y)`` (``VGLU``) and
+  ``i * sigmoid(i)`` (``VREC``; the sigmoid is at most ``2**16``, 18 bits signed), and
+  ``(1 - lb) * (2**16 - sigmoid(f))`` (``VREC``, 18 x 18 in value).
+* ``MW`` -- ``MUL_A`` x ``MUL_B``: ``v * v`` (``VNQA``), ``rshift(u, R[rc]) * R[ra]`` (``VQ``),
+  ``sy * x[a2]`` (``VGLU``), ``om * (target - s)`` (``VREC``).
+* one 19 x 11 interpolation multiplier per sigmoid unit (``SIGMEM[k + 1] - SIGMEM[k]``, 19 bits
+  signed, times the fraction, at most 10 bits): exact for any table contents.
+* rounding shifters (``round_shift`` half away from zero by a signed amount; ``<= 0`` is an exact
+  left shift, ``>= SHIFT_BITS`` gives 0): ``SZ`` (``z'``, ``VEMB``'s left shift, ``rshift(y,
+  R[rb])``), ``ST`` (``R[rc]`` shifts of ``VQ`` and ``VREC``), the input rescale (``F - 16``) of
+  each sigmoid unit, all ``SHIFT_BITS`` wide; a 30-bit interpolation shifter (by ``F - 6``) per
+  sigmoid unit; and registered rounding shifts by the constants 16, 17 and 25.
+
+Every multiplier has registered operands and a registered product, plus a second product
+register when it is wider than 18 x 18 (all of ``MZ1``, ``MZ2``, ``MW`` and the 19 x 11 ones):
+operands set in step ``k`` give the product in step ``k + 3``. Every shifter is one registered
+stage (result in step ``k + 1``). The sigmoid (``Core._sigmoid``: optional rescale to 16
+fractional bits, clamp, table index and fraction, two table reads, interpolation multiply and
+shift, odd symmetry) is a unit of its own, two of them (F from ``R[ra]``: ``VGLU``, ``VREC``'s
+``i``; F from ``R[rb]``: ``VREC``'s ``f``), with its input in step ``s``, the SIGMEM reads in
+``s + 1`` and ``s + 2`` and the result in ``s + 8``. Values carried between steps of an element
+go through free-running delay registers (one per cycle of distance), so the step lists are
+modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the run,
+``II = INTERVAL[op]``; steps of the elements in flight at the same time never share a memory
+port, and elements finish in order. The reductions (max ``|written|``, sum of squares, max,
+argmax) are registers updated in one step.
 
 Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done`` in cycle
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
 testbench asserts it for every instruction)::
 
-    opcode    cycles per element (II)   steps per element (depth)
-    VSET      1                         1
-    VEMB      1                         3
-    VADD      2  (two VMEM reads)       3
-    VMAXABS   1                         2
-    VARGMAX   1                         2
-    VNQA      4                         8
-    VUMAX2    2                         6
-    VQ        4                         9
-    VGLU      4                         17
-    VREC      8                         17
+    opcode    cycles per element (II)          steps per element (depth)
+    VSET      1                                1
+    VEMB      1                                3
+    VADD      2  (two VMEM reads)              3
+    VMAXABS   1                                2
+    VARGMAX   1                                2
+    VNQA      2  (two CMEM reads: a2, a0)      10
+    VUMAX2    2  (two CMEM reads: a2, a0)      7
+    VQ        1                                11
+    VGLU      2  (two VMEM reads; two SIGMEM)  18
+    VREC      4  (four SIGMEM reads; 3 VMEM)   21
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
+
+The intervals are the floors of the one read port per memory: ``VNQA`` and ``VUMAX2`` read
+``C[a2]`` and ``C[a0]`` per element (also for ``rc = 0``: the cycle count does not depend on the
+fields), ``VGLU`` reads ``x[a1]`` and ``x[a2]``, and ``VREC`` evaluates two sigmoids of two
+SIGMEM reads each (its three VMEM reads alone would allow 3).
 
 ``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
 covers cycles ``t + 1`` to the ``done`` cycle, so the next instruction can be accepted in the
@@ -68,13 +94,17 @@ writing, this unit may read a word after an earlier element of the same instruct
 destination at or behind its sources, ``a0 <= a_src``, e.g. in place, is exact: every step list
 reads an element's sources before it writes the element).
 
-Timing: correctness first; the wide multiplier (several ``MULT18X18D``) and the 82-bit shifter are
-one registered stage each, not yet placed at 75 MHz.
+Timing (aimed at 75 MHz on the ECP5, not yet placed): registered multiplier operands and products
+(two product stages above 18 x 18), one registered stage per variable shift. Multipliers: two
+44 x 18, one 44 x 37, two 19 x 11 (about 6 + 9 + 4 ``MULT18X18D``). Still more than one wide
+operation in a stage: each variable shifter (barrel shift, sticky OR, rounding add), the
+sigmoid clamp (absolute value and compare), the ``VREC`` operand ``target - s`` ahead of the
+multiplier register, and the reductions (absolute value and compare of a product).
 """
 
 from types import SimpleNamespace
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -87,14 +117,14 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MU
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
     Op.VSET: 1, Op.VEMB: 3, Op.VADD: 3, Op.VMAXABS: 2, Op.VARGMAX: 2,
-    Op.VNQA: 8, Op.VUMAX2: 6, Op.VQ: 9, Op.VGLU: 17, Op.VREC: 17,
+    Op.VNQA: 10, Op.VUMAX2: 7, Op.VQ: 11, Op.VGLU: 18, Op.VREC: 21,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
-#: two steps in the same residue class use the same memory port, the multiplier or the shifter,
-#: and no working register is rewritten before its last use).
+#: two steps in the same residue class use the same memory port; every multiplier and shifter is
+#: used in one step of an element, and values between steps travel in delay registers).
 INTERVAL = {
     Op.VSET: 1, Op.VEMB: 1, Op.VADD: 2, Op.VMAXABS: 1, Op.VARGMAX: 1,
-    Op.VNQA: 4, Op.VUMAX2: 2, Op.VQ: 4, Op.VGLU: 4, Op.VREC: 8,
+    Op.VNQA: 2, Op.VUMAX2: 2, Op.VQ: 1, Op.VGLU: 2, Op.VREC: 4,
 }
 #: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
@@ -139,7 +169,7 @@ def _abs(v):
 
 
 class VectorUnit(wiring.Component):
-    """Vector unit of the accelerator core (``docs/isa.md``), one element at a time.
+    """Vector unit of the accelerator core (``docs/isa.md``), elements pipelined.
 
     Parameters
     ----------
@@ -209,25 +239,71 @@ class VectorUnit(wiring.Component):
         jl = Signal(range(lanes))           # lane and word of the next VQ code
         jw = Signal(16)
 
-        # ------------------------------------------------------------ shared multiplier
-        mul_a, mul_b = Signal(signed(MUL_A)), Signal(signed(MUL_B))
-        P = Signal(signed(MUL_A + MUL_B))
-        m.d.sync += P.eq(mul_a * mul_b)
+        # ------------------------------------------------------------ pipeline registers
+        # Every stage register below is written in every cycle (``free``, added at the top level),
+        # so a value seen in step k of an element is ``dly(value, d)`` in its step k + d, whatever
+        # the interval. The steps only drive unit inputs, memory ports, writes and reductions.
+        free = []
 
-        def mul(a, b):
-            m.d.sync += [mul_a.eq(a), mul_b.eq(b)]
+        def reg(v, name, shape=None):
+            r = Signal(Value.cast(v).shape() if shape is None else shape, name=name)
+            free.append(r.eq(v))
+            return r
 
-        # ------------------------------------------------------------ shared rounding shifter
-        sh_x, sh_s, sh_r = Signal(signed(SHIFT_BITS)), Signal(signed(_SH)), Signal(signed(SHIFT_BITS))
-        rs, ls = Signal(7), Signal(7)
-        t_sh = Signal(signed(SHIFT_BITS))
-        sticky = Signal()
-        m.d.comb += [rs.eq(sh_s - 1), ls.eq(-sh_s), t_sh.eq(sh_x >> rs),
-                     sticky.eq((sh_x.as_unsigned() & Cat(*[rs > i for i in range(SHIFT_BITS)])).any())]
-        m.d.sync += sh_r.eq(Mux(sh_s > 0, (t_sh + (~sh_x[-1] | sticky)) >> 1, sh_x << ls))
+        def dly(v, d, name="dly"):
+            v = Value.cast(v)
+            for i in range(d):
+                v = reg(v, f"{name}{i}")
+            return v
 
-        def shift(x, s):
-            m.d.comb += [sh_x.eq(x), sh_s.eq(s)]
+        # ------------------------------------------------------------ multipliers
+        def mul_unit(name, wa, wb):
+            """Signed wa x wb multiplier: registered operands and product; products wider than
+            18 x 18 get a second output register. Operands set in step k, product in step k + lat."""
+            a, b = Signal(signed(wa), name=f"{name}_a"), Signal(signed(wb), name=f"{name}_b")
+            ra, rb = reg(a, f"{name}_ra"), reg(b, f"{name}_rb")
+            p = reg(ra * rb, f"{name}_p")
+            lat = 2
+            if wa > 18 or wb > 18:
+                p, lat = reg(p, f"{name}_p2"), 3
+
+            def set_(x, y):
+                m.d.comb += [a.eq(x), b.eq(y)]
+            return SimpleNamespace(set=set_, p=p, lat=lat)
+
+        MZ1 = mul_unit("mz1", MUL_A, _CMEM_BITS)   # z' C[a2]; i sigmoid(i); rshift(y) sigmoid(y)
+        MZ2 = mul_unit("mz2", MUL_A, _CMEM_BITS)   # z' C[a0]; (1 - lb)(1 - sigmoid(f))
+        MW = mul_unit("mw", MUL_A, MUL_B)          # v v; rshift(u, t) R[ra]; sy x; om (target - s)
+
+        # ------------------------------------------------------------ rounding shifters
+        def shift_unit(name, bits):
+            """round_shift by a signed amount (``<= 0``: exact left shift): input and amount set in
+            step k, registered result in step k + 1."""
+            x, s = Signal(signed(bits), name=f"{name}_x"), Signal(signed(_SH), name=f"{name}_s")
+            rs, ls = Signal(7, name=f"{name}_rs"), Signal(7, name=f"{name}_ls")
+            t = Signal(signed(bits), name=f"{name}_t")
+            sticky = Signal(name=f"{name}_sticky")
+            r = Signal(signed(bits), name=f"{name}_r")
+            m.d.comb += [rs.eq(s - 1), ls.eq(-s), t.eq(x >> rs),
+                         sticky.eq((x.as_unsigned() & Cat(*[rs > i for i in range(bits)])).any())]
+            free.append(r.eq(Mux(s > 0, (t + (~x[-1] | sticky)) >> 1, x << ls)))
+
+            def set_(v, a):
+                m.d.comb += [x.eq(v), s.eq(a)]
+            return SimpleNamespace(set=set_, r=r, x=x, s=s)
+
+        SZ = shift_unit("sz", SHIFT_BITS)   # z' = rshift(x, R[rb]); VEMB's left shift; rshift(y, R[rb])
+        ST = shift_unit("st", SHIFT_BITS)   # rshift(u, R[rc]) (VQ); target shift (VREC)
+
+        def cshift(v, s, name):
+            """Registered round_shift by the constant s (result one step after v)."""
+            return reg(_round_shift_const(v, s), name, signed(SHIFT_BITS))
+
+        c17 = cshift(MZ1.p, 17, "c17")      # VNQA: v = rshift(z' C[a2], 17)
+        c16z1 = cshift(MZ1.p, 16, "c16z1")  # VGLU: sy
+        c16z2 = cshift(MZ2.p, 16, "c16z2")  # VREC: om
+        c16w = cshift(MW.p, 16, "c16w")     # VREC: rshift(om (target - s), 16)
+        c25 = cshift(MW.p, 25, "c25")       # VQ
 
         # ------------------------------------------------------------ memories
         X = self.vmem_rd.data
@@ -263,84 +339,67 @@ class VectorUnit(wiring.Component):
             with m.If(aw > mx):
                 m.d.sync += mx.eq(aw)
 
-        def track(reg, v):
-            a = Signal(len(reg), name=f"abs_{reg.name}")
+        def track(reg_, v):
+            a = Signal(len(reg_), name=f"abs_{reg_.name}")
             m.d.comb += a.eq(_abs(v))
-            with m.If(a > reg):
-                m.d.sync += reg.eq(a)
+            with m.If(a > reg_):
+                m.d.sync += reg_.eq(a)
 
-        # ------------------------------------------------------------ working registers
-        zr = Signal(signed(SHIFT_BITS))
-        x1 = Signal(signed(VMEM_BITS))
+        # ------------------------------------------------------------ sigmoid units
+        def sigmoid_unit(c):
+            """``Core._sigmoid`` with F from config c, its own shifters and interpolation multiplier.
+            ``start(y)`` in step s, ``rd0()`` in s + 1, ``rd1()`` in s + 2 (the two SIGMEM reads);
+            the result ``out`` (uQ0.16, 17 bits) is valid in step s + 8."""
+            SH = shift_unit(f"sg{c}_in", SHIFT_BITS)                 # s: rshift(y, F - 16)
+            m.d.comb += SH.s.eq(fsh[c])
+            ay = Signal(SHIFT_BITS, name=f"sg{c}_ay")
+            a = Signal(21, name=f"sg{c}_a")
+            lim = Signal(21, name=f"sg{c}_lim")
+            k = Signal(11, name=f"sg{c}_k")
+            m.d.comb += [ay.eq(_abs(SH.r)), lim.eq((Const(1, 22) << (fb[c] + 10)) - 1),
+                         a.eq(Mux(ay > lim, lim, ay)), k.eq(a >> fb[c])]
+            k1 = reg(k + 1, f"sg{c}_k1", 11)                         # s + 1: index, fraction, sign
+            fr = reg(a & ((Const(1, 11) << fb[c]) - 1), f"sg{c}_fr", 10)
+            neg = reg(SH.r < 0, f"sg{c}_neg")
+            t0 = reg(Sd, f"sg{c}_t0")                                # s + 2: SIGMEM[k]
+            MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # s + 3: (t1 - t0) fr
+            MI.set(Cat(Sd, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
+                   dly(fr, 1, f"sg{c}_frd"))
+            SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # s + 3 + lat: rshift(., fb)
+            SI.set(MI.p, fb[c])
+            d = Signal(signed(21), name=f"sg{c}_d")
+            p = Signal(18, name=f"sg{c}_p")
+            at = 3 + MI.lat + 1                                      # step of the shifted product
+            m.d.comb += [d.eq(dly(t0, at - 3, f"sg{c}_t0d") + SI.r), p.eq(_round_shift_const((1 << 17) + d, 2))]
+            out = reg(Mux(dly(neg, at - 2, f"sg{c}_negd"), (1 << 16) - p, p), f"sg{c}_out", unsigned(17))
+            assert at + 1 == 8
 
-        def sig_regs(name):
-            """The working registers of one sigmoid evaluation in flight."""
-            return SimpleNamespace(t0=Signal(unsigned(_SIG_BITS), name=f"t0_{name}"),
-                                   k1=Signal(11, name=f"k1_{name}"), fr=Signal(10, name=f"fr_{name}"),
-                                   neg=Signal(name=f"neg_{name}"), sig=Signal(unsigned(17), name=f"sig_{name}"))
-        SI, SF = sig_regs("i"), sig_regs("f")     # VREC evaluates sigmoid(i) and sigmoid(f) overlapped
-        om = Signal(signed(SHIFT_BITS))
-        sv = Signal(signed(VMEM_BITS))
-        iv = Signal(signed(VMEM_BITS))
-        negb = Signal()
-        ya, sy = Signal(signed(SHIFT_BITS)), Signal(signed(SHIFT_BITS))
+            def start(y):
+                m.d.comb += SH.x.eq(y)
+            return SimpleNamespace(start=start, rd0=lambda: srd(k), rd1=lambda: srd(k1), out=out)
 
-        def sigmoid(src, c, R, neg_r=None):
-            """7 steps: R.sig <= sigmoid(src; F) (src read in the first step), F from config c; the
-            sign is read in the last step from ``neg_r`` (default: ``R.neg``, written in step 1)."""
-            neg_r = R.neg if neg_r is None else neg_r
-
-            def g0():
-                shift(src, fsh[c])
-
-            def g1():
-                ay = Signal(SHIFT_BITS, name="ay")
-                a = Signal(21, name="sa")
-                lim = Signal(21, name="slim")
-                k = Signal(11, name="sk")
-                m.d.comb += [ay.eq(_abs(sh_r)), lim.eq((Const(1, 22) << (fb[c] + 10)) - 1),
-                             a.eq(Mux(ay > lim, lim, ay)), k.eq(a >> fb[c])]
-                srd(k)
-                m.d.sync += [R.k1.eq(k + 1), R.fr.eq(a & ((Const(1, 11) << fb[c]) - 1)), R.neg.eq(sh_r < 0)]
-
-            def g2():
-                srd(R.k1)
-                m.d.sync += R.t0.eq(Sd)
-
-            def g3():
-                mul(Cat(Sd, Const(0, 1)).as_signed() - Cat(R.t0, Const(0, 1)).as_signed(), R.fr)
-
-            def g4():
-                pass
-
-            def g5():
-                shift(P, fb[c])
-
-            def g6():
-                d = Signal(signed(21), name="sd")
-                p = Signal(18, name="sp")
-                m.d.comb += [d.eq(R.t0 + sh_r), p.eq(_round_shift_const((1 << 17) + d, 2))]
-                m.d.sync += R.sig.eq(Mux(neg_r, (1 << 16) - p, p))
-            return [g0, g1, g2, g3, g4, g5, g6]
+        SG0, SG1 = sigmoid_unit(0), sigmoid_unit(1)   # F = R[ra] (VGLU, VREC i); F = R[rb] (VREC f)
 
         def nop():
             pass
 
-        def latch(reg, v):
-            m.d.sync += reg.eq(v)
-
         # ------------------------------------------------------------ step lists
+        # Step k of an element runs in cycle e * II + k. Each unit (multiplier, shifter, sigmoid
+        # unit) is used in one step of an element; the memory ports in steps of distinct residues
+        # mod II. A product set in step k is read in step k + 3 (all three are wider than 18 x 18).
+        assert MZ1.lat == MZ2.lat == MW.lat == 3
         prog = {}
         prog[Op.VSET] = [lambda: vwrite(imm)]
         prog[Op.VEMB] = [
             lambda: crd(rA + j),
-            lambda: shift(Cd, -shz),
-            lambda: vwrite(sh_r),
+            lambda: SZ.set(Cd, -shz),
+            lambda: vwrite(SZ.r),
         ]
 
         def vadd1():
             vrd(a2 + j)
             m.d.sync += x1.eq(X)
+        x1 = Signal(signed(VMEM_BITS))
         prog[Op.VADD] = [lambda: vrd(a1 + j), vadd1, lambda: vwrite(x1 + X)]
         prog[Op.VMAXABS] = [lambda: vrd(a1 + j), lambda: track(mx, X)]
 
@@ -349,43 +408,48 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [best.eq(X), arg.eq(j)]
         prog[Op.VARGMAX] = [lambda: vrd(a1 + j), argmax1]
 
-        def zstep1(caddr):
-            shift(X, shz)
+        def z1(caddr):          # step 1: z' = rshift(x, R[rb]); read C[caddr]
+            SZ.set(X, shz)
             crd(caddr)
 
-        def zstep2():
-            m.d.sync += zr.eq(sh_r)
-            mul(sh_r, Cd)
-            crd(a0 + j)
+        def z2(caddr=None):     # step 2: z' C[a2]; read C[a0]
+            MZ1.set(SZ.r, Cd)
+            if caddr is not None:
+                crd(caddr)
 
-        def vnqa5():
-            mul(sh_r, sh_r)
-            track(mx_c, P)
+        def vnqa6():
+            MW.set(c17, c17)
+            track(mx_c, MZ2.p)
 
-        def vnqa7():
-            m.d.sync += acc.eq(acc + P)
+        def vnqa9():
+            m.d.sync += acc.eq(acc + MW.p)
+
+        # VNQA, II = 2 (two CMEM reads per element: C[a2] in step 1, C[a0] in step 2)
         prog[Op.VNQA] = [
             lambda: vrd(a1 + j),
-            lambda: zstep1(a2 + j),
-            zstep2,
-            lambda: mul(zr, Cd),
-            lambda: shift(P, 17),
-            vnqa5,
+            lambda: z1(a2 + j),
+            lambda: z2(a0 + j),
+            lambda: MZ2.set(dly(SZ.r, 1, "zrd"), Cd),
             nop,
-            vnqa7,
+            nop,                         # MZ1.p; c17 in step 6
+            vnqa6,
+            nop,
+            nop,
+            vnqa9,
         ]
         prog[Op.VUMAX2] = [
             lambda: vrd(a1 + j),
-            lambda: zstep1(a2 + j),
-            zstep2,
-            lambda: mul(zr, Cd),
-            lambda: track(mx, P),
-            lambda: track(mx_c, P),
+            lambda: z1(a2 + j),
+            lambda: z2(a0 + j),
+            lambda: MZ2.set(dly(SZ.r, 1, "zru"), Cd),
+            nop,
+            lambda: track(mx, MZ1.p),
+            lambda: track(mx_c, MZ2.p),
         ]
 
-        def vq8():
+        def vq10():
             c = Signal(signed(8), name="code")
-            m.d.comb += c.eq(_clamp(sh_r, -127, 127))
+            m.d.comb += c.eq(_clamp(c25, -127, 127))
             m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
                          self.a_wr.data.eq(Cat(*([c] * lanes))),
                          self.a_wr.en.eq(Const(1, lanes) << jl)]
@@ -393,73 +457,63 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
             with m.Else():
                 m.d.sync += jl.eq(jl + 1)
+
+        # VQ, II = 1
         prog[Op.VQ] = [
             lambda: vrd(a1 + j),
-            lambda: zstep1(a2 + j),
-            lambda: mul(sh_r, Cd),
+            lambda: z1(a2 + j),
+            z2,
             nop,
-            lambda: shift(P, shc),
-            lambda: mul(sh_r, rA),
             nop,
-            lambda: shift(P, 25),
-            vq8,
+            lambda: ST.set(MZ1.p, shc),      # rshift(u, R[rc])
+            lambda: MW.set(ST.r, rA),
+            nop,
+            nop,
+            nop,                             # MW.p; c25 in step 10
+            vq10,
         ]
 
-        # VGLU, II = 4: shifter in steps 1, 4, 6, 11; multiplier in 4, 9, 14; SIGMEM in 2, 3;
-        # VMEM reads in 0, 13 (distinct mod 4). Working registers live at most 4 steps (negb
-        # carries the sign past the next element's step 2; ya and sy hold the shifted values).
-        g = sigmoid(X, 0, SI, negb)        # g[0] shifts the word read in step 0
-
+        # VGLU, II = 2: VMEM reads in steps 0 (y) and 13 (x), SIGMEM in 2 and 3.
         def glu1():
-            g[0]()                      # shift(y, F - 16)
-            m.d.sync += x1.eq(X)
-
-        def glu4():
-            g[3]()                      # interpolation multiply
-            shift(x1, shz)              # rshift(y, R[rb])
-            m.d.sync += negb.eq(SI.neg)
+            SG0.start(X)
+            SZ.set(X, shz)                   # rshift(y, R[rb])
         prog[Op.VGLU] = [
             lambda: vrd(a1 + j),
             glu1,
-            g[1],
-            g[2],
-            glu4,
-            lambda: latch(ya, sh_r),
-            g[5],
-            g[6],
-            nop,
-            lambda: mul(ya, SI.sig),
-            nop,
-            lambda: shift(P, 16),
-            lambda: latch(sy, sh_r),
+            SG0.rd0,
+            SG0.rd1,
+            nop, nop, nop, nop, nop,
+            lambda: MZ1.set(dly(SZ.r, 7, "ya"), SG0.out),
+            nop, nop,
+            nop,                             # MZ1.p; sy = c16z1 in step 13
             lambda: vrd(a2 + j),
-            lambda: mul(sy, X),
-            nop,
-            lambda: vwrite(P),
+            lambda: MW.set(dly(c16z1, 1, "sy"), X),
+            nop, nop,
+            lambda: vwrite(MW.p),
         ]
 
-        # VREC, II = 8: shifter in steps 1, 3, 6, 8, 10, 12, 15; multiplier in 4, 6, 8, 10, 13;
-        # SIGMEM in 2..5; VMEM reads in 0 (f), 2 (i), 12 (s); CMEM in 7 (distinct mod 8). The two
-        # sigmoids have their own registers; every working register lives at most 8 steps.
-        gf, gi = sigmoid(X, 1, SF), sigmoid(X, 0, SI)
+        # VREC, II = 4: VMEM reads in steps 0 (f), 2 (i), 15 (s); SIGMEM in 2, 3 (f) and 4, 5 (i);
+        # CMEM in 8 (distinct mod 4).
         prog[Op.VREC] = [
             lambda: vrd(a2 + j),                                        # f
-            gf[0],
-            lambda: (gf[1](), vrd(a1 + j)),                             # i
-            lambda: (gf[2](), gi[0](), latch(iv, X)),
-            lambda: (gf[3](), gi[1]()),
-            gi[2],
-            lambda: (gf[5](), gi[3]()),
-            lambda: (gf[6](), crd(imm + j)),                            # 1 - lb
-            lambda: (mul((1 << 16) - SF.sig, Cd), gi[5]()),
-            gi[6],
-            lambda: (shift(P, 16), mul(iv, SI.sig)),                    # om; i * sigmoid(i)
-            lambda: latch(om, sh_r),
-            lambda: (shift(P, shc), vrd(a0 + j)),                       # target; s
-            lambda: (mul(sh_r - X, om), latch(sv, X)),
+            lambda: SG1.start(X),
+            lambda: (SG1.rd0(), vrd(a1 + j)),                           # i
+            lambda: (SG1.rd1(), SG0.start(X)),
+            SG0.rd0,
+            SG0.rd1,
+            nop, nop,
+            lambda: crd(imm + j),                                       # 1 - lb
+            lambda: MZ2.set((1 << 16) - SG1.out, Cd),                   # sigmoid(f) in step 9
             nop,
-            lambda: shift(P, 16),
-            lambda: vwrite(sv + sh_r),
+            lambda: MZ1.set(dly(X, 8, "iv"), SG0.out),                  # i sigmoid(i) in step 11
+            nop,
+            nop,                                                        # om = c16z2
+            lambda: ST.set(MZ1.p, shc),                                 # target
+            lambda: vrd(a0 + j),                                        # s
+            lambda: MW.set(dly(ST.r, 1, "tg") - X, dly(c16z2, 3, "om")),
+            nop, nop,
+            nop,                                                        # MW.p; c16w in step 20
+            lambda: vwrite(dly(X, 4, "sv") + c16w),
         ]
         for o, steps in prog.items():
             assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), o
@@ -527,4 +581,5 @@ class VectorUnit(wiring.Component):
                     with m.Case(Op.VNQA, Op.VUMAX2):
                         m.d.comb += [self.result.rc_we.eq(rc_f != 0), self.result.rc_data.eq(mx_c)]
                 m.next = "IDLE"
+        m.d.sync += free
         return m

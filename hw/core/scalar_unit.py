@@ -137,10 +137,11 @@ def _leading_one(v):
 
 
 def _bit_length(v):
-    """``bit_length`` of the unsigned value ``v``: leading-one position + 1, or 0."""
-    w = 1 << (len(v) - 1).bit_length()
-    nz, pos = _leading_one(Cat(v, Const(0, w - len(v))))
-    return Mux(nz, pos + 1, 0)
+    """``bit_length`` of the unsigned value ``v``: the leading-one position of ``2 v + 1`` (no
+    adder)."""
+    w = 1 << len(v).bit_length()
+    _, pos = _leading_one(Cat(Const(1, 1), v, Const(0, w - len(v) - 1)))
+    return pos
 
 
 def _round_shift_const(v, s: int):
@@ -222,22 +223,31 @@ class ScalarUnit(wiring.Component):
         op, rd, ra, rb, rc = ir[0:6], ir[12:17], ir[17:22], ir[22:27], ir[27:32]
         imm = ir[108:128].as_signed()
 
-        lat = Signal(range(max(LATENCY.values()) + 1))
+        # `last` (the instruction's last step) and the write enables are registered: decoded one
+        # cycle ahead from the step counter (every writing instruction takes at least 2 cycles).
+        last = Signal()
+        nxt_last = Signal()                 # the next step is the last (while ex & ~last)
         with m.Switch(op):
             for o, n in LATENCY.items():
                 with m.Case(int(o)):
-                    m.d.comb += lat.eq(n)
-            with m.Default():
-                m.d.comb += lat.eq(1)
-        last = Signal()
-        m.d.comb += [last.eq(ex & (step == lat - 1)),
-                     self.instr.ready.eq(~ex | last), self.busy.eq(ex)]
+                    m.d.comb += nxt_last.eq(step == n - 2)
+        writes_d, writes_c = Signal(), Signal()
+        m.d.comb += [writes_d.eq(op.matches(*LATENCY)),
+                     writes_c.eq(op.matches(Op.SNORM, Op.SMANT16, Op.SRSQ))]
+        wd_en, wc_en = Signal(), Signal()
+        wd_sel, wc_sel = Signal(N_REGS), Signal(N_REGS)     # one-hot: registers written
+        m.d.comb += [self.instr.ready.eq(~ex | last), self.busy.eq(ex)]
         with m.If(self.instr.valid & self.instr.ready):
-            m.d.sync += [ir.eq(self.instr.payload), ex.eq(1), step.eq(0)]
+            m.d.sync += [ir.eq(self.instr.payload), ex.eq(1), step.eq(0),
+                         last.eq(~self.instr.payload[0:6].matches(*LATENCY)),
+                         wd_en.eq(0), wc_en.eq(0), wd_sel.eq(0), wc_sel.eq(0)]
         with m.Elif(last):
-            m.d.sync += ex.eq(0)
+            m.d.sync += [ex.eq(0), last.eq(0), wd_en.eq(0), wc_en.eq(0), wd_sel.eq(0), wc_sel.eq(0)]
         with m.Elif(ex):
-            m.d.sync += step.eq(step + 1)
+            m.d.sync += [step.eq(step + 1), last.eq(nxt_last),
+                         wd_en.eq(nxt_last & writes_d), wc_en.eq(nxt_last & writes_c),
+                         wd_sel.eq(Cat(*[nxt_last & writes_d & (rd == i) for i in range(N_REGS)])),
+                         wc_sel.eq(Cat(*[nxt_last & writes_c & (rc == i) for i in range(N_REGS)]))]
 
         def at(k):
             """The instruction is in its step ``k``."""
@@ -248,23 +258,22 @@ class ScalarUnit(wiring.Component):
             m.d.comb += port.data.eq(regs[port.addr])
         # operand stage: the registers of ra, rb, rc as they are in step 0
         A, B, C = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
+        is_shi, is_rsq = Signal(), Signal()             # opcode decodes, registered in step 0
+        tbase = Signal(self._taw)                       # TMEM index base (imm - 256 / imm - 128)
         with m.If(at(0)):
-            m.d.sync += [A.eq(regs[ra]), B.eq(regs[rb]), C.eq(regs[rc])]
+            m.d.sync += [A.eq(regs[ra]), B.eq(regs[rb]), C.eq(regs[rc]),
+                         is_shi.eq(op == Op.SRSHI), is_rsq.eq(op == Op.SRSQ),
+                         tbase.eq(imm - Mux(op == Op.SRSQ, 128, 256))]
 
         # write-back, from the result registers, in the last step
         res_d, res_c = Signal(signed(W)), Signal(signed(W))
-        writes_d, writes_c = Signal(), Signal()
-        m.d.comb += [writes_d.eq(op.matches(*[o for o in LATENCY])),
-                     writes_c.eq(op.matches(Op.SNORM, Op.SMANT16, Op.SRSQ))]
-        wd_en, wc_en = Signal(), Signal()
-        m.d.comb += [wd_en.eq(last & writes_d), wc_en.eq(last & writes_c),
-                     self.result.valid.eq(wd_en), self.result.payload.rd.eq(rd),
+        m.d.comb += [self.result.valid.eq(wd_en), self.result.payload.rd.eq(rd),
                      self.result.payload.rd_data.eq(res_d), self.result.payload.rc_en.eq(wc_en),
                      self.result.payload.rc.eq(rc), self.result.payload.rc_data.eq(res_c)]
         for i in range(1, N_REGS):
-            with m.If(wc_en & (rc == i)):
+            with m.If(wc_sel[i]):
                 m.d.sync += regs[i].eq(res_c)
-            with m.Elif(wd_en & (rd == i)):
+            with m.Elif(wd_sel[i]):
                 m.d.sync += regs[i].eq(res_d)
             with m.Elif(self.write.en & (self.write.addr == i)):
                 m.d.sync += regs[i].eq(self.write.data)
@@ -356,8 +365,7 @@ class ScalarUnit(wiring.Component):
 
         ms = Signal(17)                     # SRSQ mantissa (from shifter stage c)
         m.d.comb += [ms.eq(Mux(az_r, 1 << 14, sh_trunc)),
-                     t_rd.addr.eq(Mux(ex, Mux(op == Op.SRSQ, imm + ms[7:16] - 128, imm + A[7:16] - 256),
-                                      self.tmem_r.addr)),
+                     t_rd.addr.eq(Mux(ex, tbase + Mux(is_rsq, ms[7:16], A[7:16]), self.tmem_r.addr)),
                      self.tmem_r.data.eq(t_rd.data)]
 
         with m.If(ex):
@@ -387,7 +395,7 @@ class ScalarUnit(wiring.Component):
                 with m.Case(Op.SRSHI, Op.SRSHR):
                     with m.If(step == 1):
                         amt = Signal(signed(W))
-                        m.d.comb += amt.eq(Mux(op == Op.SRSHI, imm, B))
+                        m.d.comb += amt.eq(Mux(is_shi, imm, B))
                         m.d.sync += shifter_load(A, clamp_shift(amt), 1)
                     with m.If(step == 4):
                         m.d.sync += res_d.eq(sh_out)

@@ -216,7 +216,6 @@ class ScalarUnit(wiring.Component):
         W = REG_BITS
 
         # ---------------------------------------------------------------- control
-        regs = Array(Signal(signed(W), name=f"r{i}") for i in range(N_REGS))
         ir = Signal(INSTR_BITS)
         ex = Signal()                       # an instruction is executing
         step = Signal(range(max(LATENCY.values())))
@@ -254,29 +253,56 @@ class ScalarUnit(wiring.Component):
             return ex & (step == k)
 
         # ---------------------------------------------------------------- register file
-        for port in (self.read if self._read_ports else []):
-            m.d.comb += port.data.eq(regs[port.addr])
+        # Three LUT-RAM banks, one per writer (so that the unit's rd, its rc and the external
+        # port can all write in one cycle), and a live-value table: per register, the bank that
+        # holds its value, or ZERO (r0, and every register after reset). rc values (exponents,
+        # k) fit 8 bits signed, so that bank is 8 bits wide.
+        res_d, res_c = Signal(signed(W)), Signal(signed(W))
+        BANK_D, BANK_C, BANK_E, ZERO = 0, 1, 2, 3
+        lvt = Array(Signal(2, init=ZERO, name=f"lvt{i}") for i in range(N_REGS))
+        m.submodules.bank_d = bank_d = memory.Memory(shape=signed(W), depth=N_REGS, init=[])
+        m.submodules.bank_c = bank_c = memory.Memory(shape=signed(8), depth=N_REGS, init=[])
+        m.submodules.bank_e = bank_e = memory.Memory(shape=signed(W), depth=N_REGS, init=[])
+        for bank, addr, data, en in ((bank_d, rd, res_d, wd_en), (bank_c, rc, res_c[:8], wc_en),
+                                     (bank_e, self.write.addr, self.write.data, self.write.en)):
+            wp = bank.write_port()
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
+        for i in range(1, N_REGS):
+            with m.If(wc_sel[i]):
+                m.d.sync += lvt[i].eq(BANK_C)
+            with m.Elif(wd_sel[i]):
+                m.d.sync += lvt[i].eq(BANK_D)
+            with m.Elif(self.write.en & (self.write.addr == i)):
+                m.d.sync += lvt[i].eq(BANK_E)
+
+        def reg_read(addr, name):
+            """Asynchronous read of register ``addr``."""
+            rp = [b.read_port(domain="comb") for b in (bank_d, bank_c, bank_e)]
+            sel, data = Signal(2, name=f"{name}_sel"), Signal(signed(W), name=f"{name}_data")
+            m.d.comb += [p.addr.eq(addr) for p in rp]
+            m.d.comb += sel.eq(lvt[addr])
+            with m.Switch(sel):
+                for k in (BANK_D, BANK_C, BANK_E):
+                    with m.Case(k):
+                        m.d.comb += data.eq(rp[k].data)
+            return data
+
+        for k, port in enumerate(self.read if self._read_ports else []):
+            m.d.comb += port.data.eq(reg_read(port.addr, f"read{k}"))
         # operand stage: the registers of ra, rb, rc as they are in step 0
         A, B, C = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
         is_shi, is_rsq = Signal(), Signal()             # opcode decodes, registered in step 0
         tbase = Signal(self._taw)                       # TMEM index base (imm - 256 / imm - 128)
+        ra_d, rb_d, rc_d = reg_read(ra, "ra"), reg_read(rb, "rb"), reg_read(rc, "rc")
         with m.If(at(0)):
-            m.d.sync += [A.eq(regs[ra]), B.eq(regs[rb]), C.eq(regs[rc]),
+            m.d.sync += [A.eq(ra_d), B.eq(rb_d), C.eq(rc_d),
                          is_shi.eq(op == Op.SRSHI), is_rsq.eq(op == Op.SRSQ),
                          tbase.eq(imm - Mux(op == Op.SRSQ, 128, 256))]
 
         # write-back, from the result registers, in the last step
-        res_d, res_c = Signal(signed(W)), Signal(signed(W))
         m.d.comb += [self.result.valid.eq(wd_en), self.result.payload.rd.eq(rd),
                      self.result.payload.rd_data.eq(res_d), self.result.payload.rc_en.eq(wc_en),
                      self.result.payload.rc.eq(rc), self.result.payload.rc_data.eq(res_c)]
-        for i in range(1, N_REGS):
-            with m.If(wc_sel[i]):
-                m.d.sync += regs[i].eq(res_c)
-            with m.Elif(wd_sel[i]):
-                m.d.sync += regs[i].eq(res_d)
-            with m.Elif(self.write.en & (self.write.addr == i)):
-                m.d.sync += regs[i].eq(self.write.data)
 
         # ---------------------------------------------------------------- function units
         # Leading-zero counter (bit length of the non-negative operand A) and zero flag,

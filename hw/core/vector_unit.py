@@ -50,12 +50,12 @@ stage (result in step ``k + 1``). The sigmoid (``Core._sigmoid``: optional resca
 fractional bits, clamp, table index and fraction, two table reads, interpolation multiply and
 shift, odd symmetry) is a unit of its own, two of them (F from ``R[ra]``: ``VGLU``, ``VREC``'s
 ``i``; F from ``R[rb]``: ``VREC``'s ``f``), with its input in step ``s``, the SIGMEM reads in
-``s + 1`` and ``s + 2`` and the result in ``s + 8``. Values carried between steps of an element
+``s + 2`` and ``s + 3`` and the result in ``s + 9``. Values carried between steps of an element
 go through free-running delay registers (one per cycle of distance), so the step lists are
 modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the run,
 ``II = INTERVAL[op]``; steps of the elements in flight at the same time never share a memory
 port, and elements finish in order. The reductions (max ``|written|``, sum of squares, max,
-argmax) are registers updated in one step.
+argmax) are registers updated in one step (from a registered absolute value for the products).
 
 Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done`` in cycle
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
@@ -68,10 +68,10 @@ testbench asserts it for every instruction)::
     VMAXABS   1                                2
     VARGMAX   1                                2
     VNQA      2  (two CMEM reads: a2, a0)      10
-    VUMAX2    2  (two CMEM reads: a2, a0)      7
+    VUMAX2    2  (two CMEM reads: a2, a0)      8
     VQ        1                                11
     VGLU      2  (two VMEM reads; two SIGMEM)  18
-    VREC      4  (four SIGMEM reads; 3 VMEM)   21
+    VREC      4  (four SIGMEM reads; 3 VMEM)   22
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
 The intervals are the floors of the one read port per memory: ``VNQA`` and ``VUMAX2`` read
@@ -96,10 +96,12 @@ reads an element's sources before it writes the element).
 
 Timing (aimed at 75 MHz on the ECP5, not yet placed): registered multiplier operands and products
 (two product stages above 18 x 18), one registered stage per variable shift. Multipliers: two
-44 x 18, one 44 x 37, two 19 x 11 (about 6 + 9 + 4 ``MULT18X18D``). Still more than one wide
-operation in a stage: each variable shifter (barrel shift, sticky OR, rounding add), the
-sigmoid clamp (absolute value and compare), the ``VREC`` operand ``target - s`` ahead of the
-multiplier register, and the reductions (absolute value and compare of a product).
+44 x 18, one 44 x 37, two 19 x 11 (about 6 + 9 + 4 ``MULT18X18D``). The sigmoid's absolute
+value, its clamp and index, the ``VREC`` sum ``s + ...`` and the absolute values of the reduced
+products are stages of their own. Still more than one wide operation in a stage: each variable
+shifter (barrel shift, sticky OR, rounding add), the ``VREC`` operand ``target - s`` ahead of the
+multiplier register, the saturation and ``max |written|`` compare of a write, and ``VMAXABS``'s
+absolute value and compare.
 """
 
 from types import SimpleNamespace
@@ -117,7 +119,7 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MU
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
     Op.VSET: 1, Op.VEMB: 3, Op.VADD: 3, Op.VMAXABS: 2, Op.VARGMAX: 2,
-    Op.VNQA: 10, Op.VUMAX2: 7, Op.VQ: 11, Op.VGLU: 18, Op.VREC: 21,
+    Op.VNQA: 10, Op.VUMAX2: 8, Op.VQ: 11, Op.VGLU: 18, Op.VREC: 22,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port; every multiplier and shifter is
@@ -348,40 +350,56 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ sigmoid units
         def sigmoid_unit(c):
             """``Core._sigmoid`` with F from config c, its own shifters and interpolation multiplier.
-            ``start(y)`` in step s, ``rd0()`` in s + 1, ``rd1()`` in s + 2 (the two SIGMEM reads);
-            the result ``out`` (uQ0.16, 17 bits) is valid in step s + 8."""
+            ``start(y)`` in step s, ``rd0()`` in s + 2, ``rd1()`` in s + 3 (the two SIGMEM reads);
+            the result ``out`` (uQ0.16, 17 bits) is valid in step s + 9."""
             SH = shift_unit(f"sg{c}_in", SHIFT_BITS)                 # s: rshift(y, F - 16)
             m.d.comb += SH.s.eq(fsh[c])
-            ay = Signal(SHIFT_BITS, name=f"sg{c}_ay")
+            ay = reg(_abs(SH.r), f"sg{c}_ay", unsigned(SHIFT_BITS))  # s + 1: |y|, sign
+            neg = reg(SH.r < 0, f"sg{c}_neg")
             a = Signal(21, name=f"sg{c}_a")
             lim = Signal(21, name=f"sg{c}_lim")
             k = Signal(11, name=f"sg{c}_k")
-            m.d.comb += [ay.eq(_abs(SH.r)), lim.eq((Const(1, 22) << (fb[c] + 10)) - 1),
+            m.d.comb += [lim.eq((Const(1, 22) << (fb[c] + 10)) - 1),
                          a.eq(Mux(ay > lim, lim, ay)), k.eq(a >> fb[c])]
-            k1 = reg(k + 1, f"sg{c}_k1", 11)                         # s + 1: index, fraction, sign
+            k1 = reg(k + 1, f"sg{c}_k1", 11)                         # s + 2: clamp, index, fraction
             fr = reg(a & ((Const(1, 11) << fb[c]) - 1), f"sg{c}_fr", 10)
-            neg = reg(SH.r < 0, f"sg{c}_neg")
-            t0 = reg(Sd, f"sg{c}_t0")                                # s + 2: SIGMEM[k]
-            MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # s + 3: (t1 - t0) fr
+            t0 = reg(Sd, f"sg{c}_t0")                                # s + 3: SIGMEM[k]
+            MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # s + 4: (t1 - t0) fr
             MI.set(Cat(Sd, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
                    dly(fr, 1, f"sg{c}_frd"))
-            SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # s + 3 + lat: rshift(., fb)
+            SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # s + 4 + lat: rshift(., fb)
             SI.set(MI.p, fb[c])
             d = Signal(signed(21), name=f"sg{c}_d")
             p = Signal(18, name=f"sg{c}_p")
-            at = 3 + MI.lat + 1                                      # step of the shifted product
-            m.d.comb += [d.eq(dly(t0, at - 3, f"sg{c}_t0d") + SI.r), p.eq(_round_shift_const((1 << 17) + d, 2))]
+            at = 4 + MI.lat + 1                                      # step of the shifted product
+            m.d.comb += [d.eq(dly(t0, at - 4, f"sg{c}_t0d") + SI.r), p.eq(_round_shift_const((1 << 17) + d, 2))]
             out = reg(Mux(dly(neg, at - 2, f"sg{c}_negd"), (1 << 16) - p, p), f"sg{c}_out", unsigned(17))
-            assert at + 1 == 8
 
             def start(y):
                 m.d.comb += SH.x.eq(y)
-            return SimpleNamespace(start=start, rd0=lambda: srd(k), rd1=lambda: srd(k1), out=out)
+            return SimpleNamespace(start=start, rd0=lambda: srd(k), rd1=lambda: srd(k1), out=out,
+                                   RD0=2, RD1=3, LAT=at + 1)
 
         SG0, SG1 = sigmoid_unit(0), sigmoid_unit(1)   # F = R[ra] (VGLU, VREC i); F = R[rb] (VREC f)
+        LS = SG0.LAT
+        assert LS == 9
 
         def nop():
             pass
+
+        def sched(length, at):
+            """The step list of ``length`` steps running the callables ``at[k]`` (one or a tuple) in step k."""
+            def run(fs):
+                return lambda: [f() for f in (fs if isinstance(fs, tuple) else (fs,))]
+            return [run(at[k]) if k in at else nop for k in range(length)]
+
+        def track_abs(reg_, a):
+            with m.If(a > reg_):
+                m.d.sync += reg_.eq(a)
+
+        def absreg(v, name):
+            """|v|, registered (read one step after v)."""
+            return reg(_abs(v), name, unsigned(MUL_A + MUL_B + 1))
 
         # ------------------------------------------------------------ step lists
         # Step k of an element runs in cycle e * II + k. Each unit (multiplier, shifter, sigmoid
@@ -417,35 +435,27 @@ class VectorUnit(wiring.Component):
             if caddr is not None:
                 crd(caddr)
 
-        def vnqa6():
-            MW.set(c17, c17)
-            track(mx_c, MZ2.p)
-
-        def vnqa9():
+        def sq_acc():
             m.d.sync += acc.eq(acc + MW.p)
 
         # VNQA, II = 2 (two CMEM reads per element: C[a2] in step 1, C[a0] in step 2)
-        prog[Op.VNQA] = [
-            lambda: vrd(a1 + j),
-            lambda: z1(a2 + j),
-            lambda: z2(a0 + j),
-            lambda: MZ2.set(dly(SZ.r, 1, "zrd"), Cd),
-            nop,
-            nop,                         # MZ1.p; c17 in step 6
-            vnqa6,
-            nop,
-            nop,
-            vnqa9,
-        ]
-        prog[Op.VUMAX2] = [
-            lambda: vrd(a1 + j),
-            lambda: z1(a2 + j),
-            lambda: z2(a0 + j),
-            lambda: MZ2.set(dly(SZ.r, 1, "zru"), Cd),
-            nop,
-            lambda: track(mx, MZ1.p),
-            lambda: track(mx_c, MZ2.p),
-        ]
+        prog[Op.VNQA] = sched(10, {
+            0: lambda: vrd(a1 + j),
+            1: lambda: z1(a2 + j),
+            2: lambda: z2(a0 + j),
+            3: lambda: MZ2.set(dly(SZ.r, 1, "zrd"), Cd),
+            6: lambda: MW.set(c17, c17),                     # c17 = rshift(MZ1.p, 17) of step 5
+            7: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2n")),
+            9: lambda: sq_acc(),
+        })
+        prog[Op.VUMAX2] = sched(8, {
+            0: lambda: vrd(a1 + j),
+            1: lambda: z1(a2 + j),
+            2: lambda: z2(a0 + j),
+            3: lambda: MZ2.set(dly(SZ.r, 1, "zru"), Cd),
+            6: lambda: track_abs(mx, absreg(MZ1.p, "amz1u")),
+            7: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2u")),
+        })
 
         def vq10():
             c = Signal(signed(8), name="code")
@@ -473,48 +483,44 @@ class VectorUnit(wiring.Component):
             vq10,
         ]
 
-        # VGLU, II = 2: VMEM reads in steps 0 (y) and 13 (x), SIGMEM in 2 and 3.
-        def glu1():
-            SG0.start(X)
-            SZ.set(X, shz)                   # rshift(y, R[rb])
-        prog[Op.VGLU] = [
-            lambda: vrd(a1 + j),
-            glu1,
-            SG0.rd0,
-            SG0.rd1,
-            nop, nop, nop, nop, nop,
-            lambda: MZ1.set(dly(SZ.r, 7, "ya"), SG0.out),
-            nop, nop,
-            nop,                             # MZ1.p; sy = c16z1 in step 13
-            lambda: vrd(a2 + j),
-            lambda: MW.set(dly(c16z1, 1, "sy"), X),
-            nop, nop,
-            lambda: vwrite(MW.p),
-        ]
+        # VGLU, II = 2: VMEM reads in steps 0 (y) and 13 (x), SIGMEM in 3 and 4.
+        g = 1 + LS                                              # sigmoid(y) valid
+        assert (g + 3) % 2 == 1
+        prog[Op.VGLU] = sched(g + 8, {
+            0: lambda: vrd(a1 + j),
+            1: lambda: (SG0.start(X), SZ.set(X, shz)),          # rshift(y, R[rb]) in step 2
+            1 + SG0.RD0: SG0.rd0,
+            1 + SG0.RD1: SG0.rd1,
+            g: lambda: MZ1.set(dly(SZ.r, g - 2, "ya"), SG0.out),
+            g + 3: lambda: vrd(a2 + j),                         # MZ1.p; sy = c16z1 in step g + 4
+            g + 4: lambda: MW.set(c16z1, X),
+            g + 7: lambda: vwrite(MW.p),
+        })
 
-        # VREC, II = 4: VMEM reads in steps 0 (f), 2 (i), 15 (s); SIGMEM in 2, 3 (f) and 4, 5 (i);
-        # CMEM in 8 (distinct mod 4).
-        prog[Op.VREC] = [
-            lambda: vrd(a2 + j),                                        # f
-            lambda: SG1.start(X),
-            lambda: (SG1.rd0(), vrd(a1 + j)),                           # i
-            lambda: (SG1.rd1(), SG0.start(X)),
-            SG0.rd0,
-            SG0.rd1,
-            nop, nop,
-            lambda: crd(imm + j),                                       # 1 - lb
-            lambda: MZ2.set((1 << 16) - SG1.out, Cd),                   # sigmoid(f) in step 9
-            nop,
-            lambda: MZ1.set(dly(X, 8, "iv"), SG0.out),                  # i sigmoid(i) in step 11
-            nop,
-            nop,                                                        # om = c16z2
-            lambda: ST.set(MZ1.p, shc),                                 # target
-            lambda: vrd(a0 + j),                                        # s
-            lambda: MW.set(dly(ST.r, 1, "tg") - X, dly(c16z2, 3, "om")),
-            nop, nop,
-            nop,                                                        # MW.p; c16w in step 20
-            lambda: vwrite(dly(X, 4, "sv") + c16w),
-        ]
+        # VREC, II = 4: VMEM reads in steps 0 (f), 2 (i), 15 (s); SIGMEM in 3, 4 (f) and 5, 6 (i);
+        # CMEM in 9 (distinct mod 4).
+        gf, gi = 1 + LS, 3 + LS                                 # sigmoid(f), sigmoid(i) valid
+        assert gi + 3 == 15 and 1 + SG1.RD0 == 3
+        sv = Signal(signed(SHIFT_BITS + 1), name="snew")
+
+        def rec_sum():                                          # s + rshift(om (target - s), 16)
+            m.d.sync += sv.eq(dly(X, 4, "sv") + c16w)
+        prog[Op.VREC] = sched(gi + 10, {
+            0: lambda: vrd(a2 + j),                             # f
+            1: lambda: SG1.start(X),
+            2: lambda: vrd(a1 + j),                             # i
+            1 + SG1.RD0: lambda: (SG1.rd0(), SG0.start(X)),
+            1 + SG1.RD1: SG1.rd1,
+            3 + SG0.RD0: SG0.rd0,
+            3 + SG0.RD1: SG0.rd1,
+            gf - 1: lambda: crd(imm + j),                       # 1 - lb
+            gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),       # om = c16z2 in step gf + 4
+            gi: lambda: MZ1.set(dly(X, gi - 3, "iv"), SG0.out),  # i sigmoid(i)
+            gi + 3: lambda: (ST.set(MZ1.p, shc), vrd(a0 + j)),  # target; s
+            gi + 4: lambda: MW.set(dly(ST.r, 0, "tg") - X, dly(c16z2, gi - gf, "om")),
+            gi + 8: rec_sum,                                    # c16w of MW.p (step gi + 7)
+            gi + 9: lambda: vwrite(sv),
+        })
         for o, steps in prog.items():
             assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), o
 

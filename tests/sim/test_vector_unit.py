@@ -39,6 +39,14 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert cycles(Op.VNQA, 10) == 2 + 9 * INTERVAL[Op.VNQA] + ELEMENT_CYCLES[Op.VNQA]
 
 
+def test_intervals_at_the_memory_port_floors():
+    # one read port per memory: the interval of each opcode is its most-used port's reads per
+    # element (VMEM: VADD 2, VGLU 2, VREC 3; CMEM: VNQA / VUMAX2 2; SIGMEM: 2 per sigmoid, VREC 4)
+    floors = {Op.VSET: 1, Op.VEMB: 1, Op.VADD: 2, Op.VMAXABS: 1, Op.VARGMAX: 1,
+              Op.VNQA: 2, Op.VUMAX2: 2, Op.VQ: 1, Op.VGLU: 2, Op.VREC: 4}
+    assert INTERVAL == floors
+
+
 def test_vector_unit_small_cocotb():
     """Another geometry: 8 lanes x 4 chunks (VQ lane and word counters), a 1025-word SIGMEM."""
     p = dict(vmem_depth=4096, cmem_depth=16384, sig_depth=1025, lanes=8, chunks_max=4)

@@ -291,12 +291,12 @@ class ScalarUnit(wiring.Component):
             m.d.comb += port.data.eq(reg_read(port.addr, f"read{k}"))
         # operand stage: the registers of ra, rb, rc as they are in step 0
         A, B, C = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
-        is_shi, is_rsq = Signal(), Signal()             # opcode decodes, registered in step 0
+        is_shi, is_rsq, is_norm = Signal(), Signal(), Signal()  # opcode decodes, registered in step 0
         tbase = Signal(self._taw)                       # TMEM index base (imm - 256 / imm - 128)
         ra_d, rb_d, rc_d = reg_read(ra, "ra"), reg_read(rb, "rb"), reg_read(rc, "rc")
         with m.If(at(0)):
             m.d.sync += [A.eq(ra_d), B.eq(rb_d), C.eq(rc_d),
-                         is_shi.eq(op == Op.SRSHI), is_rsq.eq(op == Op.SRSQ),
+                         is_shi.eq(op == Op.SRSHI), is_rsq.eq(op == Op.SRSQ), is_norm.eq(op == Op.SNORM),
                          tbase.eq(imm - Mux(op == Op.SRSQ, 128, 256))]
 
         # write-back, from the result registers, in the last step
@@ -307,9 +307,12 @@ class ScalarUnit(wiring.Component):
         # ---------------------------------------------------------------- function units
         # Leading-zero counter (bit length of the non-negative operand A) and zero flag,
         # registered: valid from step 2.
-        bl_r = Signal(range(W + 1))
+        # be_r: bit_length rounded up to even (twice the bit length of the ORed bit pairs).
+        bl_r, be_r = Signal(range(W + 1)), Signal(range(W + 2))
         az_r = Signal()
-        m.d.sync += [bl_r.eq(_bit_length(A.as_unsigned())), az_r.eq(A == 0)]
+        pairs = Cat(*[A[i] | A[i + 1] for i in range(0, W, 2)])
+        m.d.sync += [bl_r.eq(_bit_length(A.as_unsigned())), be_r.eq(_bit_length(pairs) << 1),
+                     az_r.eq(A == 0)]
 
         # Rounding shifter, three registered stages: round_shift(x, s) half away from zero (rnd)
         # or truncating (non-negative x only); s <= 0 shifts left. On two's complement, without
@@ -324,9 +327,19 @@ class ScalarUnit(wiring.Component):
         SH = 64                             # sign-extended operand width of the shifter
         sa_x, sa_pos, sa_rs, sa_ls, sa_rnd = Signal(signed(W)), Signal(), Signal(6), Signal(7), Signal()
 
-        def shifter_load(x, s, rnd):
-            """Statements loading stage a with x and the 7-bit signed shift amount s."""
-            return [sa_x.eq(x), sa_pos.eq(s > 0), sa_rs.eq(s - 1), sa_ls.eq(-s), sa_rnd.eq(rnd)]
+        def shifter_load(x, base, off, rnd):
+            """Statements loading stage a with x and the shift amount base - off (base unsigned,
+            registered; off small): one adder per field."""
+            return [sa_x.eq(x), sa_pos.eq(base > off), sa_rs.eq(base - (off + 1)), sa_ls.eq(off - base),
+                    sa_rnd.eq(rnd)]
+
+        def shifter_load_clamped(x, v):
+            """Statements loading stage a with x and the shift amount v (signed, at least 7
+            bits) saturated to 7 bits signed; rounding."""
+            hi, lo = v[6:], v[:7].as_signed()
+            fits = hi.all() | ~hi.any()
+            return [sa_x.eq(x), sa_pos.eq(Mux(fits, lo > 0, ~v[-1])), sa_rs.eq(Mux(fits, lo - 1, 62)),
+                    sa_ls.eq(Mux(fits, -lo, 64)), sa_rnd.eq(1)]
 
         xe = Signal(signed(SH))
         m.d.comb += xe.eq(sa_x)
@@ -362,11 +375,6 @@ class ScalarUnit(wiring.Component):
         m.d.comb += [sh_sum.eq(sc_t + sc_inc),
                      sh_out.eq(Mux(sc_pos, sh_sum >> 1, sc_l)),
                      sh_trunc.eq(Mux(sc_pos, sc_t >> 1, sc_l))]   # rnd = 0: no adder
-
-        def clamp_shift(v):
-            """v saturated to 7 bits signed (v is signed, at least 7 bits)."""
-            hi = v[6:]
-            return Mux(hi.all() | ~hi.any(), v[:7].as_signed(), Mux(v[-1], -64, 63))
 
         # One signed 18 x 18 multiplier, operands from registers; its product registered (P).
         mul_a, mul_b = Signal(signed(18)), Signal(signed(18))
@@ -422,7 +430,7 @@ class ScalarUnit(wiring.Component):
                     with m.If(step == 1):
                         amt = Signal(signed(W))
                         m.d.comb += amt.eq(Mux(is_shi, imm, B))
-                        m.d.sync += shifter_load(A, clamp_shift(amt), 1)
+                        m.d.sync += shifter_load_clamped(A, amt)
                     with m.If(step == 4):
                         m.d.sync += res_d.eq(sh_out)
                 with m.Case(Op.SMUL, Op.SMULI):
@@ -436,9 +444,10 @@ class ScalarUnit(wiring.Component):
                         m.d.sync += res_d.eq(P + corr)
                 with m.Case(Op.SNORM, Op.SMANT16):
                     with m.If(step == 2):
-                        e = Signal(signed(8))
-                        m.d.comb += e.eq(bl_r - Mux(op == Op.SNORM, 17, 16))
-                        m.d.sync += [e_r.eq(e), *shifter_load(A, e, op == Op.SNORM)]
+                        with m.If(is_norm):
+                            m.d.sync += [e_r.eq(bl_r - 17), *shifter_load(A, bl_r, 17, 1)]
+                        with m.Else():
+                            m.d.sync += [e_r.eq(bl_r - 16), *shifter_load(A, bl_r, 16, 0)]
                     with m.If(step == 5):
                         with m.If(op == Op.SNORM):
                             with m.If(az_r):
@@ -462,10 +471,7 @@ class ScalarUnit(wiring.Component):
                 with m.Case(Op.SRSQ):
                     with m.Switch(step):
                         with m.Case(2):             # k even, ms = ss >> k
-                            k = Signal(signed(8))
-                            s = Signal(signed(8))
-                            m.d.comb += [k.eq(bl_r - 16), s.eq(k + k[0])]
-                            m.d.sync += [e_r.eq(s), *shifter_load(A, s, 0)]
+                            m.d.sync += [e_r.eq(be_r - 16), *shifter_load(A, be_r, 16, 0)]
                         with m.Case(5):             # ms; table address from ms
                             m.d.sync += ms_r.eq(ms)
                         with m.Case(6):             # q0

@@ -62,16 +62,16 @@ Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done``
 testbench asserts it for every instruction)::
 
     opcode    cycles per element (II)          steps per element (depth)
-    VSET      1                                1
-    VEMB      1                                3
-    VADD      2  (two VMEM reads)              3
+    VSET      1                                2
+    VEMB      1                                4
+    VADD      2  (two VMEM reads)              4
     VMAXABS   1                                2
     VARGMAX   1                                2
     VNQA      2  (two CMEM reads: a2, a0)      10
     VUMAX2    2  (two CMEM reads: a2, a0)      8
     VQ        1                                11
-    VGLU      2  (two VMEM reads; two SIGMEM)  18
-    VREC      4  (four SIGMEM reads; 3 VMEM)   22
+    VGLU      2  (two VMEM reads; two SIGMEM)  19
+    VREC      4  (four SIGMEM reads; 3 VMEM)   23
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
 The intervals are the floors of the one read port per memory: ``VNQA`` and ``VUMAX2`` read
@@ -97,11 +97,10 @@ reads an element's sources before it writes the element).
 Timing (aimed at 75 MHz on the ECP5, not yet placed): registered multiplier operands and products
 (two product stages above 18 x 18), one registered stage per variable shift. Multipliers: two
 44 x 18, one 44 x 37, two 19 x 11 (about 6 + 9 + 4 ``MULT18X18D``). The sigmoid's absolute
-value, its clamp and index, the ``VREC`` sum ``s + ...`` and the absolute values of the reduced
-products are stages of their own. Still more than one wide operation in a stage: each variable
-shifter (barrel shift, sticky OR, rounding add), the ``VREC`` operand ``target - s`` ahead of the
-multiplier register, the saturation and ``max |written|`` compare of a write, and ``VMAXABS``'s
-absolute value and compare.
+value, its clamp and index, the ``VREC`` sum ``s + ...``, the saturation of a written value and
+the absolute values of the reduced products are stages of their own. Still more than one wide
+operation in a stage: each variable shifter (barrel shift, sticky OR, one rounding add), the
+``VADD`` sum with its saturation, and ``VMAXABS``'s absolute value and compare.
 """
 
 from types import SimpleNamespace
@@ -118,8 +117,8 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MU
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
-    Op.VSET: 1, Op.VEMB: 3, Op.VADD: 3, Op.VMAXABS: 2, Op.VARGMAX: 2,
-    Op.VNQA: 10, Op.VUMAX2: 8, Op.VQ: 11, Op.VGLU: 18, Op.VREC: 22,
+    Op.VSET: 2, Op.VEMB: 4, Op.VADD: 4, Op.VMAXABS: 2, Op.VARGMAX: 2,
+    Op.VNQA: 10, Op.VUMAX2: 8, Op.VQ: 11, Op.VGLU: 19, Op.VREC: 23,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port; every multiplier and shifter is
@@ -333,11 +332,11 @@ class VectorUnit(wiring.Component):
         arg = Signal(16)
 
         def vwrite(v):
-            """Write the saturated value v to x[a0 + j]; track max |written|."""
-            w = Signal(signed(VMEM_BITS), name="w")
-            aw = Signal(VMEM_BITS)
-            m.d.comb += [w.eq(satv(v)), aw.eq(_abs(w)),
-                         self.vmem_wr.addr.eq(a0 + j), self.vmem_wr.data.eq(w), self.vmem_wr.en.eq(1)]
+            """Write v of the previous step, saturated (a stage of its own), to x[a0 + j]; track
+            max |written|."""
+            w = reg(satv(v), "w", signed(VMEM_BITS))
+            aw = reg(_abs(satv(v)), "aw", unsigned(VMEM_BITS))
+            m.d.comb += [self.vmem_wr.addr.eq(a0 + j), self.vmem_wr.data.eq(w), self.vmem_wr.en.eq(1)]
             with m.If(aw > mx):
                 m.d.sync += mx.eq(aw)
 
@@ -407,10 +406,11 @@ class VectorUnit(wiring.Component):
         # mod II. A product set in step k is read in step k + 3 (all three are wider than 18 x 18).
         assert MZ1.lat == MZ2.lat == MW.lat == 3
         prog = {}
-        prog[Op.VSET] = [lambda: vwrite(imm)]
+        prog[Op.VSET] = [nop, lambda: vwrite(imm)]
         prog[Op.VEMB] = [
             lambda: crd(rA + j),
             lambda: SZ.set(Cd, -shz),
+            nop,
             lambda: vwrite(SZ.r),
         ]
 
@@ -418,7 +418,7 @@ class VectorUnit(wiring.Component):
             vrd(a2 + j)
             m.d.sync += x1.eq(X)
         x1 = Signal(signed(VMEM_BITS))
-        prog[Op.VADD] = [lambda: vrd(a1 + j), vadd1, lambda: vwrite(x1 + X)]
+        prog[Op.VADD] = [lambda: vrd(a1 + j), vadd1, nop, lambda: vwrite(x1 + X)]   # x1 + X of step 2
         prog[Op.VMAXABS] = [lambda: vrd(a1 + j), lambda: track(mx, X)]
 
         def argmax1():
@@ -486,7 +486,7 @@ class VectorUnit(wiring.Component):
         # VGLU, II = 2: VMEM reads in steps 0 (y) and 13 (x), SIGMEM in 3 and 4.
         g = 1 + LS                                              # sigmoid(y) valid
         assert (g + 3) % 2 == 1
-        prog[Op.VGLU] = sched(g + 8, {
+        prog[Op.VGLU] = sched(g + 9, {
             0: lambda: vrd(a1 + j),
             1: lambda: (SG0.start(X), SZ.set(X, shz)),          # rshift(y, R[rb]) in step 2
             1 + SG0.RD0: SG0.rd0,
@@ -494,7 +494,7 @@ class VectorUnit(wiring.Component):
             g: lambda: MZ1.set(dly(SZ.r, g - 2, "ya"), SG0.out),
             g + 3: lambda: vrd(a2 + j),                         # MZ1.p; sy = c16z1 in step g + 4
             g + 4: lambda: MW.set(c16z1, X),
-            g + 7: lambda: vwrite(MW.p),
+            g + 8: lambda: vwrite(MW.p),                        # MW.p of step g + 7
         })
 
         # VREC, II = 4: VMEM reads in steps 0 (f), 2 (i), 15 (s); SIGMEM in 3, 4 (f) and 5, 6 (i);
@@ -505,7 +505,7 @@ class VectorUnit(wiring.Component):
 
         def rec_sum():                                          # s + rshift(om (target - s), 16)
             m.d.sync += sv.eq(dly(X, 4, "sv") + c16w)
-        prog[Op.VREC] = sched(gi + 10, {
+        prog[Op.VREC] = sched(gi + 11, {
             0: lambda: vrd(a2 + j),                             # f
             1: lambda: SG1.start(X),
             2: lambda: vrd(a1 + j),                             # i
@@ -519,7 +519,7 @@ class VectorUnit(wiring.Component):
             gi + 3: lambda: (ST.set(MZ1.p, shc), vrd(a0 + j)),  # target; s
             gi + 4: lambda: MW.set(dly(ST.r, 0, "tg") - X, dly(c16z2, gi - gf, "om")),
             gi + 8: rec_sum,                                    # c16w of MW.p (step gi + 7)
-            gi + 9: lambda: vwrite(sv),
+            gi + 10: lambda: vwrite(sv),
         })
         for o, steps in prog.items():
             assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), o

@@ -159,15 +159,18 @@ def test_shipped_model_equals_intref(board):
         assert engine >= len(cm.weights.words) and total > engine
 
 
-def test_run_cli_on_board_model():
-    """``python -m sw.run --device sim`` (what ``make demo`` runs): upload with progress, sampled
-    text streamed, statistics, and the tokens identical to the integer reference (--verify)."""
+def test_run_cli_on_board_model(tmp_path):
+    """``python -m sw.run --device sim`` (what ``make demo`` runs, here on the tiny model to keep
+    the upload short): upload with progress, sampled text streamed, statistics, and the tokens
+    identical to the integer reference (--verify)."""
     import io
 
     from sw.run import main
+    ckpt = tmp_path / "tiny.safetensors"
+    tiny_checkpoint(ckpt, seed=3)
     out, err = io.StringIO(), io.StringIO()
-    rc = main(["--device", "sim", "--prompt", "ROMEO:", "-n", "6", "--temperature", "0.8", "--top-k", "40",
-               "--seed", "1", "--verify"], out=out, err=err)
+    rc = main(["--device", "sim", "--checkpoint", str(ckpt), "--prompt", "ROMEO:", "-n", "12",
+               "--temperature", "0.8", "--top-k", "40", "--seed", "1", "--verify"], out=out, err=err)
     text = out.getvalue()
     assert rc == 0, err.getvalue()
     assert text.startswith("ROMEO:")

@@ -118,13 +118,13 @@ def test_gemv_raw_and_sync():
     assert list(core.region("out")) == [1 - 4, 2, 3, 10]   # W @ (1, 2, 3, 4)
     assert nxt == 3
     # cycle model by hand (docs/isa.md sections 6-7, width 16): VEMB issues at 0, runs 0..5
-    # (latency 4 + 1 beat); SLI 1, SMULI 2 (result at 4), SLI 3; VQ issues at 4, starts when the
-    # vector unit is free (5), done 13; GEMV starts at 13, 2 beats -> last beat 16, outputs written
-    # at 16 + latency (engine: 2 levels + 1 accumulator + 5, less 1 counted from the last beat,
-    # + 3 rescale = 10) = 26; SYNC retires it at 26, next issue 27; VARGMAX 27..32; HALT waits
-    # for the vector unit (32) and takes 1: 33.
+    # (latency 4 + 1 beat); SLI 1 (result at 3), SMULI 3 (result at 8), SLI 4 (result at 6); VQ
+    # issues at 8 (the vector unit is free from 5), done 16; GEMV starts at 16, 2 beats -> last
+    # beat 19, outputs written at 19 + latency (engine: 2 levels + 1 accumulator + 5, less 1
+    # counted from the last beat, + 3 rescale = 10) = 29; SYNC retires it at 29, next issue 30;
+    # VARGMAX 30..35; HALT waits for the vector unit (35) and takes 1: 36.
     assert core.cycles.engine_busy == 2
-    assert core.cycles.total == 33
+    assert core.cycles.total == 36
 
 
 def test_hazard_read_before_sync_is_refused():

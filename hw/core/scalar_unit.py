@@ -7,7 +7,10 @@ bit as :class:`sw.isa_sim.Core` does (``docs/isa.md`` section 3; the function un
 the sequencer executes it and writes the result through :attr:`ScalarUnit.write`. Any other
 opcode is consumed in one cycle without effect.
 
-Datapath: the register file (flip-flops, ``r0`` reads 0), one rounding shifter (54 bits, both
+Datapath: the register file (``r0`` reads 0; distributed LUT RAM, ``TRELLIS_DPR16X4``: one
+bank per writer, i.e. the unit's ``rd``, its ``rc`` (8 bits: exponents) and :attr:`write`, each
+replicated for the six asynchronous read ports, and a live-value table of 2 flip-flops per
+register that selects the bank holding the newest value, or zero after reset), one rounding shifter (54 bits, both
 directions, rounding half away from zero or truncating), one leading-zero counter (a
 ``bit_length`` tree), one signed 18 x 18 multiplier (one ``MULT18X18D``, its operands from
 registers) and the seed-table memory ``TMEM`` (18-bit words, one ``DP16KD`` at the default 1024

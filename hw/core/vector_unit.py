@@ -64,12 +64,12 @@ testbench asserts it for every instruction)::
     opcode    cycles per element (II)          steps per element (depth)
     VSET      1                                2
     VEMB      1                                4
-    VADD      2  (two VMEM reads)              4
-    VMAXABS   1                                2
+    VADD      2  (two VMEM reads)              5
+    VMAXABS   1                                3
     VARGMAX   1                                2
     VNQA      2  (two CMEM reads: a2, a0)      10
     VUMAX2    2  (two CMEM reads: a2, a0)      8
-    VQ        1                                11
+    VQ        1                                12
     VGLU      2  (two VMEM reads; two SIGMEM)  19
     VREC      4  (four SIGMEM reads; 3 VMEM)   23
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
@@ -97,10 +97,9 @@ reads an element's sources before it writes the element).
 Timing (aimed at 75 MHz on the ECP5, not yet placed): registered multiplier operands and products
 (two product stages above 18 x 18), one registered stage per variable shift. Multipliers: two
 44 x 18, one 44 x 37, two 19 x 11 (about 6 + 9 + 4 ``MULT18X18D``). The sigmoid's absolute
-value, its clamp and index, the ``VREC`` sum ``s + ...``, the saturation of a written value and
-the absolute values of the reduced products are stages of their own. Still more than one wide
-operation in a stage: each variable shifter (barrel shift, sticky OR, one rounding add), the
-``VADD`` sum with its saturation, and ``VMAXABS``'s absolute value and compare.
+value, its clamp and index, the ``VADD`` and ``VREC`` sums, the saturation of a written value, the
+clamp of a ``VQ`` code and the absolute values of reduced values are stages of their own. Still more than one wide
+operation in a stage: each variable shifter (barrel shift, sticky OR, one rounding add).
 """
 
 from types import SimpleNamespace
@@ -117,8 +116,8 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MU
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
-    Op.VSET: 2, Op.VEMB: 4, Op.VADD: 4, Op.VMAXABS: 2, Op.VARGMAX: 2,
-    Op.VNQA: 10, Op.VUMAX2: 8, Op.VQ: 11, Op.VGLU: 19, Op.VREC: 23,
+    Op.VSET: 2, Op.VEMB: 4, Op.VADD: 5, Op.VMAXABS: 3, Op.VARGMAX: 2,
+    Op.VNQA: 10, Op.VUMAX2: 8, Op.VQ: 12, Op.VGLU: 19, Op.VREC: 23,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port; every multiplier and shifter is
@@ -340,12 +339,6 @@ class VectorUnit(wiring.Component):
             with m.If(aw > mx):
                 m.d.sync += mx.eq(aw)
 
-        def track(reg_, v):
-            a = Signal(len(reg_), name=f"abs_{reg_.name}")
-            m.d.comb += a.eq(_abs(v))
-            with m.If(a > reg_):
-                m.d.sync += reg_.eq(a)
-
         # ------------------------------------------------------------ sigmoid units
         def sigmoid_unit(c):
             """``Core._sigmoid`` with F from config c, its own shifters and interpolation multiplier.
@@ -418,8 +411,10 @@ class VectorUnit(wiring.Component):
             vrd(a2 + j)
             m.d.sync += x1.eq(X)
         x1 = Signal(signed(VMEM_BITS))
-        prog[Op.VADD] = [lambda: vrd(a1 + j), vadd1, nop, lambda: vwrite(x1 + X)]   # x1 + X of step 2
-        prog[Op.VMAXABS] = [lambda: vrd(a1 + j), lambda: track(mx, X)]
+        vsum = reg(x1 + X, "vsum")      # x1 + x[a2] of step 2, in step 3
+        prog[Op.VADD] = [lambda: vrd(a1 + j), vadd1, nop, nop, lambda: vwrite(vsum)]
+        ax = reg(_abs(X), "ax")         # |x| of step 1, in step 2
+        prog[Op.VMAXABS] = [lambda: vrd(a1 + j), nop, lambda: track_abs(mx, ax)]
 
         def argmax1():
             with m.If((j == 0) | (X > best)):
@@ -457,9 +452,10 @@ class VectorUnit(wiring.Component):
             7: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2u")),
         })
 
-        def vq10():
-            c = Signal(signed(8), name="code")
-            m.d.comb += c.eq(_clamp(c25, -127, 127))
+        code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of step 10, clamped, in step 11
+
+        def vq11():
+            c = code
             m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
                          self.a_wr.data.eq(Cat(*([c] * lanes))),
                          self.a_wr.en.eq(Const(1, lanes) << jl)]
@@ -480,7 +476,8 @@ class VectorUnit(wiring.Component):
             nop,
             nop,
             nop,                             # MW.p; c25 in step 10
-            vq10,
+            nop,                             # the code clamped
+            vq11,
         ]
 
         # VGLU, II = 2: VMEM reads in steps 0 (y) and 13 (x), SIGMEM in 3 and 4.

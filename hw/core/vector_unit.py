@@ -31,10 +31,13 @@ ports alone. Units (all operands signed):
 
 * ``MZ1``, ``MZ2`` -- ``MUL_A`` x 18: ``z' * C[a2]`` and ``z' * C[a0]`` (``VNQA``, ``VUMAX2``,
   ``VQ``: the CMEM word is 18 bits), ``rshift(y, R[rb]) * sigmoid(y)`` (``VGLU``) and
-  ``i * sigmoid(i)`` (``VREC``; the sigmoid is at most ``2**16``, 18 bits signed), and
+  ``i * sigmoid(i)`` (``VREC``; the sigmoid output is 17 bits unsigned), and
   ``(1 - lb) * (2**16 - sigmoid(f))`` (``VREC``, 18 x 18 in value).
 * ``MW`` -- ``MUL_A`` x ``MUL_B``: ``v * v`` (``VNQA``), ``rshift(u, R[rc]) * R[ra]`` (``VQ``),
   ``sy * x[a2]`` (``VGLU``), ``om * (target - s)`` (``VREC``).
+* ``MUL_A`` (44) and ``MUL_B`` (37) are not narrowed further: they bound the exactness domain
+  (below), which the bench exercises with full 36-bit words (``z'`` of a 36-bit word shifted by
+  0, ``v`` of 37 bits squared, ``om`` and ``target - s`` of ``VREC``).
 * one 19 x 11 interpolation multiplier per sigmoid unit (``SIGMEM[k + 1] - SIGMEM[k]``, 19 bits
   signed, times the fraction, at most 10 bits): exact for any table contents.
 * rounding shifters (``round_shift`` half away from zero by a signed amount; ``<= 0`` is an exact

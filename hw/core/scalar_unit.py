@@ -261,7 +261,7 @@ class ScalarUnit(wiring.Component):
         # holds its value, or ZERO (r0, and every register after reset). rc values (exponents,
         # k) fit 8 bits signed, so that bank is 8 bits wide.
         res_d, res_c = Signal(signed(W)), Signal(signed(W))
-        BANK_D, BANK_C, BANK_E, ZERO = 0, 1, 2, 3
+        BANK_D, BANK_C, BANK_E, ZERO = 0, 1, 2, 3     # (the read multiplexer relies on these codes)
         lvt = Array(Signal(2, init=ZERO, name=f"lvt{i}") for i in range(N_REGS))
         m.submodules.bank_d = bank_d = memory.Memory(shape=signed(W), depth=N_REGS, init=[])
         m.submodules.bank_c = bank_c = memory.Memory(shape=signed(8), depth=N_REGS, init=[])
@@ -283,17 +283,18 @@ class ScalarUnit(wiring.Component):
             rp = [b.read_port(domain="comb") for b in (bank_d, bank_c, bank_e)]
             sel, data = Signal(2, name=f"{name}_sel"), Signal(signed(W), name=f"{name}_data")
             m.d.comb += [p.addr.eq(addr) for p in rp]
-            m.d.comb += sel.eq(lvt[addr])
-            with m.Switch(sel):
-                for k in (BANK_D, BANK_C, BANK_E):
-                    with m.Case(k):
-                        m.d.comb += data.eq(rp[k].data)
+            level = list(lvt)               # the table entry: a binary tree of 2:1 multiplexers
+            for bit in range(_REG_ADDR):
+                level = [Mux(addr[bit], level[j + 1], level[j]) for j in range(0, len(level), 2)]
+            m.d.comb += sel.eq(level[0])
+            m.d.comb += data.eq(Mux(sel[1], Mux(sel[0], 0, rp[BANK_E].data),
+                                    Mux(sel[0], rp[BANK_C].data, rp[BANK_D].data)))
             return data
 
         for k, port in enumerate(self.read if self._read_ports else []):
             m.d.comb += port.data.eq(reg_read(port.addr, f"read{k}"))
         # operand stage: the registers of ra, rb, rc as they are in step 0
-        A, B, C = Signal(signed(W)), Signal(signed(W)), Signal(signed(W))
+        A, B, C = Signal(signed(W), name="A"), Signal(signed(W), name="B"), Signal(signed(W), name="C")
         is_shi, is_rsq, is_norm = Signal(), Signal(), Signal()  # opcode decodes, registered in step 0
         tbase = Signal(self._taw)                       # TMEM index base (imm - 256 / imm - 128)
         ra_d, rb_d, rc_d = reg_read(ra, "ra"), reg_read(rb, "rb"), reg_read(rc, "rc")

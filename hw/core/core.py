@@ -11,10 +11,16 @@ token after token and answers the link's LOAD / RUN / RESET commands and memory 
   power-of-two stride per word; while the core runs, the link reaches only INFO, CTRL and TOKMEM
   reads (the other requests wait for the run to end).
 * **Sequencer**: fetches one instruction from PMEM, reads its scalar sources from the register
-  file, hands it to the unit that executes it and waits for that unit to finish before it
-  fetches the next (in-order, one instruction at a time: ``SYNC`` and the chaining bits need no
-  hardware, and the program's order is the only order). The cycle model of ``sw.isa_sim`` projects
-  the overlapped design; this sequencer's cycles are measured (``bench/core_gateware.py``).
+  file, hands it to the unit that executes it and, for scalar and vector instructions, waits for
+  that unit to finish before it fetches the next. A GEMV runs in the background (engine and
+  writeback) while scalar instructions and the vector instructions that only read VMEM (``VNQA``,
+  ``VUMAX2``, ``VMAXABS``, ``VARGMAX``, and ``VQ`` into the other activation bank) go on, unless
+  the GEMV is a residual one (its writeback reads VMEM); ``SYNC 0`` and ``HALT`` wait for it, a
+  second GEMV waits for the first, and its ``max|written|`` goes into ``R[rd]`` when it finishes.
+  The compiled programs access a GEMV's outputs and its register only after a ``SYNC`` (``sw.isa_sim``
+  rejects any other program), so this order gives the executor's results. The cycle model of
+  ``sw.isa_sim`` projects a wider, more overlapped design; this sequencer's cycles are measured
+  (``bench/core_gateware.py``).
 * **Units**: :class:`~hw.core.scalar_unit.ScalarUnit` (scalar instructions), ``SLDC`` in the
   sequencer (a CMEM read), :class:`~hw.core.vector_unit.VectorUnit` (vector instructions),
   :class:`~hw.gemv.GemvEngine` feeding :class:`~hw.core.gemv_writeback.GemvWriteback` (GEMV).
@@ -227,7 +233,29 @@ class AcceleratorCore(wiring.Component):
         tk_seq_wen = Signal()
         tk_seq_waddr = Signal.like(tk_w.addr)
         tk_seq_wdata = Signal(16)
-        su_w = su.write
+        su_w = wiring.Signature({"en": Out(1), "addr": Out(5), "data": Out(signed(54))}).create(path=("seq_w",))
+
+        # A GEMV runs in the background (engine + writeback) while the sequencer goes on with
+        # scalar instructions and with vector instructions that only read VMEM (the writeback
+        # owns the VMEM write port, and its read port in residual mode). Its max|written| is
+        # written into R[rd] in the first cycle the sequencer does not write a register.
+        g_busy = Signal()
+        g_rd = Signal(5)
+        g_bank = Signal()
+        g_residual = Signal()
+        g_max = Signal.like(wb.result.rd_data)
+        g_max_pending = Signal()
+        gemv_idle = ~g_busy & ~g_max_pending
+        with m.If(wb.result.done):
+            m.d.sync += [g_busy.eq(0), g_max.eq(wb.result.rd_data), g_max_pending.eq(g_rd != 0)]
+        with m.If(su_w.en):
+            m.d.comb += [su.write.en.eq(1), su.write.addr.eq(su_w.addr), su.write.data.eq(su_w.data)]
+        with m.Elif(g_max_pending):
+            m.d.comb += [su.write.en.eq(1), su.write.addr.eq(g_rd), su.write.data.eq(g_max)]
+            m.d.sync += g_max_pending.eq(0)
+        reads_only = ((op == Op.VNQA) | (op == Op.VUMAX2) | (op == Op.VMAXABS) | (op == Op.VARGMAX)
+                      | ((op == Op.VQ) & (ir[48:68] != g_bank)))
+        vector_ok = ~g_busy | (~g_residual & reads_only)
 
         def next_instr():
             with m.If(pc == p["pmem_depth"] - 1):
@@ -273,7 +301,9 @@ class AcceleratorCore(wiring.Component):
                     m.d.sync += run_error.eq(P.RunError.ABORTED)
                     begin_reset()
                 with m.Elif(op == Op.HALT):
-                    with m.If(resetting):
+                    with m.If(~gemv_idle):
+                        pass                  # every GEMV's results are written first
+                    with m.Elif(resetting):
                         m.next = "END"
                     with m.Else():
                         m.d.comb += read_next.eq(1)
@@ -287,19 +317,23 @@ class AcceleratorCore(wiring.Component):
                                  eng.cmd.payload.chunks.eq(imm[0:15]), eng.cmd.payload.bank.eq(imm[15]),
                                  wb.cmd.payload.instr.eq(ir), wb.cmd.payload.ra.eq(A), wb.cmd.payload.rb.eq(B),
                                  wb.cmd.payload.rc.eq(C)]
-                    with m.If(eng.cmd.ready & wb.cmd.ready):
+                    with m.If(gemv_idle & eng.cmd.ready & wb.cmd.ready):
                         m.d.comb += [eng.cmd.valid.eq(1), wb.cmd.valid.eq(1)]
-                        m.next = "GEMV"
+                        m.d.sync += [g_busy.eq(1), g_rd.eq(rd), g_bank.eq(imm[15]), g_residual.eq(imm[17])]
+                        next_instr()
+                with m.Elif(op == Op.SYNC):   # at most one GEMV is outstanding: SYNC k > 0 waits for nothing
+                    with m.If((imm != 0) | gemv_idle):
+                        next_instr()
                 with m.Elif((op >= min(VECTOR_OPS)) & (op <= max(VECTOR_OPS))):
-                    m.d.comb += [vu.cmd.valid.eq(1), vu.cmd.payload.instr.eq(ir), vu.cmd.payload.ra.eq(A),
+                    m.d.comb += [vu.cmd.valid.eq(vector_ok), vu.cmd.payload.instr.eq(ir), vu.cmd.payload.ra.eq(A),
                                  vu.cmd.payload.rb.eq(B), vu.cmd.payload.rc.eq(C)]
-                    with m.If(vu.cmd.ready):
+                    with m.If(vu.cmd.ready & vector_ok):
                         m.next = "VECTOR"
                 with m.Elif((op >= min(SCALAR_OPS)) & (op <= max(SCALAR_OPS))):
                     m.d.comb += [su.instr.valid.eq(1), su.instr.payload.eq(ir)]
                     with m.If(su.instr.ready):
                         m.next = "SCALAR"
-                with m.Else():        # NOP, SYNC (every earlier instruction has finished)
+                with m.Else():        # NOP
                     next_instr()
             with m.State("SCALAR"):
                 with m.If(su.instr.ready):
@@ -318,10 +352,6 @@ class AcceleratorCore(wiring.Component):
             with m.State("VECTOR_RC"):
                 m.d.comb += [su_w.en.eq(v_we2), su_w.addr.eq(rc), su_w.data.eq(v_res2)]
                 next_instr()
-            with m.State("GEMV"):
-                with m.If(wb.result.done):
-                    m.d.comb += [su_w.en.eq(wb.result.rd_we), su_w.addr.eq(rd), su_w.data.eq(wb.result.rd_data)]
-                    next_instr()
             with m.State("STEP_END"):
                 with m.If(step_t + 1 >= fill):
                     m.d.comb += [tk_seq_wen.eq(1), tk_seq_waddr.eq(step_t + 1), tk_seq_wdata.eq(last_token)]

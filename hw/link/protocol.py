@@ -28,6 +28,9 @@ described in ``docs/protocol.md``). Rules the gateware follows so that it never 
 * A correct frame with a wrong LEN for its command, an unknown memory, a range outside the memory
   or an unknown type is answered at once with the matching error code; nothing is written.
 * WRITE data are held in a frame buffer and copied into the memory only after the CRC matched.
+* A RUN that repeats the SEQ and argument of the RUN executed just before it (no other frame in
+  between) is a retransmission after a lost reply: it is answered OK and not started again. Every
+  other command is idempotent, so the host may resend any frame whose reply it did not get.
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
@@ -243,6 +246,9 @@ class LinkProtocol(wiring.Component):
         addr = Signal(32)
         mbyte = Signal(8)
 
+        run_dup_ok = Signal()                     # the last frame executed was a RUN that started
+        run_seq = Signal(8)
+        run_arg = Signal(32)
         cycles = Signal(64)
         frames_ok = Signal(32)
         frames_err = Signal(32)
@@ -382,6 +388,9 @@ class LinkProtocol(wiring.Component):
 
             with m.State("EXEC"):
                 m.d.sync += [pidx.eq(0), addr.eq(a_addr)]
+                # A frame other than a RUN ends the window in which a RUN can be a retransmission.
+                with m.If(ftype != C.RUN):
+                    m.d.sync += run_dup_ok.eq(0)
                 with m.Switch(ftype):
                     with m.Case(C.HELLO):
                         with m.If(length != 0):
@@ -439,6 +448,10 @@ class LinkProtocol(wiring.Component):
                     with m.Case(C.LOAD, C.RUN):
                         with m.If(length != 4):
                             reply_error(E.BAD_LENGTH)
+                        with m.Elif((ftype == C.RUN) & run_dup_ok & (seq == run_seq) & (a_arg == run_arg)):
+                            # The host sent this RUN again because it lost the reply: it started
+                            # already (RUN is the one command that is not idempotent).
+                            reply_ok()
                         with m.Else():
                             m.d.comb += self.core.start.eq(1)
                             m.next = "CORE"
@@ -479,6 +492,8 @@ class LinkProtocol(wiring.Component):
                     with m.If(self.core.result == 0):
                         with m.If(ftype == C.RESET):
                             m.d.comb += clear_counters.eq(1)
+                        with m.If(ftype == C.RUN):
+                            m.d.sync += [run_dup_ok.eq(1), run_seq.eq(seq), run_arg.eq(a_arg)]
                         reply_ok()
                     with m.Else():
                         reply_error(self.core.result)

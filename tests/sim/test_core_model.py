@@ -177,3 +177,65 @@ def test_run_cli_on_board_model(tmp_path):
     assert "identical to the integer reference (models.intref): yes" in text
     assert "cycles/token:" in text and "projected on the ulx3s" in text.lower()
     assert "upload WMEM" in err.getvalue() and "100.0%" in err.getvalue()
+
+
+def _reference_generation(ref: IntRefModel, prompt, n: int, sampler) -> list:
+    """What ``Device.generate`` must return: intref's tokens with the same sampler (or argmax)."""
+    ref.reset(1)
+    for t in prompt:
+        logits = ref.step(int(t)).reshape(-1)
+    out = []
+    while len(out) < n:
+        out.append(int(sampler(logits)) if sampler is not None else int(argmax_first(logits)))
+        if len(out) < n:
+            logits = ref.step(out[-1]).reshape(-1)
+    return out
+
+
+def test_runtime_equals_intref_through_a_flaky_link(tmp_path):
+    """The runtime on the gateware, with bits flipped on the link both ways during the upload and
+    the generation: the frames are retried, the upload verifies, and greedy and sampled tokens
+    for several prompts equal the integer reference's."""
+    from test_client_sim import FlakyTransport
+
+    from sw.sampling import Sampler
+    from sw.transport import open_transport
+
+    ref = IntRefModel(tiny_checkpoint(tmp_path / "tiny.safetensors", seed=5))
+    with accel_board_model() as url:
+        flaky = FlakyTransport(open_transport(url), p_tx=0.05, p_rx=0.05, seed=11)
+        with Client(flaky, timeout=2.0, retries=12) as client:
+            dev = Device(client, run_timeout=120.0)
+            cm = compile_for(dev, ref)
+            dev.load(cm)
+            settings = [None, (0.8, 40, 1), (1.3, 0, 7)]
+            for prompt in ([72, 101, 108, 108, 111], [ZERO_TOK, HUGE_TOK, NEG_TOK, 0, 255]):
+                for s in settings:
+                    mk = (lambda: Sampler(s[0], s[1], s[2], ref.formats.logit_frac)) if s else (lambda: None)
+                    got = dev.generate(prompt, 6, sampler=mk())
+                    assert got == _reference_generation(ref, prompt, 6, mk()), (prompt, s)
+            assert flaky.flipped_tx > 0 and flaky.flipped_rx > 0 and client.retransmissions > 0
+
+
+def test_resent_run_is_not_run_twice(board, tmp_path):
+    """A RUN resent with the same SEQ (its reply was lost) is answered OK and not started again;
+    the same RUN with a new SEQ runs."""
+    ref = IntRefModel(tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    board.load(compile_for(board, ref))
+    c = board.client
+
+    def wait_idle():
+        for _ in range(100000):
+            st = board.status()
+            if st.state == P.RunState.IDLE:
+                return st
+        raise AssertionError("the core did not finish")
+
+    c.write(M.TOKMEM, 0, encode_words([1, 2, 3], 16, 2))
+    c.run(P.run_arg(3, 3))
+    c._seq = (c._seq - 1) & 0xFF        # the very same frame again
+    c.run(P.run_arg(3, 3))
+    st = wait_idle()
+    assert (st.tokens, st.steps_done, st.error) == (3, 3, P.RunError.NONE)
+    c.run(P.run_arg(3, 3))              # a new SEQ: a new run
+    assert wait_idle().tokens == 6

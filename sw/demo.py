@@ -1,4 +1,4 @@
-"""``make demo``: the shipped ternary LM, token by token, on the accelerator core's program.
+"""``python -m sw.demo``: the shipped ternary LM on the instruction-level model of the core.
 
 Compiles the shipped checkpoint into the core's memory images and straight-line token program
 (:mod:`sw.program`), then runs the prompt and the generation on the instruction-level model of
@@ -6,9 +6,10 @@ the core (:mod:`sw.isa_sim`), checking every token's logits bit for bit against 
 reference (:mod:`models.intref`), and streams the text. It ends with the core's cycles per token
 from its cycle model and the tokens/s they project at the board's 75 MHz clock.
 
-What runs here is the core's instruction set executed in Python; the GEMV engine's gateware is
-verified separately on the same model (tests/sim/test_gemv_model.py), and the vector unit and
-sequencer gateware are not built yet, so the figures are projected, not measured on gateware.
+What runs here is the core's instruction set executed in Python, in seconds and without
+Verilator; the cycles are the cycle model's projection for the overlapped, 16-lane design of
+docs/isa.md. ``make demo`` runs the same program on the gateware instead (``python -m sw.run
+--device sim``, the cycle-accurate board model), where the cycles are measured.
 """
 
 import argparse

@@ -239,3 +239,42 @@ def test_resent_run_is_not_run_twice(board, tmp_path):
     assert (st.tokens, st.steps_done, st.error) == (3, 3, P.RunError.NONE)
     c.run(P.run_arg(3, 3))              # a new SEQ: a new run
     assert wait_idle().tokens == 6
+
+
+def test_core_errors_abort_and_recovery(board, tmp_path):
+    """LOAD and RUN while running answer BUSY; RESET stops a long run (ABORTED) and zeroes the
+    state; a program without HALT ends in NO_HALT; the core serves normally afterwards."""
+    from sw.client import RemoteError
+    ref = IntRefModel(tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    cm = compile_for(board, ref)
+    board.load(cm)
+    c = board.client
+    steps = 1000
+    c.write(M.TOKMEM, 0, encode_words([3] * steps, 16, 2))
+    c.run(P.run_arg(steps, steps))
+    for cmd in (lambda: c.run(P.run_arg(1, 1)), lambda: c.load(P.load_arg(0, len(cm.program)))):
+        with pytest.raises(RemoteError) as e:
+            cmd()
+        assert e.value.code == P.ErrorCode.BUSY
+    assert board.status().state == P.RunState.RUNNING
+    c.reset()                                   # answered once the reset program has run
+    st = board.status()
+    assert st.state == P.RunState.IDLE and st.error == P.RunError.ABORTED and st.steps_done < steps
+    for n in range(ref.config.n_layers):        # the reset program zeroed every state
+        assert not vread(board, cm, f"state{n}").any()
+    # the core still computes correctly after the abort
+    run_and_compare(board, ref, cm, [ZERO_TOK, 3, 200], probe_tokens=0)
+
+    # a program that never halts runs off the end of PMEM and stops there
+    info = board.info()
+    nops = encode(Instr(Op.NOP)).to_bytes(16, "little") * info.pmem_words
+    c.upload(M.PMEM, 0, nops)
+    c.load(P.load_arg(0, 0))
+    c.run(P.run_arg(1, 1))
+    for _ in range(10000):
+        st = board.status()
+        if st.state == P.RunState.IDLE:
+            break
+    assert st.state == P.RunState.IDLE and st.error == P.RunError.NO_HALT and st.steps_done == 0
+    c.reset()      # its "reset program" at 0 has no HALT either: RESET still ends
+    assert board.status().state == P.RunState.IDLE

@@ -203,17 +203,19 @@ def test_runtime_equals_intref_through_a_flaky_link(tmp_path):
 
     ref = IntRefModel(tiny_checkpoint(tmp_path / "tiny.safetensors", seed=5))
     with accel_board_model() as url:
-        flaky = FlakyTransport(open_transport(url), p_tx=0.05, p_rx=0.05, seed=11)
-        with Client(flaky, timeout=2.0, retries=12) as client:
+        # a lost frame costs a whole timeout, and the model needs ~1 s for a 4 KB frame on a busy
+        # machine: a long timeout, and flips rare enough that the test stays around a minute
+        flaky = FlakyTransport(open_transport(url), p_tx=0.03, p_rx=0.01, seed=11)
+        with Client(flaky, timeout=8.0, retries=12) as client:
             dev = Device(client, run_timeout=120.0)
             cm = compile_for(dev, ref)
             dev.load(cm)
-            settings = [None, (0.8, 40, 1), (1.3, 0, 7)]
-            for prompt in ([72, 101, 108, 108, 111], [ZERO_TOK, HUGE_TOK, NEG_TOK, 0, 255]):
-                for s in settings:
-                    mk = (lambda: Sampler(s[0], s[1], s[2], ref.formats.logit_frac)) if s else (lambda: None)
-                    got = dev.generate(prompt, 6, sampler=mk())
-                    assert got == _reference_generation(ref, prompt, 6, mk()), (prompt, s)
+            cases = [([72, 101, 108, 108, 111], None), ([72, 101, 108, 108, 111], (0.8, 40, 1)),
+                     ([ZERO_TOK, HUGE_TOK, NEG_TOK, 0, 255], None), ([ZERO_TOK, HUGE_TOK, NEG_TOK, 0, 255], (1.3, 0, 7))]
+            for prompt, s in cases:
+                mk = (lambda: Sampler(s[0], s[1], s[2], ref.formats.logit_frac)) if s else (lambda: None)
+                got = dev.generate(prompt, 5, sampler=mk())
+                assert got == _reference_generation(ref, prompt, 5, mk()), (prompt, s)
             assert flaky.flipped_tx > 0 and flaky.flipped_rx > 0 and client.retransmissions > 0
 
 

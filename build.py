@@ -4,6 +4,7 @@
     python build.py --board ulx3s              # ULX3S-85F
     python build.py --board ulx3s-25f --design demo
     python build.py --board ulx3s --program    # build, then load with openFPGALoader
+    python build.py --board ulx3s --design soc --sys-clock-mhz 30   # the SoC at a 30 MHz system clock
 
 Writes build/<board>/ with the .bit, the tool logs and report.json (LUT4, FF, DP16KD, MULT18X18D
 used/available, Fmax per clock against its constraint, pass/fail, tool versions, wall time) and
@@ -31,6 +32,22 @@ DESIGNS = {
     "soc": "PLL + the link + the accelerator core (32x8 trits5 GEMV engine, vector and scalar units, "
            "sequencer): what python -m sw.run drives",
 }
+
+
+def with_sys_clock(board, mhz: float):
+    """``board`` with its PLL output set to ``mhz``; ValueError when the PLL cannot make it exactly
+    or the link's baud rate does not divide it."""
+    import dataclasses
+
+    from hw.pll import pll_divisors
+    hz = round(mhz * 1e6)
+    if not 1e6 <= hz <= 400e6:
+        raise ValueError(f"--sys-clock-mhz {mhz:g} is outside 1..400 MHz")
+    if hz % board.baud:
+        raise ValueError(f"--sys-clock-mhz {mhz:g}: the link's {board.baud} baud does not divide {hz} Hz "
+                         f"(multiples of {board.baud / 1e6:g} MHz work)")
+    pll_divisors(board.clk_in_hz, hz)      # raises with the reason
+    return dataclasses.replace(board, sys_clk_hz=hz)
 
 
 def make_design(name: str, board, args):
@@ -90,6 +107,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     parser.add_argument("--lanes", type=int, default=64, help="PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="PE output rows in parallel")
+    parser.add_argument("--sys-clock-mhz", type=float,
+                        help="system clock made by the PLL, in MHz (default: the board's, 75 for the ULX3S); "
+                             "the link's baud rate must divide it exactly (3 Mbaud: 30, 60, 75, ...)")
     parser.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     args = parser.parse_args(argv)
 
@@ -97,6 +117,11 @@ def main(argv=None) -> int:
         board = get_board(args.board)
     except UnknownBoard as exc:
         parser.exit(2, f"error: {exc}\n")
+    if args.sys_clock_mhz is not None:
+        try:
+            board = with_sys_clock(board, args.sys_clock_mhz)
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
     if args.design not in DESIGNS:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
 

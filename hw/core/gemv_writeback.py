@@ -36,9 +36,10 @@ Pipeline (one output per cycle, never stalls; the beat buffer is the only back-p
     issue   output r of the buffered beat -> acc register; address a0 + m
     S1      p = acc * scale                                   (multiplier, registered)
     S2      t = p >> (shift - 1) (arithmetic, one variable shifter over P + Y + 1 bits,
+            VMEM read of x[a0 + m] issued (residual; READ_LATENCY = 3: its data arrives in S5),
             left for shift <= 0), sticky = any bit shifted out below the rounding bit
     S3      y = (t + (p >= 0 or sticky)) >> 1                 (round half away from zero)
-    S4      clip y to sat bits (or clamp to Y bits); VMEM read of x[a0 + m] issued (residual)
+    S4      clip y to sat bits (or clamp to Y bits)
     S5      z = x[a0 + m] + y  (residual) or y
     S6      clip z to sat bits -> VMEM write port (registered: the write happens in S7)
     S7/S8   |written| -> running maximum
@@ -62,7 +63,8 @@ rows`` takes exactly ``groups * rows + 10`` cycles from its accept to ``done`` (
 ``<=`` it for every command sent back to back). The engine produces a beat every ``chunks``
 cycles, so for ``chunks < rows`` this stage back-pressures it.
 
-VMEM is outside: a synchronous read port (``data`` in the cycle after ``en``) and a write port.
+VMEM is outside: the core's registered read port (``data`` ``READ_LATENCY`` = 3 cycles after
+``en``, ``hw.core.ports``) and a write port.
 Within one command every output address is distinct, and the next command's first read comes
 after this command's last write, so no read-after-write bypass is needed.
 """
@@ -73,7 +75,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.isa import FIELDS, REG_BITS, VMEM_BITS
 
-from .ports import UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
+from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
 __all__ = ["GemvWriteback", "Y_BITS", "LATENCY"]
 
@@ -253,10 +255,11 @@ class GemvWriteback(wiring.Component):
         # S3: rounding increment, halve
         y4 = Signal(signed(P + Y))
         m.d.sync += y4.eq((t3 + c3) >> 1)
-        # S4: clip to wsat bits (sat, or Y); issue the residual read
+        # S4: clip to wsat bits (sat, or Y); the residual read went out in S2
         ys5 = Signal(signed(Y))
         m.d.sync += ys5.eq(Mux(_fits_mask(y4, hmask), y4[:Y].as_signed(), Mux(y4[-1], lim_lo, lim_hi)))
-        m.d.comb += [self.vmem_rd.addr.eq(a[4]), self.vmem_rd.en.eq(v[4] & f_res)]
+        assert 5 - READ_LATENCY >= 2
+        m.d.comb += [self.vmem_rd.addr.eq(a[5 - READ_LATENCY]), self.vmem_rd.en.eq(v[5 - READ_LATENCY] & f_res)]
         # S5: residual add
         z6 = Signal(signed(VB + 3))
         m.d.sync += z6.eq(Mux(f_res, self.vmem_rd.data + ys5, ys5))

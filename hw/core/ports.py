@@ -19,7 +19,8 @@ from amaranth.lib.wiring import In, Out
 
 from sw.isa import INSTR_BITS, REG_BITS
 
-__all__ = ["MemReadSignature", "MemWriteSignature", "UNIT_CMD_LAYOUT", "UnitResultSignature"]
+__all__ = ["MemReadSignature", "MemWriteSignature", "UNIT_CMD_LAYOUT", "UnitResultSignature", "READ_LATENCY",
+           "pipelined_read"]
 
 
 class MemReadSignature(wiring.Signature):
@@ -64,3 +65,24 @@ class UnitResultSignature(wiring.Signature):
 
     def __repr__(self):
         return "UnitResultSignature()"
+
+
+#: Cycles from a read request on a core memory port to its data (``hw.core.core``: the address
+#: and enable are registered in front of the block RAM and its data is registered behind it, so
+#: neither the requesters' address logic nor the RAM's output multiplexer shares a cycle with
+#: anything else).
+READ_LATENCY = 3
+
+
+def pipelined_read(m, port, name: str):
+    """Put registers in front of and behind the memory read ``port`` (``amaranth.lib.memory``).
+
+    Returns ``(addr, en, data)``: drive ``addr`` and ``en`` in cycle ``t``; ``data`` holds the word
+    in cycle ``t + READ_LATENCY`` and keeps it until the next enabled read arrives.
+    """
+    from amaranth import Signal
+    addr = Signal.like(port.addr, name=f"{name}_addr")
+    en = Signal(name=f"{name}_en")
+    data = Signal.like(port.data, name=f"{name}_data")
+    m.d.sync += [port.addr.eq(addr), port.en.eq(en), data.eq(port.data)]
+    return addr, en, data

@@ -16,8 +16,8 @@ Interface (initiator's view of the memories, which belong to the core):
   ``VARGMAX``; also for ``rd = 0``, which the register file ignores); ``rc_we`` for ``VNQA`` and
   ``VUMAX2`` when the ``rc`` field is not 0.
 * ``busy`` -- high from the cycle after ``cmd`` is accepted up to and including the ``done`` cycle.
-* ``vmem_rd`` / ``vmem_wr`` -- VMEM (36-bit signed words): synchronous read (``data`` the cycle
-  after ``en``; a read of the address written in the same cycle returns the old word) and write.
+* ``vmem_rd`` / ``vmem_wr`` -- VMEM (36-bit signed words): the core's registered read port
+  (``data`` ``READ_LATENCY`` = 3 cycles after ``en``, ``hw.core.ports``) and write port.
 * ``cmem_rd`` -- CMEM (18-bit signed), ``sig_rd`` -- SIGMEM (18-bit unsigned sigmoid table).
 * ``a_wr`` -- the GEMV engine's activation-memory write port: ``VQ`` code ``j`` of bank ``b`` goes
   to word ``b * chunks_max + j // lanes``, byte lane ``j % lanes``, with ``en`` one-hot on it.
@@ -46,18 +46,23 @@ ports alone. Units (all operands signed):
   each sigmoid unit, all ``SHIFT_BITS`` wide; a 30-bit interpolation shifter (by ``F - 6``) per
   sigmoid unit; and registered rounding shifts by the constants 16, 17 and 25.
 
-Every multiplier has registered operands and a registered product, plus a second product
-register when it is wider than 18 x 18 (all of ``MZ1``, ``MZ2``, ``MW`` and the 19 x 11 ones):
-operands set in step ``k`` give the product in step ``k + 3``. Every shifter is one registered
-stage (result in step ``k + 1``). The sigmoid (``Core._sigmoid``: optional rescale to 16
-fractional bits, clamp, table index and fraction, two table reads, interpolation multiply and
-shift, odd symmetry) is a unit of its own, two of them (F from ``R[ra]``: ``VGLU``, ``VREC``'s
-``i``; F from ``R[rb]``: ``VREC``'s ``f``), with its input in step ``s``, the SIGMEM reads in
-``s + 2`` and ``s + 3`` and the result in ``s + 9``. Values carried between steps of an element
-go through free-running delay registers (one per cycle of distance), so the step lists are
-modulo-scheduled: element ``e`` runs step ``k`` in cycle ``e * II + k`` of the run,
-``II = INTERVAL[op]``; steps of the elements in flight at the same time never share a memory
-port, and elements finish in order. The reductions (max ``|written|``, sum of squares, max,
+Every multiplier is built from 18 x 18 tiles (unsigned 17-bit slices and a signed top slice of
+each operand): registered operands, registered tile products, then a binary tree of registered
+adds, padded to ``MUL_LATENCY`` = 6 for ``MZ1``, ``MZ2`` and ``MW`` (operands set in step ``k``,
+product in step ``k + 6``; 3 for the 19 x 11 ones). Every variable shifter has three stages
+(operand and amount registered; barrel shifts and sticky bit; rounding add): result in step
+``k + SHIFT_LATENCY`` = ``k + 3``. Memory data arrives ``READ_LATENCY`` = 3 steps after the
+request. The sigmoid (``Core._sigmoid``: optional rescale to 16 fractional bits, clamp, table
+index and fraction, two table reads, interpolation multiply and shift, odd symmetry) is a unit of
+its own, two of them (F from ``R[ra]``: ``VGLU``, ``VREC``'s ``i``; F from ``R[rb]``: ``VREC``'s
+``f``), with its input in step ``s``, the SIGMEM reads in ``s + 5`` and ``s + 6`` and the result
+in ``s + 17``. Values carried between steps of an element go through free-running delay
+registers (one per cycle of distance), so the step lists are modulo-scheduled: element ``e``
+runs step ``k`` in cycle ``e * II + k`` of the run, ``II = INTERVAL[op]``; steps of the elements
+in flight at the same time never share a unit or a memory port (checked at elaboration: the
+steps of one opcode that use the same unit or port lie in distinct residue classes mod ``II``),
+and elements finish in order. A start token (element index, valid bit) moves down a shift
+register one step per cycle, so a step's condition is one register bit. The reductions (max ``|written|``, sum of squares, max,
 argmax) are registers updated in one step (from a registered absolute value for the products).
 
 Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done`` in cycle
@@ -65,16 +70,16 @@ Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done``
 testbench asserts it for every instruction)::
 
     opcode    cycles per element (II)          steps per element (depth)
-    VSET      1                                2
-    VEMB      1                                4
-    VADD      2  (two VMEM reads)              5
-    VMAXABS   1                                3
-    VARGMAX   1                                2
-    VNQA      2  (two CMEM reads: a2, a0)      10
-    VUMAX2    2  (two CMEM reads: a2, a0)      8
-    VQ        1                                12
-    VGLU      2  (two VMEM reads; two SIGMEM)  19
-    VREC      4  (four SIGMEM reads; 3 VMEM)   23
+    VSET      1                                3
+    VEMB      1                                9
+    VADD      2  (two VMEM reads)              8
+    VMAXABS   1                                5
+    VARGMAX   1                                4
+    VNQA      2  (two CMEM reads: a2, a0)      20
+    VUMAX2    2  (two CMEM reads: a2, a0)      15
+    VQ        1                                24
+    VGLU      2  (two VMEM reads; two SIGMEM)  37
+    VREC      4  (four SIGMEM reads; 3 VMEM)   43
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
 The intervals are the floors of the one read port per memory: ``VNQA`` and ``VUMAX2`` read
@@ -97,12 +102,11 @@ writing, this unit may read a word after an earlier element of the same instruct
 destination at or behind its sources, ``a0 <= a_src``, e.g. in place, is exact: every step list
 reads an element's sources before it writes the element).
 
-Timing (aimed at 75 MHz on the ECP5, not yet placed): registered multiplier operands and products
-(two product stages above 18 x 18), one registered stage per variable shift. Multipliers: two
-44 x 18, one 44 x 37, two 19 x 11 (about 6 + 9 + 4 ``MULT18X18D``). The sigmoid's absolute
-value, its clamp and index, the ``VADD`` and ``VREC`` sums, the saturation of a written value, the
-clamp of a ``VQ`` code and the absolute values of reduced values are stages of their own. Still more than one wide
-operation in a stage: each variable shifter (barrel shift, sticky OR, one rounding add).
+Timing (aimed at 75 MHz on the ECP5; measured standalone in the harness of ``bench/pe_sweep.py``,
+``bench/vector_build.py``): at most one wide operation per stage -- a tile product, one add of
+the product tree, a barrel shift with its sticky OR, a rounding add, the clamp comparisons of a
+written value (its selection and absolute value are the next stage). Multipliers: two 44 x 18,
+one 44 x 37, two 19 x 11 (19 ``MULT18X18D``; the smallest tiles go to LUTs).
 """
 
 from types import SimpleNamespace
@@ -113,14 +117,15 @@ from amaranth.lib.wiring import In, Out
 
 from sw.isa import REG_BITS, VMEM_BITS, Op
 
-from .ports import UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
+from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
-__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MUL_A", "MUL_B", "SHIFT_BITS"]
+__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MUL_A", "MUL_B", "SHIFT_BITS",
+           "MUL_LATENCY", "SHIFT_LATENCY"]
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
-    Op.VSET: 2, Op.VEMB: 4, Op.VADD: 5, Op.VMAXABS: 3, Op.VARGMAX: 2,
-    Op.VNQA: 10, Op.VUMAX2: 8, Op.VQ: 12, Op.VGLU: 19, Op.VREC: 23,
+    Op.VSET: 3, Op.VEMB: 9, Op.VADD: 8, Op.VMAXABS: 5, Op.VARGMAX: 4,
+    Op.VNQA: 20, Op.VUMAX2: 15, Op.VQ: 24, Op.VGLU: 37, Op.VREC: 43,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port; every multiplier and shifter is
@@ -143,6 +148,8 @@ def cycles(op, n: int) -> int:
 MUL_A = 44        #: multiplier operand A, signed bits
 MUL_B = 37        #: multiplier operand B, signed bits
 SHIFT_BITS = 82   #: rounding shifter operand and result, signed bits
+MUL_LATENCY = 6   #: steps from setting the operands of MZ1, MZ2, MW to their product
+SHIFT_LATENCY = 3  #: steps from setting a variable rounding shifter to its result
 _SH = 8           #: shift amounts are clamped to [-127, 127] (signed 8 bits)
 _CMEM_BITS = 18
 _SIG_BITS = 18
@@ -213,6 +220,7 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):  # noqa: C901 (one step list per opcode)
         m = Module()
         lanes, chunks_max = self._lanes, self._chunks_max
+        RL = READ_LATENCY
 
         # ------------------------------------------------------------ instruction registers
         ir = Signal(128)
@@ -232,12 +240,21 @@ class VectorUnit(wiring.Component):
         fb = [Signal(range(11), name=f"fb{k}") for k in range(2)]       # min(F, 16) - 6
         sat_hi, sat_lo = Signal(signed(38)), Signal(signed(38))
 
-        # ------------------------------------------------------------ element loop
-        # Element e runs step k in cycle e * II + k of the RUN state. ph = cycle mod II; e_new is the
-        # newest element started; the steps k = ph (mod II) run for element e_new - k // II. Each
-        # step's code reads ``j``, rebound below to that element's index before the step is built.
-        ph = Signal(range(32))
+        # ------------------------------------------------------------ element pipeline
+        # Element e starts (step 0) in cycle e * II of the RUN state; a start token (its index and a
+        # valid bit) then moves one step per cycle down jp / vp, so step k runs for element jp[k]
+        # whenever vp[k] is set, whatever the interval. The step conditions are thus single
+        # register bits and the element index a register (no comparator in front of a unit).
+        LMAX = max(ELEMENT_CYCLES.values())
+        ph = Signal(range(4))
         e_new = Signal(17)
+        more = Signal()                     # elements left to start
+        nm1 = Signal(16)                    # n - 1
+        start = Signal()
+        jp = [e_new[:16]] + [Signal(16, name=f"jp{k}") for k in range(1, LMAX)]
+        vp = [start] + [Signal(name=f"vp{k}") for k in range(1, LMAX)]
+        for k in range(1, LMAX):
+            m.d.sync += [jp[k].eq(jp[k - 1]), vp[k].eq(vp[k - 1])]
         j = None
         jl = Signal(range(lanes))           # lane and word of the next VQ code
         jw = Signal(16)
@@ -259,39 +276,72 @@ class VectorUnit(wiring.Component):
                 v = reg(v, f"{name}{i}")
             return v
 
+        # Resource use of the step being built (checked below: two steps of one opcode that use the
+        # same unit or memory port must lie in distinct residue classes mod its interval).
+        ctx = {}
+        uses = {}
+
+        def use(res):
+            if ctx:
+                uses.setdefault((ctx["op"], res), []).append(ctx["k"])
+
         # ------------------------------------------------------------ multipliers
-        def mul_unit(name, wa, wb):
-            """Signed wa x wb multiplier: registered operands and product; products wider than
-            18 x 18 get a second output register. Operands set in step k, product in step k + lat."""
+        def mul_unit(name, wa, wb, lat=None):
+            """Signed wa x wb multiplier built from 18 x 18 tiles (unsigned 17-bit slices and a signed
+            top slice): registered operands, registered tile products, then a binary tree of
+            registered adds, padded to ``lat``. Operands set in step k give the product in k + lat."""
             a, b = Signal(signed(wa), name=f"{name}_a"), Signal(signed(wb), name=f"{name}_b")
             ra, rb = reg(a, f"{name}_ra"), reg(b, f"{name}_rb")
-            p = reg(ra * rb, f"{name}_p")
-            lat = 2
-            if wa > 18 or wb > 18:
-                p, lat = reg(p, f"{name}_p2"), 3
+
+            def slices(v, w):
+                out, lo = [], 0
+                while w - lo > 18:
+                    out.append((lo, Cat(v[lo:lo + 17], Const(0, 1)).as_signed()))
+                    lo += 17
+                out.append((lo, v[lo:w].as_signed()))
+                return out
+            terms = sorted(((la + lb, reg(sa * sb, f"{name}_t{la}_{lb}"))
+                            for la, sa in slices(ra, wa) for lb, sb in slices(rb, wb)), key=lambda t: t[0])
+            natural, level = 2, 0
+            while len(terms) > 1:
+                nxt = [(o1, reg(p1 + (p2 << (o2 - o1)), f"{name}_s{level}_{i}"))
+                       for i, ((o1, p1), (o2, p2)) in enumerate(zip(terms[0::2], terms[1::2]))]
+                if len(terms) % 2:
+                    nxt.append((terms[-1][0], reg(terms[-1][1], f"{name}_s{level}_c")))
+                terms, natural, level = nxt, natural + 1, level + 1
+            assert terms[0][0] == 0
+            lat = natural if lat is None else lat
+            assert lat >= natural, (name, lat, natural)
+            p = dly(terms[0][1][:wa + wb].as_signed(), lat - natural, f"{name}_pd")
 
             def set_(x, y):
+                use(name)
                 m.d.comb += [a.eq(x), b.eq(y)]
             return SimpleNamespace(set=set_, p=p, lat=lat)
 
-        MZ1 = mul_unit("mz1", MUL_A, _CMEM_BITS)   # z' C[a2]; i sigmoid(i); rshift(y) sigmoid(y)
-        MZ2 = mul_unit("mz2", MUL_A, _CMEM_BITS)   # z' C[a0]; (1 - lb)(1 - sigmoid(f))
-        MW = mul_unit("mw", MUL_A, MUL_B)          # v v; rshift(u, t) R[ra]; sy x; om (target - s)
+        MZ1 = mul_unit("mz1", MUL_A, _CMEM_BITS, MUL_LATENCY)   # z' C[a2]; i sigmoid(i); rshift(y) sigmoid(y)
+        MZ2 = mul_unit("mz2", MUL_A, _CMEM_BITS, MUL_LATENCY)   # z' C[a0]; (1 - lb)(1 - sigmoid(f))
+        MW = mul_unit("mw", MUL_A, MUL_B, MUL_LATENCY)          # v v; rshift(u, t) R[ra]; sy x; om (target - s)
 
         # ------------------------------------------------------------ rounding shifters
         def shift_unit(name, bits):
-            """round_shift by a signed amount (``<= 0``: exact left shift): input and amount set in
-            step k, registered result in step k + 1."""
+            """round_shift by a signed amount (``<= 0``: exact left shift) in three stages: input and
+            amount registered; barrel shifts and sticky bit; rounding add. Set in step k, result in
+            step k + SHIFT_LATENCY."""
             x, s = Signal(signed(bits), name=f"{name}_x"), Signal(signed(_SH), name=f"{name}_s")
-            rs, ls = Signal(7, name=f"{name}_rs"), Signal(7, name=f"{name}_ls")
-            t = Signal(signed(bits), name=f"{name}_t")
-            sticky = Signal(name=f"{name}_sticky")
-            r = Signal(signed(bits), name=f"{name}_r")
-            m.d.comb += [rs.eq(s - 1), ls.eq(-s), t.eq(x >> rs),
-                         sticky.eq((x.as_unsigned() & Cat(*[rs > i for i in range(bits)])).any())]
-            free.append(r.eq(Mux(s > 0, (t + (~x[-1] | sticky)) >> 1, x << ls)))
+            xr = reg(x, f"{name}_xr")
+            rs = reg((s - 1)[:7], f"{name}_rs", 7)
+            ls = reg((-s)[:7], f"{name}_ls", 7)
+            pos = reg(s > 0, f"{name}_pos")
+            t = reg(xr >> rs, f"{name}_t", signed(bits))
+            sticky = reg((xr.as_unsigned() & Cat(*[rs > i for i in range(bits)])).any(), f"{name}_sticky")
+            left = reg((xr << ls)[:bits], f"{name}_left", signed(bits))
+            inc = reg(~xr[-1], f"{name}_inc")
+            pos2 = reg(pos, f"{name}_pos2")
+            r = reg(Mux(pos2, (t + (inc | sticky)) >> 1, left), f"{name}_r", signed(bits))
 
             def set_(v, a):
+                use(name)
                 m.d.comb += [x.eq(v), s.eq(a)]
             return SimpleNamespace(set=set_, r=r, x=x, s=s)
 
@@ -309,17 +359,21 @@ class VectorUnit(wiring.Component):
         c25 = cshift(MW.p, 25, "c25")       # VQ
 
         # ------------------------------------------------------------ memories
+        # Read data arrives READ_LATENCY steps after the request (``hw.core.ports``).
         X = self.vmem_rd.data
         Cd = self.cmem_rd.data
         Sd = self.sig_rd.data
 
         def vrd(addr):
+            use("vmem_rd")
             m.d.comb += [self.vmem_rd.addr.eq(addr), self.vmem_rd.en.eq(1)]
 
         def crd(addr):
+            use("cmem_rd")
             m.d.comb += [self.cmem_rd.addr.eq(addr), self.cmem_rd.en.eq(1)]
 
         def srd(addr):
+            use("sig_rd")
             m.d.comb += [self.sig_rd.addr.eq(addr), self.sig_rd.en.eq(1)]
 
         def satv(v):
@@ -334,10 +388,15 @@ class VectorUnit(wiring.Component):
         arg = Signal(16)
 
         def vwrite(v):
-            """Write v of the previous step, saturated (a stage of its own), to x[a0 + j]; track
-            max |written|."""
-            w = reg(satv(v), "w", signed(VMEM_BITS))
-            aw = reg(_abs(satv(v)), "aw", unsigned(VMEM_BITS))
+            """Write v of two steps back, saturated, to x[a0 + j]; track max |written|. The clamp
+            comparisons are a stage of their own, the selection and |.| the next one."""
+            use("vmem_wr")
+            vr = reg(v, "wv")
+            hi = reg((sat != 0) & (v > sat_hi), "whi")
+            lo = reg((sat != 0) & (v < sat_lo), "wlo")
+            sel = Mux(hi, sat_hi, Mux(lo, sat_lo, vr))[:VMEM_BITS].as_signed()
+            w = reg(sel, "w", signed(VMEM_BITS))
+            aw = reg(_abs(sel), "aw", unsigned(VMEM_BITS))
             m.d.comb += [self.vmem_wr.addr.eq(a0 + j), self.vmem_wr.data.eq(w), self.vmem_wr.en.eq(1)]
             with m.If(aw > mx):
                 m.d.sync += mx.eq(aw)
@@ -345,39 +404,46 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ sigmoid units
         def sigmoid_unit(c):
             """``Core._sigmoid`` with F from config c, its own shifters and interpolation multiplier.
-            ``start(y)`` in step s, ``rd0()`` in s + 2, ``rd1()`` in s + 3 (the two SIGMEM reads);
-            the result ``out`` (uQ0.16, 17 bits) is valid in step s + 9."""
+            ``start(y)`` in step s, ``rd0()`` in s + RD0, ``rd1()`` in s + RD1 (the two SIGMEM
+            reads); the result ``out`` (uQ0.16, 17 bits) is valid in step s + LAT."""
             SH = shift_unit(f"sg{c}_in", SHIFT_BITS)                 # s: rshift(y, F - 16)
             m.d.comb += SH.s.eq(fsh[c])
-            ay = reg(_abs(SH.r), f"sg{c}_ay", unsigned(SHIFT_BITS))  # s + 1: |y|, sign
+            S1 = SHIFT_LATENCY
+            ay = reg(_abs(SH.r), f"sg{c}_ay", unsigned(SHIFT_BITS))  # s + S1 + 1: |y|, sign
             neg = reg(SH.r < 0, f"sg{c}_neg")
+            lim = reg((Const(1, 22) << (fb[c] + 10)) - 1, f"sg{c}_lim", 21)   # per instruction
+            fmask = reg((Const(1, 11) << fb[c]) - 1, f"sg{c}_fmask", 10)
             a = Signal(21, name=f"sg{c}_a")
-            lim = Signal(21, name=f"sg{c}_lim")
-            k = Signal(11, name=f"sg{c}_k")
-            m.d.comb += [lim.eq((Const(1, 22) << (fb[c] + 10)) - 1),
-                         a.eq(Mux(ay > lim, lim, ay)), k.eq(a >> fb[c])]
-            k1 = reg(k + 1, f"sg{c}_k1", 11)                         # s + 2: clamp, index, fraction
-            fr = reg(a & ((Const(1, 11) << fb[c]) - 1), f"sg{c}_fr", 10)
-            t0 = reg(Sd, f"sg{c}_t0")                                # s + 3: SIGMEM[k]
-            MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # s + 4: (t1 - t0) fr
+            m.d.comb += a.eq(Mux(ay > lim, lim, ay))
+            k0 = reg(a >> fb[c], f"sg{c}_k", 11)                     # s + S1 + 2: index, fraction
+            k1 = reg((a >> fb[c]) + 1, f"sg{c}_k1", 11)
+            fr = reg(a & fmask, f"sg{c}_fr", 10)
+            RD0 = S1 + 2
+            RD1 = RD0 + 1
+            k1d = dly(k1, 1, f"sg{c}_k1d")
+            T = RD1 + RL                                             # SIGMEM[k + 1] in Sd, SIGMEM[k] in t0
+            t0 = reg(Sd, f"sg{c}_t0")
+            MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # T: (t1 - t0) fr
             MI.set(Cat(Sd, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
-                   dly(fr, 1, f"sg{c}_frd"))
-            SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # s + 4 + lat: rshift(., fb)
+                   dly(fr, T - RD0, f"sg{c}_frd"))
+            SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # T + lat: rshift(., fb)
             SI.set(MI.p, fb[c])
+            at = T + MI.lat + SHIFT_LATENCY                          # step of the shifted product
             d = Signal(signed(21), name=f"sg{c}_d")
-            p = Signal(18, name=f"sg{c}_p")
-            at = 4 + MI.lat + 1                                      # step of the shifted product
-            m.d.comb += [d.eq(dly(t0, at - 4, f"sg{c}_t0d") + SI.r), p.eq(_round_shift_const((1 << 17) + d, 2))]
-            out = reg(Mux(dly(neg, at - 2, f"sg{c}_negd"), (1 << 16) - p, p), f"sg{c}_out", unsigned(17))
+            m.d.comb += d.eq(dly(t0, at - T, f"sg{c}_t0d") + SI.r)
+            pr = reg(_round_shift_const((1 << 17) + d, 2), f"sg{c}_pr", 18)
+            out = reg(Mux(dly(neg, at + 1 - (S1 + 1), f"sg{c}_negd"), (1 << 16) - pr, pr), f"sg{c}_out",
+                      unsigned(17))
 
             def start(y):
+                use(f"sg{c}")
                 m.d.comb += SH.x.eq(y)
-            return SimpleNamespace(start=start, rd0=lambda: srd(k), rd1=lambda: srd(k1), out=out,
-                                   RD0=2, RD1=3, LAT=at + 1)
+            return SimpleNamespace(start=start, rd0=lambda: srd(k0), rd1=lambda: srd(k1d), out=out,
+                                   RD0=RD0, RD1=RD1, LAT=at + 2)
 
         SG0, SG1 = sigmoid_unit(0), sigmoid_unit(1)   # F = R[ra] (VGLU, VREC i); F = R[rb] (VREC f)
         LS = SG0.LAT
-        assert LS == 9
+        ML, SL = MUL_LATENCY, SHIFT_LATENCY
 
         def nop():
             pass
@@ -398,66 +464,71 @@ class VectorUnit(wiring.Component):
 
         # ------------------------------------------------------------ step lists
         # Step k of an element runs in cycle e * II + k. Each unit (multiplier, shifter, sigmoid
-        # unit) is used in one step of an element; the memory ports in steps of distinct residues
-        # mod II. A product set in step k is read in step k + 3 (all three are wider than 18 x 18).
-        assert MZ1.lat == MZ2.lat == MW.lat == 3
+        # unit) and memory port is used in steps of distinct residues mod II (checked below). A
+        # read issued in step k is in X / Cd / Sd in step k + RL, a product set in step k is read
+        # in step k + ML, a variable shift in step k + SL.
         prog = {}
-        prog[Op.VSET] = [nop, lambda: vwrite(imm)]
-        prog[Op.VEMB] = [
-            lambda: crd(rA + j),
-            lambda: SZ.set(Cd, -shz),
-            nop,
-            lambda: vwrite(SZ.r),
-        ]
+        prog[Op.VSET] = [nop, nop, lambda: vwrite(imm)]
+        prog[Op.VEMB] = sched(RL + SL + 3, {
+            0: lambda: crd(rA + j),
+            RL: lambda: SZ.set(Cd, -shz),
+            RL + SL + 2: lambda: vwrite(SZ.r),
+        })
 
-        def vadd1():
-            vrd(a2 + j)
-            m.d.sync += x1.eq(X)
         x1 = Signal(signed(VMEM_BITS))
-        vsum = reg(x1 + X, "vsum")      # x1 + x[a2] of step 2, in step 3
-        prog[Op.VADD] = [lambda: vrd(a1 + j), vadd1, nop, nop, lambda: vwrite(vsum)]
-        ax = reg(_abs(X), "ax")         # |x| of step 1, in step 2
-        prog[Op.VMAXABS] = [lambda: vrd(a1 + j), nop, lambda: track_abs(mx, ax)]
+
+        def vadd_x1():
+            m.d.sync += x1.eq(X)
+        vsum = reg(x1 + X, "vsum")      # x1 + x[a2] of step RL + 1, in step RL + 2
+        prog[Op.VADD] = sched(RL + 5, {
+            0: lambda: vrd(a1 + j),
+            1: lambda: vrd(a2 + j),
+            RL: vadd_x1,
+            RL + 4: lambda: vwrite(vsum),
+        })
+        ax = reg(_abs(X), "ax")         # |x| of step RL, in step RL + 1
+        prog[Op.VMAXABS] = sched(RL + 2, {0: lambda: vrd(a1 + j), RL + 1: lambda: track_abs(mx, ax)})
 
         def argmax1():
             with m.If((j == 0) | (X > best)):
                 m.d.sync += [best.eq(X), arg.eq(j)]
-        prog[Op.VARGMAX] = [lambda: vrd(a1 + j), argmax1]
+        prog[Op.VARGMAX] = sched(RL + 1, {0: lambda: vrd(a1 + j), RL: argmax1})
 
-        def z1(caddr):          # step 1: z' = rshift(x, R[rb]); read C[caddr]
-            SZ.set(X, shz)
-            crd(caddr)
-
-        def z2(caddr=None):     # step 2: z' C[a2]; read C[a0]
-            MZ1.set(SZ.r, Cd)
-            if caddr is not None:
-                crd(caddr)
+        # VNQA / VUMAX2, II = 2: x in step 0; z' = rshift(x, R[rb]) set in RL, valid in Z = RL + SL;
+        # C[a2] read in Z - RL, C[a0] in Z + 1 - RL (distinct mod 2).
+        Z = RL + SL
 
         def sq_acc():
             m.d.sync += acc.eq(acc + MW.p)
 
-        # VNQA, II = 2 (two CMEM reads per element: C[a2] in step 1, C[a0] in step 2)
-        prog[Op.VNQA] = sched(10, {
+        assert SL == RL     # the C[a2] read for z' goes out with the shift of x: zstart
+        def zstart():
+            SZ.set(X, shz)
+            crd(a2 + j)
+        prog[Op.VNQA] = sched(Z + 2 * ML + 2, {
             0: lambda: vrd(a1 + j),
-            1: lambda: z1(a2 + j),
-            2: lambda: z2(a0 + j),
-            3: lambda: MZ2.set(dly(SZ.r, 1, "zrd"), Cd),
-            6: lambda: MW.set(c17, c17),                     # c17 = rshift(MZ1.p, 17) of step 5
-            7: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2n")),
-            9: lambda: sq_acc(),
+            RL: zstart,                                        # Z - RL == SL == RL: same step
+            Z + 1 - RL: lambda: crd(a0 + j),
+            Z: lambda: MZ1.set(SZ.r, Cd),
+            Z + 1: lambda: MZ2.set(dly(SZ.r, 1, "zrd"), Cd),
+            Z + ML + 1: lambda: MW.set(c17, c17),              # c17 = rshift(MZ1.p, 17)
+            Z + ML + 2: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2n")),
+            Z + 2 * ML + 1: sq_acc,
         })
-        prog[Op.VUMAX2] = sched(8, {
+        prog[Op.VUMAX2] = sched(Z + ML + 3, {
             0: lambda: vrd(a1 + j),
-            1: lambda: z1(a2 + j),
-            2: lambda: z2(a0 + j),
-            3: lambda: MZ2.set(dly(SZ.r, 1, "zru"), Cd),
-            6: lambda: track_abs(mx, absreg(MZ1.p, "amz1u")),
-            7: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2u")),
+            RL: zstart,
+            Z + 1 - RL: lambda: crd(a0 + j),
+            Z: lambda: MZ1.set(SZ.r, Cd),
+            Z + 1: lambda: MZ2.set(dly(SZ.r, 1, "zru"), Cd),
+            Z + ML + 1: lambda: track_abs(mx, absreg(MZ1.p, "amz1u")),
+            Z + ML + 2: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2u")),
         })
 
-        code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of step 10, clamped, in step 11
+        code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of MW.p, clamped
 
-        def vq11():
+        def vq_write():
+            use("a_wr")
             c = code
             m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
                          self.a_wr.data.eq(Cat(*([c] * lanes))),
@@ -467,62 +538,62 @@ class VectorUnit(wiring.Component):
             with m.Else():
                 m.d.sync += jl.eq(jl + 1)
 
-        # VQ, II = 1
-        prog[Op.VQ] = [
-            lambda: vrd(a1 + j),
-            lambda: z1(a2 + j),
-            z2,
-            nop,
-            nop,
-            lambda: ST.set(MZ1.p, shc),      # rshift(u, R[rc])
-            lambda: MW.set(ST.r, rA),
-            nop,
-            nop,
-            nop,                             # MW.p; c25 in step 10
-            nop,                             # the code clamped
-            vq11,
-        ]
-
-        # VGLU, II = 2: VMEM reads in steps 0 (y) and 13 (x), SIGMEM in 3 and 4.
-        g = 1 + LS                                              # sigmoid(y) valid
-        assert (g + 3) % 2 == 1
-        prog[Op.VGLU] = sched(g + 9, {
+        # VQ, II = 1: z' C[a2] (MZ1), rshift(., R[rc]) (ST), times R[ra] (MW), rshift 25, clamp.
+        prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
             0: lambda: vrd(a1 + j),
-            1: lambda: (SG0.start(X), SZ.set(X, shz)),          # rshift(y, R[rb]) in step 2
-            1 + SG0.RD0: SG0.rd0,
-            1 + SG0.RD1: SG0.rd1,
-            g: lambda: MZ1.set(dly(SZ.r, g - 2, "ya"), SG0.out),
-            g + 3: lambda: vrd(a2 + j),                         # MZ1.p; sy = c16z1 in step g + 4
-            g + 4: lambda: MW.set(c16z1, X),
-            g + 8: lambda: vwrite(MW.p),                        # MW.p of step g + 7
+            RL: zstart,
+            Z: lambda: MZ1.set(SZ.r, Cd),
+            Z + ML: lambda: ST.set(MZ1.p, shc),
+            Z + ML + SL: lambda: MW.set(ST.r, rA),
+            Z + 2 * ML + SL + 2: vq_write,                     # c25 then the clamped code
         })
 
-        # VREC, II = 4: VMEM reads in steps 0 (f), 2 (i), 15 (s); SIGMEM in 3, 4 (f) and 5, 6 (i);
-        # CMEM in 9 (distinct mod 4).
-        gf, gi = 1 + LS, 3 + LS                                 # sigmoid(f), sigmoid(i) valid
-        assert gi + 3 == 15 and 1 + SG1.RD0 == 3
+        # VGLU, II = 2: y in step 0; sigmoid(y) (SG0) and rshift(y, R[rb]) (SZ) from step RL;
+        # x[a2] read in an odd step so that it arrives with sy = rshift(.. sigmoid, 16).
+        g = RL + LS                                             # sigmoid(y) valid
+        gx = g + ML + 1                                         # sy valid (c16z1)
+        gx += (gx - RL) % 2 == 0                                # the x read lands on the other residue
+        prog[Op.VGLU] = sched(gx + ML + 3, {
+            0: lambda: vrd(a1 + j),
+            RL: lambda: (SG0.start(X), SZ.set(X, shz)),
+            RL + SG0.RD0: SG0.rd0,
+            RL + SG0.RD1: SG0.rd1,
+            g: lambda: MZ1.set(dly(SZ.r, g - RL - SL, "ya"), SG0.out),
+            gx - RL: lambda: vrd(a2 + j),
+            gx: lambda: MW.set(dly(c16z1, gx - (g + ML + 1), "syd"), X),
+            gx + ML + 2: lambda: vwrite(MW.p),
+        })
+
+        # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM for f in
+        # RL + RD0/RD1, for i two steps later (residues 0..3); CMEM (1 - lb) once.
+        gf, gi = RL + LS, RL + 2 + LS                           # sigmoid(f), sigmoid(i) valid
+        tg = gi + ML + SL                                       # target = rshift(i sigmoid(i), R[rc])
+        ts = tg + (1 if (tg - RL) % 4 in (0, 2) else 0)         # s arrives (its read is in step ts - RL)
         sv = Signal(signed(SHIFT_BITS + 1), name="snew")
 
         def rec_sum():                                          # s + rshift(om (target - s), 16)
-            m.d.sync += sv.eq(dly(X, 4, "sv") + c16w)
-        prog[Op.VREC] = sched(gi + 11, {
+            m.d.sync += sv.eq(dly(X, ML + 1, "sv") + c16w)
+        prog[Op.VREC] = sched(ts + ML + 5, {
             0: lambda: vrd(a2 + j),                             # f
-            1: lambda: SG1.start(X),
             2: lambda: vrd(a1 + j),                             # i
-            1 + SG1.RD0: lambda: (SG1.rd0(), SG0.start(X)),
-            1 + SG1.RD1: SG1.rd1,
-            3 + SG0.RD0: SG0.rd0,
-            3 + SG0.RD1: SG0.rd1,
-            gf - 1: lambda: crd(imm + j),                       # 1 - lb
-            gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),       # om = c16z2 in step gf + 4
-            gi: lambda: MZ1.set(dly(X, gi - 3, "iv"), SG0.out),  # i sigmoid(i)
-            gi + 3: lambda: (ST.set(MZ1.p, shc), vrd(a0 + j)),  # target; s
-            gi + 4: lambda: MW.set(dly(ST.r, 0, "tg") - X, dly(c16z2, gi - gf, "om")),
-            gi + 8: rec_sum,                                    # c16w of MW.p (step gi + 7)
-            gi + 10: lambda: vwrite(sv),
+            RL: lambda: SG1.start(X),
+            RL + 2: lambda: SG0.start(X),
+            RL + SG1.RD0: SG1.rd0,
+            RL + SG1.RD1: SG1.rd1,
+            RL + 2 + SG0.RD0: SG0.rd0,
+            RL + 2 + SG0.RD1: SG0.rd1,
+            gf - RL: lambda: crd(imm + j),                      # 1 - lb
+            gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),       # om = c16z2 in step gf + ML + 1
+            gi: lambda: MZ1.set(dly(X, gi - RL - 2, "iv"), SG0.out),   # i sigmoid(i)
+            gi + ML: lambda: ST.set(MZ1.p, shc),                # target in step tg
+            ts - RL: lambda: vrd(a0 + j),                       # s
+            ts: lambda: MW.set(dly(ST.r, ts - tg, "tg") - X, dly(c16z2, ts - (gf + ML + 1), "om")),
+            ts + ML + 1: rec_sum,                               # c16w of MW.p
+            ts + ML + 4: lambda: vwrite(sv),
         })
         for o, steps in prog.items():
-            assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), o
+            assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), \
+                (o, len(steps), ELEMENT_CYCLES[o])
 
         # ------------------------------------------------------------ control
         is_vec = Signal()       # the offered instruction is a vector opcode with n > 0
@@ -533,12 +604,32 @@ class VectorUnit(wiring.Component):
         def clamp_sh(v):
             return _clamp(v, -127, 127)
 
+        # The steps: step k of the current opcode runs while vp[k] is set, for element jp[k].
+        last = Signal()
+        with m.Switch(op):
+            for o, steps in prog.items():
+                with m.Case(int(o)):
+                    for k, f in enumerate(steps):
+                        if f is nop:
+                            continue
+                        j = jp[k]
+                        ctx.update(op=o, k=k)
+                        with m.If(vp[k]):
+                            f()
+                    L = len(steps)
+                    m.d.comb += last.eq(vp[L - 1] & (jp[L - 1] == nm1))
+        ctx.clear()
+        for (o, res), ks in uses.items():
+            res_mod = [k % INTERVAL[o] for k in ks]
+            assert len(set(res_mod)) == len(res_mod), f"{o.name}: {res} used in steps {ks} (II {INTERVAL[o]})"
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(accept):
                     m.d.sync += [ir.eq(self.cmd.payload.instr), rA.eq(self.cmd.payload.ra),
                                  rB.eq(self.cmd.payload.rb), rC.eq(self.cmd.payload.rc),
                                  mx.eq(0), mx_c.eq(0), acc.eq(0), best.eq(0), arg.eq(0)]
+                    m.d.sync += [v.eq(0) for v in vp[1:]]     # no step of an earlier instruction runs on
                     with m.If(is_vec):
                         m.next = "SETUP"
                     with m.Else():
@@ -548,28 +639,17 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),
-                             ph.eq(0), e_new.eq(0), jl.eq(0), jw.eq(0)]
+                             ph.eq(0), e_new.eq(0), more.eq(1), nm1.eq(n - 1), jl.eq(0), jw.eq(0)]
                 for k, F in enumerate((rA, rB)):
                     m.d.sync += [fsh[k].eq(_clamp(F - 16, 0, 127)), fb[k].eq(_clamp(F, 6, 16) - 6)]
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                last = Signal()
+                m.d.comb += [self.busy.eq(1), start.eq((ph == 0) & more)]
                 with m.Switch(op):
-                    for o, steps in prog.items():
-                        ii, L = INTERVAL[o], len(steps)
+                    for o in prog:
                         with m.Case(int(o)):
-                            with m.Switch(ph):
-                                for r in range(ii):
-                                    with m.Case(r):
-                                        for k in range(r, L, ii):
-                                            q = k // ii
-                                            j = (e_new - q)[:16]      # the element at step k
-                                            with m.If((e_new >= q) & (e_new - q < n)):
-                                                steps[k]()
-                            m.d.comb += last.eq((ph == (L - 1) % ii) & (e_new - (L - 1) // ii == n - 1))
-                            with m.If(ph == ii - 1):
-                                m.d.sync += [ph.eq(0), e_new.eq(e_new + 1)]
+                            with m.If(ph == INTERVAL[o] - 1):
+                                m.d.sync += [ph.eq(0), e_new.eq(e_new + 1), more.eq(e_new + 1 < n)]
                             with m.Else():
                                 m.d.sync += ph.eq(ph + 1)
                 with m.If(last):

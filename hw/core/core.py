@@ -452,10 +452,12 @@ class AcceleratorCore(wiring.Component):
             m.d.comb += wr_en[k].eq(take_w & (mid == k) & (byte_i == top_byte(bits)))
 
         # write ports: the link when idle, the units while running
-        m.d.comb += [pm_w.addr.eq(waddr), pm_w.data.eq(word_data(INSTR_BITS)), pm_w.en.eq(wr_en[M.PMEM]),
+        # (PMEM, WMEM and TMEM are written by the link alone, while the core is idle: registered, so
+        # the byte staging and the enable decode do not share a cycle with WMEM's 100-odd block RAMs)
+        m.d.sync += [pm_w.addr.eq(waddr), pm_w.data.eq(word_data(INSTR_BITS)), pm_w.en.eq(wr_en[M.PMEM]),
                      eng.w_wr.addr.eq(waddr), eng.w_wr.data.eq(word_data(word_bits)), eng.w_wr.en.eq(wr_en[M.WMEM]),
-                     cm_w.addr.eq(waddr), cm_w.data.eq(word_data(CMEM_BITS)), cm_w.en.eq(wr_en[M.CMEM]),
-                     su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM]),
+                     su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM])]
+        m.d.comb += [cm_w.addr.eq(waddr), cm_w.data.eq(word_data(CMEM_BITS)), cm_w.en.eq(wr_en[M.CMEM]),
                      sg_w.addr.eq(waddr), sg_w.data.eq(word_data(TMEM_BITS)), sg_w.en.eq(wr_en[M.SIGMEM])]
         with m.If(vu.vmem_wr.en):
             m.d.comb += [vm_w.addr.eq(vu.vmem_wr.addr), vm_w.data.eq(vu.vmem_wr.data), vm_w.en.eq(1)]

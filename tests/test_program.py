@@ -141,3 +141,16 @@ def test_shipped_model_equals_intref():
     probes = {pc: name for pc, name in cm.probes}
     cycles = _run_both(ir, Core(cm, width=8), list(b"ROMEO.\n\x00\xff"), probes)
     assert cycles > cm.summary()["wmem_words"]
+
+
+def test_paired_constant_streams_lie_in_different_cmem_banks(tiny):
+    """Every VNQA and VUMAX2 reads its two CMEM streams from different parity banks, so the core
+    runs them at one element per cycle (hw/core/vector_unit.py: is_fast); the pad words that
+    arrange it do not change the results (the other tests of this file run the same programs)."""
+    from hw.core.vector_unit import is_fast
+    for model in (tiny, str(SHIPPED)):
+        cm = compile_model(model, 32, 8, "trits5")
+        paired = [i for i in cm.program if i.op in (Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC)]
+        assert len(paired) >= 3
+        slow = [str(i) for i in paired if not is_fast(i.op, i.a0, i.a1, i.a2)]
+        assert not slow, slow

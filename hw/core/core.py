@@ -44,7 +44,7 @@ from ..gemv import GemvEngine
 from ..link.protocol import CorePortSignature, MemPortSignature
 from ..pe.adder_tree import acc_width
 from .gemv_writeback import GemvWriteback
-from .ports import READ_LATENCY, pipelined_read
+from .ports import READ_LATENCY, BankedMemory, pipelined_read
 from .scalar_unit import ScalarUnit
 from .vector_unit import VectorUnit
 
@@ -56,16 +56,6 @@ _FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
 class _Port:
     def __init__(self, **kw):
         self.__dict__.update(kw)
-
-
-def _RegisteredPorts(m, mem, name):
-    """A read port with ``READ_LATENCY`` (registered address and data) and a write port whose
-    address, data and enable are registered in front of the block RAM."""
-    addr, en, data = pipelined_read(m, mem.read_port(), f"{name}_r")
-    w = mem.write_port()
-    wa, wd, we = Signal.like(w.addr, name=f"{name}_wa"), Signal.like(w.data, name=f"{name}_wd"), Signal(name=f"{name}_we")
-    m.d.sync += [w.addr.eq(wa), w.data.eq(wd), w.en.eq(we)]
-    return _Port(addr=addr, en=en, data=data), _Port(addr=wa, data=wd, en=we)
 
 
 def _bits(depth: int) -> int:
@@ -147,16 +137,20 @@ class AcceleratorCore(wiring.Component):
 
         # ------------------------------------------------------------------ memories
         m.submodules.pmem = pmem = memory.Memory(shape=unsigned(INSTR_BITS), depth=p["pmem_depth"], init=[])
-        m.submodules.vmem = vmem = memory.Memory(shape=signed(VMEM_BITS), depth=p["vmem_depth"], init=[])
-        m.submodules.cmem = cmem = memory.Memory(shape=signed(CMEM_BITS), depth=p["cmem_depth"], init=[])
-        m.submodules.sigmem = sigmem = memory.Memory(shape=unsigned(TMEM_BITS), depth=p["sig_depth"], init=[])
         m.submodules.tokmem = tokmem = memory.Memory(shape=unsigned(16), depth=p["tokmem_depth"], init=[])
         pm_r, pm_w = pmem.read_port(), pmem.write_port()
         # VMEM, CMEM, SIGMEM: registered read ports (READ_LATENCY) and registered write ports, so
         # the block-RAM output multiplexers and the requesters' address logic get cycles of their own
-        vm_r, vm_w = _RegisteredPorts(m, vmem, "vm")
-        cm_r, cm_w = _RegisteredPorts(m, cmem, "cm")
-        sg_r, sg_w = _RegisteredPorts(m, sigmem, "sg")
+        vmem = BankedMemory(m, "vmem", signed(VMEM_BITS), p["vmem_depth"])
+        # CMEM: two banks by address parity (hw.core.ports.BankedMemory), so the vector unit reads
+        # two constant streams of different parity per cycle (VNQA, VUMAX2 fast path)
+        cmem = BankedMemory(m, "cmem", signed(CMEM_BITS), p["cmem_depth"])
+        cm_seq_data = Signal(signed(CMEM_BITS))
+        cm_link_data = Signal(signed(CMEM_BITS))
+        sigmem = BankedMemory(m, "sigmem", unsigned(TMEM_BITS), p["sig_depth"])
+        vm_w = _Port(addr=Signal(_bits(p["vmem_depth"]), name="vm_wa"), data=Signal(signed(VMEM_BITS), name="vm_wd"),
+                     en=Signal(name="vm_we"))
+        vmem.write(vm_w.addr, vm_w.data, vm_w.en)
         tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
 
         # ------------------------------------------------------------------ sequencer state
@@ -246,7 +240,7 @@ class AcceleratorCore(wiring.Component):
                     reply(P.ErrorCode.UNSUPPORTED)
 
         # ------------------------------------------------------------------ sequencer
-        cm_seq_addr = Signal.like(cm_r.addr)
+        cm_seq_addr = Signal(_bits(p["cmem_depth"]))
         cm_seq_en = Signal()
         sldc_wait = Signal(range(READ_LATENCY))
         tk_seq_wen = Signal()
@@ -378,7 +372,7 @@ class AcceleratorCore(wiring.Component):
                 with m.If(sldc_wait != 0):
                     m.d.sync += sldc_wait.eq(sldc_wait - 1)
                 with m.Else():
-                    m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_r.data)]
+                    m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_seq_data)]
                     next_instr()
             with m.State("VECTOR"):
                 m.d.comb += pf_drive.eq(1)
@@ -457,8 +451,8 @@ class AcceleratorCore(wiring.Component):
         m.d.sync += [pm_w.addr.eq(waddr), pm_w.data.eq(word_data(INSTR_BITS)), pm_w.en.eq(wr_en[M.PMEM]),
                      eng.w_wr.addr.eq(waddr), eng.w_wr.data.eq(word_data(word_bits)), eng.w_wr.en.eq(wr_en[M.WMEM]),
                      su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM])]
-        m.d.comb += [cm_w.addr.eq(waddr), cm_w.data.eq(word_data(CMEM_BITS)), cm_w.en.eq(wr_en[M.CMEM]),
-                     sg_w.addr.eq(waddr), sg_w.data.eq(word_data(TMEM_BITS)), sg_w.en.eq(wr_en[M.SIGMEM])]
+        cmem.write(waddr[:_bits(p["cmem_depth"])], word_data(CMEM_BITS), wr_en[M.CMEM])
+        sigmem.write(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])
         with m.If(vu.vmem_wr.en):
             m.d.comb += [vm_w.addr.eq(vu.vmem_wr.addr), vm_w.data.eq(vu.vmem_wr.data), vm_w.en.eq(1)]
         with m.Elif(wb.vmem_wr.en):
@@ -474,25 +468,18 @@ class AcceleratorCore(wiring.Component):
         link_re = {k: Signal(name=f"link_re_{k.name.lower()}") for k in M}
         for k in M:
             m.d.comb += link_re[k].eq(take_r & (mid == k))
-        with m.If(vu.vmem_rd.en):
-            m.d.comb += [vm_r.addr.eq(vu.vmem_rd.addr), vm_r.en.eq(1)]
-        with m.Elif(wb.vmem_rd.en):
-            m.d.comb += [vm_r.addr.eq(wb.vmem_rd.addr), vm_r.en.eq(1)]
-        with m.Else():
-            m.d.comb += [vm_r.addr.eq(waddr), vm_r.en.eq(link_re[M.VMEM])]
-        m.d.comb += [vu.vmem_rd.data.eq(vm_r.data), wb.vmem_rd.data.eq(vm_r.data)]
-        with m.If(vu.cmem_rd.en):
-            m.d.comb += [cm_r.addr.eq(vu.cmem_rd.addr), cm_r.en.eq(1)]
-        with m.Elif(cm_seq_en):
-            m.d.comb += [cm_r.addr.eq(cm_seq_addr), cm_r.en.eq(1)]
-        with m.Else():
-            m.d.comb += [cm_r.addr.eq(waddr), cm_r.en.eq(link_re[M.CMEM])]
-        m.d.comb += vu.cmem_rd.data.eq(cm_r.data)
-        with m.If(vu.sig_rd.en):
-            m.d.comb += [sg_r.addr.eq(vu.sig_rd.addr), sg_r.en.eq(1)]
-        with m.Else():
-            m.d.comb += [sg_r.addr.eq(waddr), sg_r.en.eq(link_re[M.SIGMEM])]
-        m.d.comb += vu.sig_rd.data.eq(sg_r.data)
+        vm_data = vmem.read([(vu.vmem_rd.addr, vu.vmem_rd.en), (vu.vmem_rd2.addr, vu.vmem_rd2.en),
+                             (wb.vmem_rd.addr, wb.vmem_rd.en), (waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
+        vm_link_data = vm_data[3]
+        m.d.comb += [vu.vmem_rd.data.eq(vm_data[0]), vu.vmem_rd2.data.eq(vm_data[1]), wb.vmem_rd.data.eq(vm_data[2])]
+        cm_data = cmem.read([(vu.cmem_rd.addr, vu.cmem_rd.en), (vu.cmem_rd2.addr, vu.cmem_rd2.en),
+                             (cm_seq_addr, cm_seq_en), (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
+        m.d.comb += [vu.cmem_rd.data.eq(cm_data[0]), vu.cmem_rd2.data.eq(cm_data[1]), cm_seq_data.eq(cm_data[2]),
+                     cm_link_data.eq(cm_data[3])]
+        sg_data = sigmem.read([(vu.sig_rd.addr, vu.sig_rd.en), (vu.sig_rd2.addr, vu.sig_rd2.en),
+                               (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])])
+        sg_link_data = sg_data[2]
+        m.d.comb += [vu.sig_rd.data.eq(sg_data[0]), vu.sig_rd2.data.eq(sg_data[1])]
         with m.If(~active):
             m.d.comb += [pm_r.addr.eq(waddr), pm_r.en.eq(link_re[M.PMEM])]
         m.d.comb += [tk_lr.addr.eq(waddr), tk_lr.en.eq(link_re[M.TOKMEM]),
@@ -512,8 +499,9 @@ class AcceleratorCore(wiring.Component):
                                 step_cycles, step_engine, run_cycles, tokens, last_token, Const(0, 16)))
         assert len(ctrl) == 8 * P.RunStatus.SIZE
 
-        # read data: cycle t request; t + 1 the data of PMEM, WMEM, TMEM, TOKMEM (and INFO, CTRL),
-        # its byte registered and delayed to t + 3; t + 3 the data of VMEM, CMEM, SIGMEM
+        # read data: cycle t request; t + 1 the data of PMEM, WMEM, TMEM, TOKMEM, registered whole
+        # (t + 2: no block-RAM output feeds a byte multiplexer in its own cycle), its byte (or
+        # INFO's, CTRL's) registered at t + 3; t + 3 the data of VMEM, CMEM, SIGMEM
         # (READ_LATENCY); t + 4 the selected byte with rvalid.
         r_mid = Signal(8)
         r_byte = Signal(8)
@@ -522,7 +510,12 @@ class AcceleratorCore(wiring.Component):
         m.d.sync += r_pend.eq(Cat(take_r, r_pend[:-1]))
         with m.If(take_r):
             m.d.sync += [r_mid.eq(mid), r_byte.eq(byte_i), r_addr.eq(lp.addr[:8])]
-        sel_a = Signal(8)           # t + 1: the latency-1 memories and the records
+        sel_a = Signal(8)           # t + 2: the latency-1 memories (registered words) and the records
+        pm_q = Signal.like(pm_r.data, name="pm_q")
+        w_q = Signal.like(eng.w_rd.data, name="w_q")
+        tm_q = Signal.like(su.tmem_r.data, name="tm_q")
+        tk_q = Signal.like(tk_lr.data, name="tk_q")
+        m.d.sync += [pm_q.eq(pm_r.data), w_q.eq(eng.w_rd.data), tm_q.eq(su.tmem_r.data), tk_q.eq(tk_lr.data)]
         sel_b = Signal(8)           # t + 3: the registered-port memories
 
         def byte_of(value, width):
@@ -539,21 +532,21 @@ class AcceleratorCore(wiring.Component):
             with m.Case(M.CTRL):
                 m.d.comb += sel_a.eq(ctrl_bytes[r_addr[:5]])
             with m.Case(M.PMEM):
-                m.d.comb += sel_a.eq(byte_of(pm_r.data, INSTR_BITS))
+                m.d.comb += sel_a.eq(byte_of(pm_q, INSTR_BITS))
             with m.Case(M.WMEM):
-                m.d.comb += sel_a.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(eng.w_rd.data, word_bits), 0))
+                m.d.comb += sel_a.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(w_q, word_bits), 0))
             with m.Case(M.TMEM):
-                m.d.comb += sel_a.eq(Mux(r_byte < 3, byte_of(su.tmem_r.data, TMEM_BITS), 0))
+                m.d.comb += sel_a.eq(Mux(r_byte < 3, byte_of(tm_q, TMEM_BITS), 0))
             with m.Case(M.TOKMEM):
-                m.d.comb += sel_a.eq(byte_of(tk_lr.data, 16))
+                m.d.comb += sel_a.eq(byte_of(tk_q, 16))
             with m.Case(M.CMEM):
-                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(cm_r.data, CMEM_BITS), 0))
+                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(cm_link_data, CMEM_BITS), 0))
             with m.Case(M.SIGMEM):
-                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(sg_r.data, TMEM_BITS), 0))
+                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(sg_link_data, TMEM_BITS), 0))
             with m.Case(M.VMEM):
-                m.d.comb += sel_b.eq(Mux(r_byte < 5, byte_of(vm_r.data, VMEM_BITS), 0))
+                m.d.comb += sel_b.eq(Mux(r_byte < 5, byte_of(vm_link_data, VMEM_BITS), 0))
         sel_a_d = sel_a
-        for i in range(READ_LATENCY - 1):
+        for i in range(READ_LATENCY - 2):
             r = Signal(8, name=f"sel_a_d{i}")
             m.d.sync += r.eq(sel_a_d)
             sel_a_d = r

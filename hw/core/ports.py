@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 from sw.isa import INSTR_BITS, REG_BITS
 
 __all__ = ["MemReadSignature", "MemWriteSignature", "UNIT_CMD_LAYOUT", "UnitResultSignature", "READ_LATENCY",
-           "pipelined_read"]
+           "pipelined_read", "BankedMemory"]
 
 
 class MemReadSignature(wiring.Signature):
@@ -86,3 +86,67 @@ def pipelined_read(m, port, name: str):
     data = Signal.like(port.data, name=f"{name}_data")
     m.d.sync += [port.addr.eq(addr), port.en.eq(en), data.eq(port.data)]
     return addr, en, data
+
+
+class BankedMemory:
+    """A memory of the core split into two banks by the address's low bit, with registered ports.
+
+    Two requests in one cycle are served at once when they address different banks (even and
+    odd words): this is how the vector unit reads two operand streams per cycle, ``x[a + j]`` and
+    ``y[b + j]`` with ``a`` and ``b`` of different parity, from memories of one read port each
+    (``docs/core.md``). Each bank has the registered read port of :func:`pipelined_read`
+    (``READ_LATENCY``) and a write port with registered address, data and enable.
+
+    :meth:`read` takes requests ``(addr, en)`` in priority order: each bank serves the first
+    enabled request that addresses it; a lower request to a bank taken in the same cycle is not
+    served (the requesters never issue one: the vector unit pairs reads of different parity only,
+    the others read one word at a time). The data of request ``i`` is valid ``READ_LATENCY``
+    cycles after it and holds until that request's bank serves another read.
+    """
+
+    def __init__(self, m, name: str, shape, depth: int):
+        from amaranth.lib import memory
+        self._m, self._name = m, name
+        self.depth = depth
+        self.banks = []
+        self._rd, self._wr = [], []
+        for b in range(2):
+            mem = memory.Memory(shape=shape, depth=max(1, (depth + 1 - b) // 2), init=[])
+            m.submodules[f"{name}{b}"] = mem
+            self.banks.append(mem)
+            self._rd.append(pipelined_read(m, mem.read_port(), f"{name}{b}_r"))
+            self._wr.append(mem.write_port())
+        self._read_done = False
+
+    def read(self, requests):
+        """Connect the read requests ``[(addr, en), ...]``; return their data values."""
+        from amaranth import Mux, Signal
+        assert not self._read_done, "read() connects all requests at once"
+        self._read_done = True
+        m = self._m
+        outs = []
+        for b, (addr, en, _data) in enumerate(self._rd):
+            first = True
+            for a, e in requests:
+                cond = e & (a[0] == b)
+                with (m.If(cond) if first else m.Elif(cond)):
+                    m.d.comb += [addr.eq(a[1:]), en.eq(1)]
+                first = False
+        for i, (a, e) in enumerate(requests):
+            sel = Signal(name=f"{self._name}_q{i}_sel0")
+            with m.If(e):
+                m.d.sync += sel.eq(a[0])
+            for k in range(1, READ_LATENCY):
+                r = Signal(name=f"{self._name}_q{i}_sel{k}")
+                m.d.sync += r.eq(sel)
+                sel = r
+            d = Signal.like(self._rd[0][2], name=f"{self._name}_q{i}_data")
+            m.d.comb += d.eq(Mux(sel, self._rd[1][2], self._rd[0][2]))
+            outs.append(d)
+        return outs
+
+    def write(self, addr, data, en):
+        """Connect the (one) write request; it reaches the bank one cycle later."""
+        m = self._m
+        for b, w in enumerate(self._wr):
+            m.d.sync += [w.addr.eq(addr[1:]), w.data.eq(data), w.en.eq(en & (addr[0] == b))]

@@ -55,8 +55,8 @@ product in step ``k + 6``; 3 for the 19 x 11 ones). Every variable shifter has t
 request. The sigmoid (``Core._sigmoid``: optional rescale to 16 fractional bits, clamp, table
 index and fraction, two table reads, interpolation multiply and shift, odd symmetry) is a unit of
 its own, two of them (F from ``R[ra]``: ``VGLU``, ``VREC``'s ``i``; F from ``R[rb]``: ``VREC``'s
-``f``), with its input in step ``s``, the SIGMEM reads in ``s + 5`` and ``s + 6`` and the result
-in ``s + 17``. Values carried between steps of an element go through free-running delay
+``f``), with its input in step ``s``, its two SIGMEM reads in ``s + 5`` and the result in
+``s + 16``. Values carried between steps of an element go through free-running delay
 registers (one per cycle of distance), so the step lists are modulo-scheduled: element ``e``
 runs step ``k`` in cycle ``e * II + k`` of the run, ``II = INTERVAL[op]``; steps of the elements
 in flight at the same time never share a unit or a memory port (checked at elaboration: the
@@ -69,23 +69,29 @@ Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done``
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
 testbench asserts it for every instruction)::
 
-    opcode    cycles per element (II)          steps per element (depth)
+    opcode    cycles per element (II)          steps per element (depth)   fast path: II, depth
     VSET      1                                3
     VEMB      1                                9
     VADD      2  (two VMEM reads)              8
     VMAXABS   1                                5
     VARGMAX   1                                4
-    VNQA      2  (two CMEM reads: a2, a0)      20
-    VUMAX2    2  (two CMEM reads: a2, a0)      15
+    VNQA      2  (two CMEM reads: a2, a0)      20                          1, 20  (a2, a0 parities differ)
+    VUMAX2    2  (two CMEM reads: a2, a0)      15                          1, 14  (a2, a0 parities differ)
     VQ        1                                24
-    VGLU      2  (two VMEM reads; two SIGMEM)  37
-    VREC      4  (four SIGMEM reads; 3 VMEM)   43
+    VGLU      2  (two VMEM reads)              35                          1, 36  (a1, a2 parities differ)
+    VREC      4  (three VMEM reads)            41                          2, 41  (a1, a2 parities differ)
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
 
-The intervals are the floors of the one read port per memory: ``VNQA`` and ``VUMAX2`` read
-``C[a2]`` and ``C[a0]`` per element (also for ``rc = 0``: the cycle count does not depend on the
-fields), ``VGLU`` reads ``x[a1]`` and ``x[a2]``, and ``VREC`` evaluates two sigmoids of two
-SIGMEM reads each (its three VMEM reads alone would allow 3).
+VMEM, CMEM and SIGMEM are two banks each, by address parity (``hw.core.ports.BankedMemory``), and
+the unit has two read ports on each (``vmem_rd``/``vmem_rd2``, ``cmem_rd``/``cmem_rd2``,
+``sig_rd``/``sig_rd2``): two reads in one cycle are served when they address different banks.
+A sigmoid's two table reads (``k``, ``k + 1``) always do, so each sigmoid reads both in one step.
+The slow intervals are the floors of one read per memory and cycle: ``VNQA`` and ``VUMAX2`` read
+``C[a2]`` and ``C[a0]`` per element (also for ``rc = 0``), ``VGLU`` reads ``x[a1]`` and
+``x[a2]``, ``VREC`` three VMEM words and two sigmoids. When the instruction's two streams start on
+different parities (:func:`is_fast`; the compiler lays VMEM and CMEM out so that they do), both
+are read in the same cycle, one per bank, and the interval halves (VREC: 2, its third VMEM read
+in the odd cycle). The interval depends on the instruction's fields, never on the data.
 
 ``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
 covers cycles ``t + 1`` to the ``done`` cycle, so the next instruction can be accepted in the
@@ -119,13 +125,14 @@ from sw.isa import REG_BITS, VMEM_BITS, Op
 
 from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
-__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "MUL_A", "MUL_B", "SHIFT_BITS",
+__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "FAST_INTERVAL",
+           "FAST_ELEMENT_CYCLES", "FAST_PAIR", "is_fast", "MUL_A", "MUL_B", "SHIFT_BITS",
            "MUL_LATENCY", "SHIFT_LATENCY"]
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
     Op.VSET: 3, Op.VEMB: 9, Op.VADD: 8, Op.VMAXABS: 5, Op.VARGMAX: 4,
-    Op.VNQA: 20, Op.VUMAX2: 15, Op.VQ: 24, Op.VGLU: 37, Op.VREC: 43,
+    Op.VNQA: 20, Op.VUMAX2: 15, Op.VQ: 24, Op.VGLU: 35, Op.VREC: 41,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
 #: two steps in the same residue class use the same memory port; every multiplier and shifter is
@@ -136,13 +143,35 @@ INTERVAL = {
 }
 #: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
+#: The opcodes with a two-read fast path: when their two streams lie in different banks (CMEM
+#: ``C[a2 + j]`` and ``C[a0 + j]`` of VNQA and VUMAX2, VMEM ``x[a1 + j]`` and ``x[a2 + j]`` of VGLU
+#: and VREC, with start addresses of different parity, which the compiler arranges), both are
+#: read in one cycle, through the unit's two read ports of that memory, at this interval and
+#: element depth.
+FAST_INTERVAL = {Op.VNQA: 1, Op.VUMAX2: 1, Op.VGLU: 1, Op.VREC: 2}
+FAST_ELEMENT_CYCLES = {Op.VNQA: 20, Op.VUMAX2: 14, Op.VGLU: 36, Op.VREC: 41}
+#: The two streams that must start on different parities for the fast path.
+FAST_PAIR = {Op.VNQA: ("a0", "a2"), Op.VUMAX2: ("a0", "a2"), Op.VGLU: ("a1", "a2"), Op.VREC: ("a1", "a2")}
 
 
-def cycles(op, n: int) -> int:
-    """Cycles from accepting a vector instruction (cycle ``t``) to its ``done`` (cycle ``t + cycles``)."""
+def is_fast(op, a0: int, a1: int, a2: int) -> bool:
+    """The instruction runs on the two-read fast path (see :data:`FAST_INTERVAL`)."""
+    op = Op(op)
+    if op not in FAST_PAIR:
+        return False
+    f = {"a0": a0, "a1": a1, "a2": a2}
+    x, y = FAST_PAIR[op]
+    return (f[x] ^ f[y]) & 1 == 1
+
+
+def cycles(op, n: int, fast: bool = False) -> int:
+    """Cycles from accepting a vector instruction (cycle ``t``) to its ``done`` (cycle ``t + cycles``);
+    ``fast``: it runs on the fast path (:func:`is_fast`)."""
     op = Op(op)
     if op not in ELEMENT_CYCLES or n == 0:
         return 1
+    if fast and op in FAST_INTERVAL:
+        return OVERHEAD + (n - 1) * FAST_INTERVAL[op] + FAST_ELEMENT_CYCLES[op]
     return OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]
 
 MUL_A = 44        #: multiplier operand A, signed bits
@@ -153,6 +182,18 @@ SHIFT_LATENCY = 3  #: steps from setting a variable rounding shifter to its resu
 _SH = 8           #: shift amounts are clamped to [-127, 127] (signed 8 bits)
 _CMEM_BITS = 18
 _SIG_BITS = 18
+
+
+class _Steps(dict):
+    """A step dict (step -> callable or tuple of callables) with :meth:`add`, which appends a
+    callable to a step instead of replacing it."""
+
+    def add(self, k, f):
+        if k in self:
+            prev = self[k]
+            self[k] = (prev if isinstance(prev, tuple) else (prev,)) + (f,)
+        else:
+            self[k] = f
 
 
 def _check(name, v):
@@ -205,9 +246,12 @@ class VectorUnit(wiring.Component):
             "result": Out(UnitResultSignature()),
             "busy": Out(1),
             "vmem_rd": Out(MemReadSignature(self.vaw, signed(VMEM_BITS))),
+            "vmem_rd2": Out(MemReadSignature(self.vaw, signed(VMEM_BITS))),
             "vmem_wr": Out(MemWriteSignature(self.vaw, signed(VMEM_BITS))),
             "cmem_rd": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
+            "cmem_rd2": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
             "sig_rd": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
+            "sig_rd2": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
             "a_wr": Out(MemWriteSignature(self.aaw, unsigned(8 * lanes), lanes)),
         })
 
@@ -363,6 +407,8 @@ class VectorUnit(wiring.Component):
         X = self.vmem_rd.data
         Cd = self.cmem_rd.data
         Sd = self.sig_rd.data
+        Sd2 = self.sig_rd2.data
+        X2 = self.vmem_rd2.data
 
         def vrd(addr):
             use("vmem_rd")
@@ -371,6 +417,20 @@ class VectorUnit(wiring.Component):
         def crd(addr):
             use("cmem_rd")
             m.d.comb += [self.cmem_rd.addr.eq(addr), self.cmem_rd.en.eq(1)]
+
+        Cd2 = self.cmem_rd2.data
+
+        def vrd2(addr):
+            use("vmem_rd2")
+            m.d.comb += [self.vmem_rd2.addr.eq(addr), self.vmem_rd2.en.eq(1)]
+
+        def srd2(addr):
+            use("sig_rd2")
+            m.d.comb += [self.sig_rd2.addr.eq(addr), self.sig_rd2.en.eq(1)]
+
+        def crd2(addr):
+            use("cmem_rd2")
+            m.d.comb += [self.cmem_rd2.addr.eq(addr), self.cmem_rd2.en.eq(1)]
 
         def srd(addr):
             use("sig_rd")
@@ -404,8 +464,9 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ sigmoid units
         def sigmoid_unit(c):
             """``Core._sigmoid`` with F from config c, its own shifters and interpolation multiplier.
-            ``start(y)`` in step s, ``rd0()`` in s + RD0, ``rd1()`` in s + RD1 (the two SIGMEM
-            reads); the result ``out`` (uQ0.16, 17 bits) is valid in step s + LAT."""
+            ``start(y)`` in step s, ``rd()`` in s + RD0 (the two SIGMEM reads, ``SIGMEM[k]`` on
+            ``sig_rd`` and ``SIGMEM[k + 1]`` on ``sig_rd2``: consecutive words, so always the two
+            banks); the result ``out`` (uQ0.16, 17 bits) is valid in step s + LAT."""
             SH = shift_unit(f"sg{c}_in", SHIFT_BITS)                 # s: rshift(y, F - 16)
             m.d.comb += SH.s.eq(fsh[c])
             S1 = SHIFT_LATENCY
@@ -419,12 +480,10 @@ class VectorUnit(wiring.Component):
             k1 = reg((a >> fb[c]) + 1, f"sg{c}_k1", 11)
             fr = reg(a & fmask, f"sg{c}_fr", 10)
             RD0 = S1 + 2
-            RD1 = RD0 + 1
-            k1d = dly(k1, 1, f"sg{c}_k1d")
-            T = RD1 + RL                                             # SIGMEM[k + 1] in Sd, SIGMEM[k] in t0
-            t0 = reg(Sd, f"sg{c}_t0")
+            T = RD0 + RL                                             # SIGMEM[k] in Sd, SIGMEM[k + 1] in Sd2
+            t0 = Sd
             MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # T: (t1 - t0) fr
-            MI.set(Cat(Sd, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
+            MI.set(Cat(Sd2, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
                    dly(fr, T - RD0, f"sg{c}_frd"))
             SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # T + lat: rshift(., fb)
             SI.set(MI.p, fb[c])
@@ -438,8 +497,10 @@ class VectorUnit(wiring.Component):
             def start(y):
                 use(f"sg{c}")
                 m.d.comb += SH.x.eq(y)
-            return SimpleNamespace(start=start, rd0=lambda: srd(k0), rd1=lambda: srd(k1d), out=out,
-                                   RD0=RD0, RD1=RD1, LAT=at + 2)
+            def rd():
+                srd(k0)
+                srd2(k1)
+            return SimpleNamespace(start=start, rd=rd, out=out, RD0=RD0, LAT=at + 2)
 
         SG0, SG1 = sigmoid_unit(0), sigmoid_unit(1)   # F = R[ra] (VGLU, VREC i); F = R[rb] (VREC f)
         LS = SG0.LAT
@@ -525,6 +586,24 @@ class VectorUnit(wiring.Component):
             Z + ML + 2: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2u")),
         })
 
+        # The fast paths (II = 1): C[a2 + j] and C[a0 + j] from the two banks in the same step.
+        def zstart2():
+            zstart()
+            crd2(a0 + j)
+        fast = {}
+        fast[Op.VNQA] = sched(Z + 2 * ML + 2, {
+            0: lambda: vrd(a1 + j),
+            RL: zstart2,
+            Z: lambda: (MZ1.set(SZ.r, Cd), MZ2.set(SZ.r, Cd2)),
+            Z + ML + 1: lambda: (MW.set(c17, c17), track_abs(mx_c, absreg(MZ2.p, "amz2nf"))),
+            Z + 2 * ML + 1: sq_acc,
+        })
+        fast[Op.VUMAX2] = sched(Z + ML + 2, {
+            0: lambda: vrd(a1 + j),
+            RL: zstart2,
+            Z: lambda: (MZ1.set(SZ.r, Cd), MZ2.set(SZ.r, Cd2)),
+            Z + ML + 1: lambda: (track_abs(mx, absreg(MZ1.p, "amz1uf")), track_abs(mx_c, absreg(MZ2.p, "amz2uf"))),
+        })
         code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of MW.p, clamped
 
         def vq_write():
@@ -550,47 +629,65 @@ class VectorUnit(wiring.Component):
 
         # VGLU, II = 2: y in step 0; sigmoid(y) (SG0) and rshift(y, R[rb]) (SZ) from step RL;
         # x[a2] read in an odd step so that it arrives with sy = rshift(.. sigmoid, 16).
+        # Fast (II = 1, y and x in different banks): x[a2] on the second port, D steps after y,
+        # D even so that the two reads of one cycle (elements D apart) are in different banks.
         g = RL + LS                                             # sigmoid(y) valid
-        gx = g + ML + 1                                         # sy valid (c16z1)
-        gx += (gx - RL) % 2 == 0                                # the x read lands on the other residue
-        prog[Op.VGLU] = sched(gx + ML + 3, {
-            0: lambda: vrd(a1 + j),
-            RL: lambda: (SG0.start(X), SZ.set(X, shz)),
-            RL + SG0.RD0: SG0.rd0,
-            RL + SG0.RD1: SG0.rd1,
-            g: lambda: MZ1.set(dly(SZ.r, g - RL - SL, "ya"), SG0.out),
-            gx - RL: lambda: vrd(a2 + j),
-            gx: lambda: MW.set(dly(c16z1, gx - (g + ML + 1), "syd"), X),
-            gx + ML + 2: lambda: vwrite(MW.p),
-        })
+        for fast_ in (False, True):
+            gx = g + ML + 1                                     # sy valid (c16z1)
+            gx += (gx - RL) % 2 == (1 if fast_ else 0)
+            xr = (lambda a: vrd2(a)) if fast_ else (lambda a: vrd(a))
+            xv = X2 if fast_ else X
+            steps = sched(gx + ML + 3, {
+                0: lambda: vrd(a1 + j),
+                RL: lambda: (SG0.start(X), SZ.set(X, shz)),
+                RL + SG0.RD0: SG0.rd,
+                g: lambda: MZ1.set(dly(SZ.r, g - RL - SL, "ya"), SG0.out),
+                gx - RL: (lambda xr: lambda: xr(a2 + j))(xr),
+                gx: (lambda xv, gx: lambda: MW.set(dly(c16z1, gx - (g + ML + 1), "syd"), xv))(xv, gx),
+                gx + ML + 2: lambda: vwrite(MW.p),
+            })
+            (fast if fast_ else prog)[Op.VGLU] = steps
 
-        # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM for f in
-        # RL + RD0/RD1, for i two steps later (residues 0..3); CMEM (1 - lb) once.
-        gf, gi = RL + LS, RL + 2 + LS                           # sigmoid(f), sigmoid(i) valid
-        tg = gi + ML + SL                                       # target = rshift(i sigmoid(i), R[rc])
-        ts = tg + (1 if (tg - RL) % 4 in (0, 2) else 0)         # s arrives (its read is in step ts - RL)
+        # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM (both
+        # ports) for f in RL + RD0, for i two steps later; CMEM (1 - lb) once.
+        # Fast (II = 2, f and i in different banks): f and i both in step 0 (the second port for
+        # i), sigmoid(i) one step after sigmoid(f) (its SIGMEM reads on the other residue), s in
+        # an odd step.
         sv = Signal(signed(SHIFT_BITS + 1), name="snew")
 
         def rec_sum():                                          # s + rshift(om (target - s), 16)
             m.d.sync += sv.eq(dly(X, ML + 1, "sv") + c16w)
-        prog[Op.VREC] = sched(ts + ML + 5, {
-            0: lambda: vrd(a2 + j),                             # f
-            2: lambda: vrd(a1 + j),                             # i
-            RL: lambda: SG1.start(X),
-            RL + 2: lambda: SG0.start(X),
-            RL + SG1.RD0: SG1.rd0,
-            RL + SG1.RD1: SG1.rd1,
-            RL + 2 + SG0.RD0: SG0.rd0,
-            RL + 2 + SG0.RD1: SG0.rd1,
-            gf - RL: lambda: crd(imm + j),                      # 1 - lb
-            gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),       # om = c16z2 in step gf + ML + 1
-            gi: lambda: MZ1.set(dly(X, gi - RL - 2, "iv"), SG0.out),   # i sigmoid(i)
-            gi + ML: lambda: ST.set(MZ1.p, shc),                # target in step tg
-            ts - RL: lambda: vrd(a0 + j),                       # s
-            ts: lambda: MW.set(dly(ST.r, ts - tg, "tg") - X, dly(c16z2, ts - (gf + ML + 1), "om")),
-            ts + ML + 1: rec_sum,                               # c16w of MW.p
-            ts + ML + 4: lambda: vwrite(sv),
-        })
+        for fast_ in (False, True):
+            di = 1 if fast_ else 2                              # sigmoid(i) starts di steps after f's
+            ii = 2 if fast_ else 4
+            gf, gi = RL + LS, RL + di + LS                      # sigmoid(f), sigmoid(i) valid
+            tg = gi + ML + SL                                   # target = rshift(i sigmoid(i), R[rc])
+            ts = tg
+            while (ts - RL) % ii in ((0,) if fast_ else (0, 2)):
+                ts += 1                                         # s arrives (its read is in step ts - RL)
+            iv = (lambda gi=gi: dly(X2, gi - RL, "ivf")) if fast_ else (lambda gi=gi: dly(X, gi - RL - 2, "iv"))
+            at = _Steps({
+                0: (lambda: (vrd(a2 + j), vrd2(a1 + j))) if fast_ else (lambda: vrd(a2 + j)),   # f (, i)
+                RL: lambda: SG1.start(X),
+                RL + di: (lambda: SG0.start(dly(X2, 1, "if1"))) if fast_ else (lambda: SG0.start(X)),
+                RL + SG1.RD0: SG1.rd,
+                RL + di + SG0.RD0: SG0.rd,
+                gf - RL: lambda: crd(imm + j),                  # 1 - lb
+                gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),   # om = c16z2 in step gf + ML + 1
+                gi: (lambda iv: lambda: MZ1.set(iv(), SG0.out))(iv),   # i sigmoid(i)
+                gi + ML: lambda: ST.set(MZ1.p, shc),            # target in step tg
+                ts: (lambda ts, tg, gf: lambda: MW.set(dly(ST.r, ts - tg, "tg") - X,
+                                                      dly(c16z2, ts - (gf + ML + 1), "om")))(ts, tg, gf),
+                ts + ML + 1: rec_sum,                           # c16w of MW.p
+                ts + ML + 4: lambda: vwrite(sv),
+            })
+            if not fast_:
+                at[2] = lambda: vrd(a1 + j)                     # i
+            at.add(ts - RL, lambda: vrd(a0 + j))                # s (may share a step with the target shift)
+            (fast if fast_ else prog)[Op.VREC] = sched(ts + ML + 5, at)
+        for o, steps in fast.items():
+            assert len(steps) == FAST_ELEMENT_CYCLES[o], (o, len(steps))
+
         for o, steps in prog.items():
             assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), \
                 (o, len(steps), ELEMENT_CYCLES[o])
@@ -606,22 +703,37 @@ class VectorUnit(wiring.Component):
 
         # The steps: step k of the current opcode runs while vp[k] is set, for element jp[k].
         last = Signal()
+        fast_on = Signal()      # this instruction runs its fast path (is_fast), set in SETUP
+        variants = {}           # (op, fast) -> (steps, interval)
+
+        def build(o, steps, ii, is_fast_):
+            nonlocal j
+            variants[(o, is_fast_)] = (steps, ii)
+            for k, f in enumerate(steps):
+                if f is nop:
+                    continue
+                j = jp[k]
+                ctx.update(op=(o, is_fast_), k=k)
+                with m.If(vp[k]):
+                    f()
+            L = len(steps)
+            m.d.comb += last.eq(vp[L - 1] & (jp[L - 1] == nm1))
+
         with m.Switch(op):
             for o, steps in prog.items():
                 with m.Case(int(o)):
-                    for k, f in enumerate(steps):
-                        if f is nop:
-                            continue
-                        j = jp[k]
-                        ctx.update(op=o, k=k)
-                        with m.If(vp[k]):
-                            f()
-                    L = len(steps)
-                    m.d.comb += last.eq(vp[L - 1] & (jp[L - 1] == nm1))
+                    if o in fast:
+                        with m.If(fast_on):
+                            build(o, fast[o], FAST_INTERVAL[o], True)
+                        with m.Else():
+                            build(o, steps, INTERVAL[o], False)
+                    else:
+                        build(o, steps, INTERVAL[o], False)
         ctx.clear()
-        for (o, res), ks in uses.items():
-            res_mod = [k % INTERVAL[o] for k in ks]
-            assert len(set(res_mod)) == len(res_mod), f"{o.name}: {res} used in steps {ks} (II {INTERVAL[o]})"
+        for ((o, f_), res), ks in uses.items():
+            ii = variants[(o, f_)][1]
+            res_mod = [k % ii for k in ks]
+            assert len(set(res_mod)) == len(res_mod), f"{o.name}: {res} used in steps {ks} (II {ii})"
 
         with m.FSM():
             with m.State("IDLE"):
@@ -639,19 +751,26 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),
-                             ph.eq(0), e_new.eq(0), more.eq(1), nm1.eq(n - 1), jl.eq(0), jw.eq(0)]
+                             ph.eq(0), e_new.eq(0), more.eq(1), nm1.eq(n - 1), jl.eq(0), jw.eq(0),
+                             fast_on.eq((((op == Op.VNQA) | (op == Op.VUMAX2)) & (a0[0] ^ a2[0]))
+                                        | (((op == Op.VGLU) | (op == Op.VREC)) & (a1[0] ^ a2[0])))]
                 for k, F in enumerate((rA, rB)):
                     m.d.sync += [fsh[k].eq(_clamp(F - 16, 0, 127)), fb[k].eq(_clamp(F, 6, 16) - 6)]
                 m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), start.eq((ph == 0) & more)]
+                ii_last = Signal()      # the last cycle of an element's interval
                 with m.Switch(op):
                     for o in prog:
                         with m.Case(int(o)):
-                            with m.If(ph == INTERVAL[o] - 1):
-                                m.d.sync += [ph.eq(0), e_new.eq(e_new + 1), more.eq(e_new + 1 < n)]
-                            with m.Else():
-                                m.d.sync += ph.eq(ph + 1)
+                            if o in fast:
+                                m.d.comb += ii_last.eq(Mux(fast_on, ph == FAST_INTERVAL[o] - 1, ph == INTERVAL[o] - 1))
+                            else:
+                                m.d.comb += ii_last.eq(ph == INTERVAL[o] - 1)
+                with m.If(ii_last):
+                    m.d.sync += [ph.eq(0), e_new.eq(e_new + 1), more.eq(e_new + 1 < n)]
+                with m.Else():
+                    m.d.sync += ph.eq(ph + 1)
                 with m.If(last):
                     m.next = "DONE"
             with m.State("DONE"):

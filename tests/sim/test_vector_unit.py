@@ -3,7 +3,8 @@ import pytest
 from amaranth import signed, unsigned
 
 from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
-from hw.core.vector_unit import ELEMENT_CYCLES, INTERVAL, OVERHEAD, VectorUnit, cycles
+from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, VectorUnit,
+                                 cycles, is_fast)
 from sim.cocotb_run import run_cocotb
 from sim.tb_vector_unit import VectorUnitHarness
 from sw.isa import VECTOR_OPS, Op
@@ -20,6 +21,9 @@ def test_ports_and_validation():
     assert u.signature.members["vmem_rd"].signature == MemReadSignature(12, signed(36))
     assert u.signature.members["vmem_wr"].signature == MemWriteSignature(12, signed(36))
     assert u.signature.members["cmem_rd"].signature == MemReadSignature(16, signed(18))
+    assert u.signature.members["cmem_rd2"].signature == MemReadSignature(16, signed(18))
+    assert u.signature.members["vmem_rd2"].signature == MemReadSignature(12, signed(36))
+    assert u.signature.members["sig_rd2"].signature == MemReadSignature(11, unsigned(18))
     assert u.signature.members["sig_rd"].signature == MemReadSignature(11, unsigned(18))
     assert u.signature.members["a_wr"].signature == MemWriteSignature(5, unsigned(256), 32)
     v = VectorUnit(vmem_depth=3000, cmem_depth=2, sig_depth=1025, lanes=8, chunks_max=5)
@@ -37,6 +41,12 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert cycles(Op.VSET, 0) == cycles(Op.NOP, 5) == 1
     assert cycles(Op.VNQA, 1) == 2 + ELEMENT_CYCLES[Op.VNQA]
     assert cycles(Op.VNQA, 10) == 2 + 9 * INTERVAL[Op.VNQA] + ELEMENT_CYCLES[Op.VNQA]
+    # the fast path: two CMEM streams of different parity, one element per cycle
+    assert is_fast(Op.VNQA, 3, 0, 8) and is_fast(Op.VUMAX2, 0, 0, 1) and not is_fast(Op.VNQA, 2, 1, 8)
+    assert is_fast(Op.VGLU, 0, 1, 2) and is_fast(Op.VREC, 0, 2, 7) and not is_fast(Op.VGLU, 1, 2, 4)
+    assert not is_fast(Op.VQ, 1, 2, 2) and set(FAST_INTERVAL) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
+    assert cycles(Op.VNQA, 10, fast=True) == 2 + 9 + FAST_ELEMENT_CYCLES[Op.VNQA]
+    assert cycles(Op.VQ, 10, fast=True) == cycles(Op.VQ, 10)
 
 
 def test_intervals_at_the_memory_port_floors():

@@ -35,8 +35,8 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 
 from hw.core.ports import UNIT_CMD_LAYOUT, BankedMemory, MemReadSignature, MemWriteSignature, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, VectorUnit,
-                                 cycles, is_fast)
+from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, PAIRED,
+                                 VectorUnit, cycles, is_fast)
 from sim.tb import params, reset, to_signed
 from sw.isa import REG_BITS, VECTOR_OPS, Instr, Op, encode
 from sw.isa_sim import Core
@@ -282,9 +282,10 @@ class Bench:
         want = cycles(ins.op, ins.n, fast)
         assert lat == want, f"{ins}: done after {lat} cycles, expected {want}"
         assert nvw == (ins.n if ins.op in WRITES_VMEM else 0), f"{ins}: {nvw} VMEM writes"
-        assert naw == (ins.n if ins.op == Op.VQ else 0), f"{ins}: {naw} activation writes"
+        assert naw == ((ins.n + 1) // 2 if ins.op == Op.VQ else 0), f"{ins}: {naw} activation writes (2 codes each)"
         if vec:
-            self.stats.setdefault((ins.op, fast), []).append((ins.n, lat))
+            elems = (ins.n + 1) // 2 if ins.op in PAIRED else ins.n      # loop elements (pairs for VQ)
+            self.stats.setdefault((ins.op, fast), []).append((elems, lat))
         if check and ins.op in WRITES_VMEM and ins.n:
             got = np.asarray(await self.read_vmem(ins.a0, ins.n), np.int64)
             exp = m.vmem[ins.a0:ins.a0 + ins.n]

@@ -35,6 +35,9 @@ ports alone. Units (all operands signed):
   ``(1 - lb) * (2**16 - sigmoid(f))`` (``VREC``, 18 x 18 in value).
 * ``MW`` -- ``MUL_A`` x ``MUL_B``: ``v * v`` (``VNQA``), ``rshift(u, R[rc]) * R[ra]`` (``VQ``),
   ``sy * x[a2]`` (``VGLU``), ``om * (target - s)`` (``VREC``).
+* ``MZ1b``, ``MWb``, ``SZb``, ``STb`` -- the second lane of ``VQ``, which takes its elements in
+  pairs (``2j`` from one bank, ``2j + 1`` from the other: :data:`PAIRED`) and writes two codes into
+  adjacent byte lanes per cycle.
 * ``MUL_A`` (44) and ``MUL_B`` (37) are not narrowed further: they bound the exactness domain
   (below), which the bench exercises with full 36-bit words (``z'`` of a 36-bit word shifted by
   0, ``v`` of 37 bits squared, ``om`` and ``target - s`` of ``VREC``).
@@ -77,7 +80,7 @@ testbench asserts it for every instruction)::
     VARGMAX   1                                4
     VNQA      2  (two CMEM reads: a2, a0)      20                          1, 20  (a2, a0 parities differ)
     VUMAX2    2  (two CMEM reads: a2, a0)      15                          1, 14  (a2, a0 parities differ)
-    VQ        1                                24
+    VQ        1 per pair of elements (2 codes)  24
     VGLU      2  (two VMEM reads)              35                          1, 36  (a1, a2 parities differ)
     VREC      4  (three VMEM reads)            41                          2, 41  (a1, a2 parities differ)
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
@@ -111,8 +114,9 @@ reads an element's sources before it writes the element).
 Timing (aimed at 75 MHz on the ECP5; measured standalone in the harness of ``bench/pe_sweep.py``,
 ``bench/vector_build.py``): at most one wide operation per stage -- a tile product, one add of
 the product tree, a barrel shift with its sticky OR, a rounding add, the clamp comparisons of a
-written value (its selection and absolute value are the next stage). Multipliers: two 44 x 18,
-one 44 x 37, two 19 x 11 (19 ``MULT18X18D``; the smallest tiles go to LUTs).
+written value (its selection and absolute value are the next stage). Multipliers: three 44 x 18,
+two 44 x 37, two 19 x 11 (``MULT18X18D`` count: ``bench/results/vector_build.json``; the smallest
+tiles go to LUTs).
 """
 
 from types import SimpleNamespace
@@ -126,7 +130,7 @@ from sw.isa import REG_BITS, VMEM_BITS, Op
 from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
 __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "FAST_INTERVAL",
-           "FAST_ELEMENT_CYCLES", "FAST_PAIR", "is_fast", "MUL_A", "MUL_B", "SHIFT_BITS",
+           "FAST_ELEMENT_CYCLES", "FAST_PAIR", "PAIRED", "is_fast", "MUL_A", "MUL_B", "SHIFT_BITS",
            "MUL_LATENCY", "SHIFT_LATENCY"]
 
 #: Steps (cycles) of one element of each vector opcode.
@@ -143,6 +147,9 @@ INTERVAL = {
 }
 #: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
+#: The opcodes whose loop elements are pairs of vector elements (``2j``, ``2j + 1``: one word of
+#: each bank), two datapath lanes: their interval and element cycles are per pair.
+PAIRED = {Op.VQ}
 #: The opcodes with a two-read fast path: when their two streams lie in different banks (CMEM
 #: ``C[a2 + j]`` and ``C[a0 + j]`` of VNQA and VUMAX2, VMEM ``x[a1 + j]`` and ``x[a2 + j]`` of VGLU
 #: and VREC, with start addresses of different parity, which the compiler arranges), both are
@@ -170,6 +177,8 @@ def cycles(op, n: int, fast: bool = False) -> int:
     op = Op(op)
     if op not in ELEMENT_CYCLES or n == 0:
         return 1
+    if op in PAIRED:
+        n = (n + 1) // 2
     if fast and op in FAST_INTERVAL:
         return OVERHEAD + (n - 1) * FAST_INTERVAL[op] + FAST_ELEMENT_CYCLES[op]
     return OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]
@@ -237,6 +246,8 @@ class VectorUnit(wiring.Component):
         for name, v in (("vmem_depth", vmem_depth), ("cmem_depth", cmem_depth), ("sig_depth", sig_depth),
                         ("lanes", lanes), ("chunks_max", chunks_max)):
             _check(name, v)
+        if lanes % 2:
+            raise ValueError(f"lanes must be even (VQ writes two codes per cycle), not {lanes}")
         self._vmem_depth, self._cmem_depth, self._sig_depth = vmem_depth, cmem_depth, sig_depth
         self._lanes, self._chunks_max = lanes, chunks_max
         self.vaw, self.caw, self.saw = _aw(vmem_depth), _aw(cmem_depth), _aw(sig_depth)
@@ -293,7 +304,8 @@ class VectorUnit(wiring.Component):
         ph = Signal(range(4))
         e_new = Signal(17)
         more = Signal()                     # elements left to start
-        nm1 = Signal(16)                    # n - 1
+        ne = Signal(16)                     # elements of the loop: n, or n / 2 rounded up (PAIRED)
+        nm1 = Signal(16)                    # ne - 1
         start = Signal()
         jp = [e_new[:16]] + [Signal(16, name=f"jp{k}") for k in range(1, LMAX)]
         vp = [start] + [Signal(name=f"vp{k}") for k in range(1, LMAX)]
@@ -606,25 +618,37 @@ class VectorUnit(wiring.Component):
         })
         code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of MW.p, clamped
 
+        # VQ, II = 1, two codes per step (element pair 2j, 2j + 1: consecutive words, so always
+        # the two banks of VMEM and of CMEM): z' C[a2] (MZ1, MZ1b), rshift(., R[rc]) (ST, STb),
+        # times R[ra] (MW, MWb), rshift 25, clamp; both codes into adjacent byte lanes.
+        SZb, STb = shift_unit("szb", SHIFT_BITS), shift_unit("stb", SHIFT_BITS)
+        MZ1b = mul_unit("mz1b", MUL_A, _CMEM_BITS, MUL_LATENCY)
+        MWb = mul_unit("mwb", MUL_A, MUL_B, MUL_LATENCY)
+        codeb = reg(_clamp(cshift(MWb.p, 25, "c25b"), -127, 127), "codeb", signed(8))
+
         def vq_write():
             use("a_wr")
-            c = code
+            second = Cat(Const(1, 1), j) < n                   # 2j + 1 < n
             m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
-                         self.a_wr.data.eq(Cat(*([c] * lanes))),
-                         self.a_wr.en.eq(Const(1, lanes) << jl)]
-            with m.If(jl == lanes - 1):
+                         self.a_wr.data.eq(Cat(*([code, codeb] * (lanes // 2)))),
+                         self.a_wr.en.eq(Cat(Const(1, 1), second) << jl)]
+            with m.If(jl == lanes - 2):
                 m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
             with m.Else():
-                m.d.sync += jl.eq(jl + 1)
+                m.d.sync += jl.eq(jl + 2)
 
-        # VQ, II = 1: z' C[a2] (MZ1), rshift(., R[rc]) (ST), times R[ra] (MW), rshift 25, clamp.
+        def vq_z():
+            SZ.set(X, shz)
+            SZb.set(X2, shz)
+            crd(a2 + 2 * j)
+            crd2(a2 + 2 * j + 1)
         prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
-            0: lambda: vrd(a1 + j),
-            RL: zstart,
-            Z: lambda: MZ1.set(SZ.r, Cd),
-            Z + ML: lambda: ST.set(MZ1.p, shc),
-            Z + ML + SL: lambda: MW.set(ST.r, rA),
-            Z + 2 * ML + SL + 2: vq_write,                     # c25 then the clamped code
+            0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
+            RL: vq_z,
+            Z: lambda: (MZ1.set(SZ.r, Cd), MZ1b.set(SZb.r, Cd2)),
+            Z + ML: lambda: (ST.set(MZ1.p, shc), STb.set(MZ1b.p, shc)),
+            Z + ML + SL: lambda: (MW.set(ST.r, rA), MWb.set(STb.r, rA)),
+            Z + 2 * ML + SL + 2: vq_write,                     # c25 then the clamped codes
         })
 
         # VGLU, II = 2: y in step 0; sigmoid(y) (SG0) and rshift(y, R[rb]) (SZ) from step RL;
@@ -751,7 +775,8 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),
-                             ph.eq(0), e_new.eq(0), more.eq(1), nm1.eq(n - 1), jl.eq(0), jw.eq(0),
+                             ph.eq(0), e_new.eq(0), more.eq(1), jl.eq(0), jw.eq(0),
+                             ne.eq(Mux(op == Op.VQ, (n + 1) >> 1, n)), nm1.eq(Mux(op == Op.VQ, (n + 1) >> 1, n) - 1),
                              fast_on.eq((((op == Op.VNQA) | (op == Op.VUMAX2)) & (a0[0] ^ a2[0]))
                                         | (((op == Op.VGLU) | (op == Op.VREC)) & (a1[0] ^ a2[0])))]
                 for k, F in enumerate((rA, rB)):
@@ -768,7 +793,7 @@ class VectorUnit(wiring.Component):
                             else:
                                 m.d.comb += ii_last.eq(ph == INTERVAL[o] - 1)
                 with m.If(ii_last):
-                    m.d.sync += [ph.eq(0), e_new.eq(e_new + 1), more.eq(e_new + 1 < n)]
+                    m.d.sync += [ph.eq(0), e_new.eq(e_new + 1), more.eq(e_new + 1 < ne)]
                 with m.Else():
                     m.d.sync += ph.eq(ph + 1)
                 with m.If(last):

@@ -3,8 +3,8 @@ import pytest
 from amaranth import signed, unsigned
 
 from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, VectorUnit,
-                                 cycles, is_fast)
+from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, PAIRED,
+                                 VectorUnit, cycles, is_fast)
 from sim.cocotb_run import run_cocotb
 from sim.tb_vector_unit import VectorUnitHarness
 from sw.isa import VECTOR_OPS, Op
@@ -47,6 +47,10 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert not is_fast(Op.VQ, 1, 2, 2) and set(FAST_INTERVAL) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
     assert cycles(Op.VNQA, 10, fast=True) == 2 + 9 + FAST_ELEMENT_CYCLES[Op.VNQA]
     assert cycles(Op.VQ, 10, fast=True) == cycles(Op.VQ, 10)
+    # VQ: two codes per cycle (element pairs)
+    assert cycles(Op.VQ, 10) == cycles(Op.VQ, 9) == 2 + 4 + ELEMENT_CYCLES[Op.VQ] and PAIRED == {Op.VQ}
+    with pytest.raises(ValueError, match="even"):
+        VectorUnit(lanes=5)
 
 
 def test_intervals_at_the_memory_port_floors():

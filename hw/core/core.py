@@ -197,7 +197,10 @@ class AcceleratorCore(wiring.Component):
                          cur_cycles.eq(cur_cycles + 1), cur_engine.eq(cur_engine + eng.busy)]
 
         # ------------------------------------------------------------------ link commands
-        arg = self.port.arg
+        # the command port registered (start is a one-cycle pulse; the reply is registered too)
+        c_start, c_op, c_arg = Signal(), Signal.like(self.port.op), Signal.like(self.port.arg)
+        m.d.sync += [c_start.eq(self.port.start), c_op.eq(self.port.op), c_arg.eq(self.port.arg)]
+        arg = c_arg
         m.d.sync += self.port.done.eq(0)
 
         def reply(code):
@@ -205,8 +208,8 @@ class AcceleratorCore(wiring.Component):
 
         start_run = Signal()
         start_reset = Signal()
-        with m.If(self.port.start):
-            with m.Switch(self.port.op):
+        with m.If(c_start):
+            with m.Switch(c_op):
                 with m.Case(P.Command.LOAD):
                     with m.If(active):
                         reply(P.ErrorCode.BUSY)
@@ -419,28 +422,41 @@ class AcceleratorCore(wiring.Component):
                M.SIGMEM: TMEM_BITS, M.VMEM: VMEM_BITS, M.TOKMEM: 16}
         shift = {mid: (info.stride(mid) - 1).bit_length() for mid in M}
         stage = Array(Signal(8, name=f"stage{i}") for i in range((word_bits + 7) // 8))
-        mid = lp.mem
+        # A one-entry request register between the link and the memories: the link's request is
+        # taken whenever the register is empty (``ready`` is a register bit, not a function of the
+        # request) and served from it, so no path runs from the link's state machine through the
+        # memory decode and back.
+        q_valid, q_we, q_re = Signal(), Signal(), Signal()
+        q_mid, q_addr, q_wdata = Signal.like(lp.mem), Signal.like(lp.addr), Signal.like(lp.wdata)
+        m.d.comb += lp.ready.eq(~q_valid)
+        with m.If(~q_valid & (lp.we | lp.re)):
+            m.d.sync += [q_valid.eq(1), q_mid.eq(lp.mem), q_addr.eq(lp.addr), q_wdata.eq(lp.wdata),
+                         q_we.eq(lp.we), q_re.eq(lp.re)]
+        mid = q_mid
         byte_i = Signal(8)
         waddr = Signal(32)
         with m.Switch(mid):
             for k in M:
                 with m.Case(int(k)):
-                    m.d.comb += [byte_i.eq(lp.addr[:shift[k]] if shift[k] else 0), waddr.eq(lp.addr >> shift[k])]
+                    m.d.comb += [byte_i.eq(q_addr[:shift[k]] if shift[k] else 0), waddr.eq(q_addr >> shift[k])]
 
-        always = (mid == M.INFO) | (mid == M.CTRL) | ((mid == M.TOKMEM) & lp.re)
-        m.d.comb += lp.ready.eq(always | ~active)
-        take_w = lp.we & lp.ready
-        take_r = lp.re & lp.ready
+        always = (mid == M.INFO) | (mid == M.CTRL) | ((mid == M.TOKMEM) & q_re)
+        serve = Signal()
+        m.d.comb += serve.eq(q_valid & (always | ~active))
+        with m.If(serve):
+            m.d.sync += q_valid.eq(0)
+        take_w = q_we & serve
+        take_r = q_re & serve
 
         def word_data(bits):
             nbytes = (bits + 7) // 8
-            return Cat(*[stage[i] for i in range(nbytes - 1)], lp.wdata)[:bits]
+            return Cat(*[stage[i] for i in range(nbytes - 1)], q_wdata)[:bits]
 
         def top_byte(bits):
             return (bits - 1) // 8
 
         with m.If(take_w & (byte_i < len(stage))):
-            m.d.sync += stage[byte_i].eq(lp.wdata)
+            m.d.sync += stage[byte_i].eq(q_wdata)
         wr_en = {k: Signal(name=f"link_we_{k.name.lower()}") for k in top}
         for k, bits in top.items():
             m.d.comb += wr_en[k].eq(take_w & (mid == k) & (byte_i == top_byte(bits)))
@@ -509,7 +525,7 @@ class AcceleratorCore(wiring.Component):
         r_pend = Signal(READ_LATENCY)
         m.d.sync += r_pend.eq(Cat(take_r, r_pend[:-1]))
         with m.If(take_r):
-            m.d.sync += [r_mid.eq(mid), r_byte.eq(byte_i), r_addr.eq(lp.addr[:8])]
+            m.d.sync += [r_mid.eq(mid), r_byte.eq(byte_i), r_addr.eq(q_addr[:8])]
         sel_a = Signal(8)           # t + 2: the latency-1 memories (registered words) and the records
         pm_q = Signal.like(pm_r.data, name="pm_q")
         w_q = Signal.like(eng.w_rd.data, name="w_q")

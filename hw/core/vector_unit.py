@@ -416,37 +416,21 @@ class VectorUnit(wiring.Component):
 
         # ------------------------------------------------------------ memories
         # Read data arrives READ_LATENCY steps after the request (``hw.core.ports``).
-        X = self.vmem_rd.data
-        Cd = self.cmem_rd.data
-        Sd = self.sig_rd.data
-        Sd2 = self.sig_rd2.data
-        X2 = self.vmem_rd2.data
+        X, X2 = self.vmem_rd.data, self.vmem_rd2.data
+        Cd, Cd2 = self.cmem_rd.data, self.cmem_rd2.data
+        Sd, Sd2 = self.sig_rd.data, self.sig_rd2.data
 
-        def vrd(addr):
-            use("vmem_rd")
-            m.d.comb += [self.vmem_rd.addr.eq(addr), self.vmem_rd.en.eq(1)]
+        def reader(name):
+            """``f(addr)``: a read request on the port ``name`` in the step being built."""
+            port = getattr(self, name)
 
-        def crd(addr):
-            use("cmem_rd")
-            m.d.comb += [self.cmem_rd.addr.eq(addr), self.cmem_rd.en.eq(1)]
-
-        Cd2 = self.cmem_rd2.data
-
-        def vrd2(addr):
-            use("vmem_rd2")
-            m.d.comb += [self.vmem_rd2.addr.eq(addr), self.vmem_rd2.en.eq(1)]
-
-        def srd2(addr):
-            use("sig_rd2")
-            m.d.comb += [self.sig_rd2.addr.eq(addr), self.sig_rd2.en.eq(1)]
-
-        def crd2(addr):
-            use("cmem_rd2")
-            m.d.comb += [self.cmem_rd2.addr.eq(addr), self.cmem_rd2.en.eq(1)]
-
-        def srd(addr):
-            use("sig_rd")
-            m.d.comb += [self.sig_rd.addr.eq(addr), self.sig_rd.en.eq(1)]
+            def f(addr):
+                use(name)
+                m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
+            return f
+        vrd, vrd2 = reader("vmem_rd"), reader("vmem_rd2")
+        crd, crd2 = reader("cmem_rd"), reader("cmem_rd2")
+        srd, srd2 = reader("sig_rd"), reader("sig_rd2")
 
         def satv(v):
             c = Mux(sat == 0, v, _clamp(v, sat_lo, sat_hi))

@@ -44,7 +44,7 @@ from ..gemv import GemvEngine
 from ..link.protocol import CorePortSignature, MemPortSignature
 from ..pe.adder_tree import acc_width
 from .gemv_writeback import GemvWriteback
-from .ports import READ_LATENCY, BankedMemory, pipelined_read
+from .ports import READ_LATENCY, BankedMemory
 from .scalar_unit import ScalarUnit
 from .vector_unit import VectorUnit
 

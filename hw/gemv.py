@@ -52,8 +52,9 @@ class GemvEngine(wiring.Component):
     w_wr : ``In(addr, data, en)``
         Weight memory write port.
     w_rd : ``In(addr, data)``
-        Weight memory read-back (upload verification): ``data`` is the word at the ``addr`` of the
-        previous cycle, valid while the engine is idle (``busy`` low).
+        Weight memory read-back (upload verification): ``data`` is the word at the ``addr`` of
+        two cycles earlier (the address is registered), valid while the engine is idle (``busy``
+        low and no ``cmd`` offered in those cycles).
     a_wr : ``In(addr, data, en[lanes])``
         Activation memory write port with a byte enable per lane; address = ``bank * chunks_max +
         chunk``.
@@ -159,7 +160,7 @@ class GemvEngine(wiring.Component):
         room = (fifo.level + inflight) < depth
         m.d.comb += [issue.eq(running & ((chunk != 0) | room)),
                      self.busy.eq(running), self.cmd.ready.eq(~running),
-                     w_rd.addr.eq(Mux(running, waddr, self.w_rd.addr)), self.w_rd.data.eq(w_rd.data),
+                     w_rd.addr.eq(waddr), self.w_rd.data.eq(w_rd.data),
                      a_rd.addr.eq(bank * self._chunks_max + chunk)]
         m.d.sync += [s1_valid.eq(issue), s1_last.eq(last_chunk),
                      s2_valid.eq(s1_valid), s2_last.eq(s1_last), s2_x.eq(a_rd.data), s2_w.eq(w_rd.data)]
@@ -176,6 +177,10 @@ class GemvEngine(wiring.Component):
             m.d.sync += [running.eq((p.groups != 0) & (p.chunks != 0)), waddr.eq(p.base),
                          chunk.eq(0), group.eq(0), chunks.eq(p.chunks), groups.eq(p.groups),
                          bank.eq(p.bank)]
+        # While idle, the weight memory's address register follows the read-back address, so
+        # the block RAMs' address pins see one register and no multiplexer.
+        with m.If(~running & ~self.cmd.valid):
+            m.d.sync += waddr.eq(self.w_rd.addr)
         started = issue & last_chunk
         with m.If(started & ~pe.o.valid):
             m.d.sync += inflight.eq(inflight + 1)

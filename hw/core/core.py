@@ -515,9 +515,10 @@ class AcceleratorCore(wiring.Component):
                                 step_cycles, step_engine, run_cycles, tokens, last_token, Const(0, 16)))
         assert len(ctrl) == 8 * P.RunStatus.SIZE
 
-        # read data: cycle t request; t + 1 the data of PMEM, WMEM, TMEM, TOKMEM, registered whole
+        # read data: cycle t request; t + 1 the data of PMEM, TMEM, TOKMEM, registered whole
         # (t + 2: no block-RAM output feeds a byte multiplexer in its own cycle), its byte (or
-        # INFO's, CTRL's) registered at t + 3; t + 3 the data of VMEM, CMEM, SIGMEM
+        # INFO's, CTRL's) registered at t + 3; t + 2 the data of WMEM (the engine registers its
+        # address), registered whole at t + 3; t + 3 the data of VMEM, CMEM, SIGMEM
         # (READ_LATENCY); t + 4 the selected byte with rvalid.
         r_mid = Signal(8)
         r_byte = Signal(8)
@@ -541,7 +542,7 @@ class AcceleratorCore(wiring.Component):
 
         info_rom = Array(Const(b, 8) for b in info_bytes)
         ctrl_bytes = Array(ctrl[8 * i:8 * i + 8] for i in range(P.RunStatus.SIZE))
-        slow = (r_mid == M.CMEM) | (r_mid == M.SIGMEM) | (r_mid == M.VMEM)
+        slow = (r_mid == M.CMEM) | (r_mid == M.SIGMEM) | (r_mid == M.VMEM) | (r_mid == M.WMEM)
         with m.Switch(r_mid):
             with m.Case(M.INFO):
                 m.d.comb += sel_a.eq(Mux(r_addr < len(info_bytes), info_rom[r_addr[:6]], 0))
@@ -549,8 +550,8 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += sel_a.eq(ctrl_bytes[r_addr[:5]])
             with m.Case(M.PMEM):
                 m.d.comb += sel_a.eq(byte_of(pm_q, INSTR_BITS))
-            with m.Case(M.WMEM):
-                m.d.comb += sel_a.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(w_q, word_bits), 0))
+            with m.Case(M.WMEM):          # the engine registers the address: a 2-cycle read
+                m.d.comb += sel_b.eq(Mux(r_byte < (word_bits + 7) // 8, byte_of(w_q, word_bits), 0))
             with m.Case(M.TMEM):
                 m.d.comb += sel_a.eq(Mux(r_byte < 3, byte_of(tm_q, TMEM_BITS), 0))
             with m.Case(M.TOKMEM):

@@ -167,7 +167,6 @@ class GemvWriteback(wiring.Component):
         # ------------------------------------------------------------ command latch
         busy = Signal()
         f_sat = Signal(6)
-        f_n = Signal(16)
         f_raw = Signal()
         f_res = Signal()
         f_ra = Signal(signed(REG_BITS))
@@ -177,10 +176,14 @@ class GemvWriteback(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
 
         beats_left = Signal(20)
+        beats_nz = Signal()         # beats_left != 0
         full = Signal()             # the beat buffer holds outputs to issue
         r = Signal(range(rows))     # index of the next output in the buffered beat
-        mi = Signal(17)             # index of the next output of the command
-        addr = Signal(self._vaw)    # a0 + mi
+        r_last = Signal()           # r == rows - 1
+        left = Signal(17)           # outputs of the command not issued yet: n - mi
+        left1 = Signal()            # left == 1
+        left2 = Signal()            # left >= 2
+        addr = Signal(self._vaw)    # a0 + index of the next output
         buf = Signal(data.ArrayLayout(signed(AW), rows))
         maxw = Signal(VB)           # running max |written|
 
@@ -212,21 +215,27 @@ class GemvWriteback(wiring.Component):
         m.d.comb += [lim_hi.eq(~hmask[:Y]), lim_lo.eq(hmask[:Y])]
 
         # ------------------------------------------------------------ input and issue
+        # Everything the engine's output handshake sees (``i.ready``) comes straight from
+        # registers: ``r_last``, ``left1``, ``left2`` and ``beats_nz`` are kept beside the counters
+        # they describe, so no adder or wide compare lies between them and the FIFO.
         last_issue = Signal()
         issue = Signal()
+        take = Signal()
         m.d.comb += [
             issue.eq(full),
-            last_issue.eq(full & ((r == rows - 1) | (mi + 1 == f_n))),
-            self.i.ready.eq(busy & (beats_left != 0) & (~full | last_issue)),
+            last_issue.eq(full & (r_last | left1)),
+            self.i.ready.eq(busy & beats_nz & (~full | last_issue)),
+            take.eq(self.i.valid & self.i.ready),
         ]
-        mi_next = Signal(17)
-        m.d.comb += mi_next.eq(mi + issue)
         with m.If(issue):
-            m.d.sync += [mi.eq(mi_next), addr.eq(addr + 1), r.eq(r + 1),
+            m.d.sync += [left.eq(left - 1), left1.eq(left == 2), left2.eq(left >= 3),
+                         addr.eq(addr + 1), r.eq(r + 1), r_last.eq(r == rows - 2),
                          buf.as_value().eq(buf.as_value() >> AW)]
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [beats_left.eq(beats_left - 1), buf.eq(self.i.payload), r.eq(0),
-                         full.eq(mi_next < f_n)]
+        with m.If(take):
+            # outputs remain after this cycle's issue: left - issue > 0
+            m.d.sync += [beats_left.eq(beats_left - 1), beats_nz.eq(beats_left != 1),
+                         buf.eq(self.i.payload), r.eq(0), r_last.eq(rows == 1),
+                         full.eq(left2 | (left1 & ~issue))]
         with m.Elif(last_issue):
             m.d.sync += full.eq(0)
 
@@ -279,7 +288,7 @@ class GemvWriteback(wiring.Component):
 
         # ------------------------------------------------------------ control
         drained = Signal()
-        m.d.comb += drained.eq(~full & (beats_left == 0) & ~Cat(*v[1:]).any())
+        m.d.comb += drained.eq(~full & ~beats_nz & ~Cat(*v[1:]).any())
         done = Signal()
         m.d.comb += done.eq(busy & drained)
         m.d.comb += [self.result.done.eq(done), self.result.rd_we.eq(done),
@@ -289,10 +298,12 @@ class GemvWriteback(wiring.Component):
             imm = _field(ins, "imm")
             m.d.sync += [
                 busy.eq(1),
-                f_sat.eq(_field(ins, "sat")), f_n.eq(_field(ins, "n")),
+                f_sat.eq(_field(ins, "sat")),
                 f_raw.eq(imm[_IMM_RAW]), f_res.eq(imm[_IMM_RESIDUAL]),
                 f_ra.eq(cmd.ra), f_rb.eq(cmd.rb),
-                beats_left.eq(_field(ins, "a2")), full.eq(0), r.eq(0), mi.eq(0),
+                beats_left.eq(_field(ins, "a2")), beats_nz.eq(_field(ins, "a2") != 0), full.eq(0), r.eq(0),
+                r_last.eq(rows == 1), left.eq(_field(ins, "n")), left1.eq(_field(ins, "n") == 1),
+                left2.eq(_field(ins, "n") >= 2),
                 addr.eq(_field(ins, "a0")), maxw.eq(0),
             ]
         with m.Elif(done):

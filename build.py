@@ -58,10 +58,12 @@ def make_design(name: str, board, args):
         from hw.link_top import LinkTop
         return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud)
     if name == "soc":
+        from boards.fit import check_fit
         from hw.core.core import AcceleratorCore
         from hw.link_top import LinkTop
-        return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud,
-                       core=AcceleratorCore())
+        core = AcceleratorCore()
+        check_fit(core.block_memories, board.dp16kd, board.device)    # DoesNotFit before any tool runs
+        return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud, core=core)
     raise ValueError(name)
 
 
@@ -125,11 +127,15 @@ def main(argv=None) -> int:
     if args.design not in DESIGNS:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
 
+    from boards.fit import DoesNotFit
     from boards.flow import FlowError, run_flow
     out = args.out or ROOT / "build" / board.name
     try:
-        result = run_flow(make_design(args.design, board, args), board, out, seed=args.seed,
-                          progress=lambda msg: print(msg, flush=True))
+        design = make_design(args.design, board, args)
+    except DoesNotFit as exc:
+        parser.exit(2, f"error: {args.design} on {board.name}: {exc}\n")
+    try:
+        result = run_flow(design, board, out, seed=args.seed, progress=lambda msg: print(msg, flush=True))
     except FlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -55,6 +55,27 @@ def test_sys_clock_refused_with_reason(mhz, reason):
     assert reason in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_soc_too_big_for_the_part_is_refused_before_synthesis(tmp_path):
+    out = tmp_path / "soc25"
+    proc = _build("--board", "ulx3s-25f", "--design", "soc", "--out", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "DP16KD" in proc.stderr and "LFE5U-25F has 56" in proc.stderr and "wmem" in proc.stderr
+    assert not out.exists()          # no tool ran, nothing written
+
+
+def test_block_ram_estimate():
+    from boards.fit import DoesNotFit, check_fit, dp16kd_count
+    assert dp16kd_count(1024, 18) == 1 and dp16kd_count(512, 36) == 1 and dp16kd_count(1025, 18) == 2
+    assert dp16kd_count(4096, 448) == 100            # 4 deep x 25 wide at 1024 x 18 (512 x 36: 8 x 13 = 104)
+    assert dp16kd_count(32768, 1) == 2 and dp16kd_count(64, 256) == 0 and dp16kd_count(100, 20) == 0
+    with pytest.raises(ValueError):
+        dp16kd_count(0, 8)
+    mems = [("a", 1024, 18)] * 3
+    assert check_fit(mems, 3, "X") == 3
+    with pytest.raises(DoesNotFit, match="need 3 DP16KD .* X has 2"):
+        check_fit(mems, 2, "X")
+
+
 def test_sys_clock_override():
     sys.path.insert(0, str(ROOT))
     from build import with_sys_clock

@@ -120,6 +120,21 @@ class AcceleratorCore(wiring.Component):
     def lanes(self) -> int:
         return self._p["lanes"]
 
+    @property
+    def block_memories(self) -> list[tuple[str, int, int]]:
+        """``(name, depth, width)`` of every memory of the core meant for block RAM (the two banks
+        of VMEM, CMEM and SIGMEM each, the engine's weight and activation memories, PMEM,
+        TOKMEM, TMEM); the register file and the FIFOs are left out."""
+        p = self._p
+        mems = [("wmem", p["wmem_depth"], self._engine.word_bits),
+                ("amem", 2 * (p["k_max"] // p["lanes"]), 8 * p["lanes"]),
+                ("pmem", p["pmem_depth"], INSTR_BITS), ("tokmem", p["tokmem_depth"], 16),
+                ("tmem", p["tmem_depth"], TMEM_BITS)]
+        for name, depth, width in (("vmem", p["vmem_depth"], VMEM_BITS), ("cmem", p["cmem_depth"], CMEM_BITS),
+                                   ("sigmem", p["sig_depth"], TMEM_BITS)):
+            mems += [(f"{name}{b}", max(1, (depth + 1 - b) // 2), width) for b in range(2)]
+        return mems
+
     def elaborate(self, platform):  # noqa: C901 (the sequencer is one state machine)
         m = Module()
         p = self._p

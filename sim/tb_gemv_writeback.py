@@ -3,16 +3,17 @@
 The expected VMEM contents and ``rd`` values come from the executor: ``rshift`` for the rescale,
 and ``Core._vr`` / ``Core._vw`` (the executor's own VMEM read, saturation, 36-bit word check and
 ``max |written|``) on a copy of the testbench's VMEM. Commands the executor rejects (a written
-value beyond the 36-bit word) are not sent. The testbench models the VMEM (a synchronous read
-port, the old value on a read of the address written in the same cycle) and checks:
+value beyond the 36-bit word) are not sent. The testbench models the VMEM (synchronous read
+ports, the old value on a read of the address written in the same cycle) and checks:
 
 * every write of every command: the addresses ``a0 .. a0 + n - 1`` in order, each once, with the
   executor's value; no write outside a command; the whole VMEM after the last command;
 * ``rd_data`` (with ``rd_we = 1``, ``rc_we = 0``) of each ``done`` pulse, in command order;
 * ``cmd.ready == ~busy``, ``busy`` from the cycle after the accept to the ``done`` cycle, exactly
   ``groups`` beats consumed per command;
-* with no producer gaps: one output per cycle (``done`` exactly ``groups * rows + 10`` cycles
-  after the accept when every output is written).
+* two outputs per cycle on two read and two write ports (lane 1 always on the word after lane
+  0's); with no producer gaps, ``done`` exactly ``groups * ceil(rows / 2) + 10`` cycles after the
+  accept when every output is written.
 """
 
 import random
@@ -101,7 +102,8 @@ class Bench:
         d.cmd__valid.value = 0
         d.i__valid.value = 0
         d.vmem_rd__data.value = 0
-        self.rd_addr_reg, self.bram_out = None, 0
+        d.vmem_rd2__data.value = 0
+        self.rd_addr_reg, self.bram_out = [None, None], [0, 0]
         await reset(d)
 
     async def monitor(self):
@@ -119,15 +121,34 @@ class Bench:
             if int(d.i__valid.value) and int(d.i__ready.value):
                 assert busy, f"cycle {self.cycle}: beat consumed while idle"
                 self.beats_in.append((len(self.dones), self.cycle))
-            rd_en, rd_addr = int(d.vmem_rd__en.value), int(d.vmem_rd__addr.value)
-            wr_en, wr_addr = int(d.vmem_wr__en.value), int(d.vmem_wr__addr.value)
-            wr_data = to_signed(int(d.vmem_wr__data.value), VMEM_BITS)
-            if rd_en:
-                assert busy, f"cycle {self.cycle}: VMEM read while idle"
-                self.reads.append((len(self.dones), rd_addr))
-            if wr_en:
-                assert busy, f"cycle {self.cycle}: VMEM write while idle"
-                self.writes.append((len(self.dones), wr_addr, wr_data, self.cycle))
+            # Two read and two write ports (lanes 0 and 1, in this order within a cycle). Lane 1
+            # is only used together with lane 0, on the next word (the other VMEM bank).
+            rds, wrs = [], []
+            for rp, wp in (("vmem_rd", "vmem_wr"), ("vmem_rd2", "vmem_wr2")):
+                if int(getattr(d, f"{rp}__en").value):
+                    rds.append(int(getattr(d, f"{rp}__addr").value))
+                else:
+                    rds.append(None)
+                if int(getattr(d, f"{wp}__en").value):
+                    wrs.append((int(getattr(d, f"{wp}__addr").value),
+                                to_signed(int(getattr(d, f"{wp}__data").value), VMEM_BITS)))
+                else:
+                    wrs.append(None)
+            for lane0, lane1, what in ((rds[0], rds[1], "read"), (wrs[0], wrs[1], "write")):
+                if lane1 is not None:
+                    assert lane0 is not None, f"cycle {self.cycle}: lane 1 {what} without lane 0"
+                    a0 = lane0 if what == "read" else lane0[0]
+                    a1 = lane1 if what == "read" else lane1[0]
+                    assert a1 == (a0 + 1) % (1 << len(d.vmem_wr__addr)), \
+                        f"cycle {self.cycle}: lane 1 {what} at {a1}, lane 0 at {a0}"
+            for a in rds:
+                if a is not None:
+                    assert busy, f"cycle {self.cycle}: VMEM read while idle"
+                    self.reads.append((len(self.dones), a))
+            for w in wrs:
+                if w is not None:
+                    assert busy, f"cycle {self.cycle}: VMEM write while idle"
+                    self.writes.append((len(self.dones), w[0], w[1], self.cycle))
             done = int(d.result__done.value)
             if done:
                 assert busy, f"cycle {self.cycle}: done while idle"
@@ -140,17 +161,20 @@ class Bench:
             # The core's VMEM read port (READ_LATENCY = 3): the address is registered, the block
             # RAM reads it at the end of the next cycle (before that cycle's write), its output
             # is registered once more.
-            if self.rd_addr_reg is not None:
-                self.bram_out, d.vmem_rd__data.value = self.mem[self.rd_addr_reg] & M36, self.bram_out
-            else:
-                d.vmem_rd__data.value = self.bram_out
-            self.rd_addr_reg = None
-            if rd_en:
-                assert 0 <= rd_addr < self.depth, f"VMEM read of {rd_addr} beyond {self.depth}"
-                self.rd_addr_reg = rd_addr
-            if wr_en:
-                assert 0 <= wr_addr < self.depth, f"VMEM write of {wr_addr} beyond {self.depth}"
-                self.mem[wr_addr] = wr_data
+            for j, rp in enumerate(("vmem_rd", "vmem_rd2")):
+                out = getattr(d, f"{rp}__data")
+                if self.rd_addr_reg[j] is not None:
+                    self.bram_out[j], out.value = self.mem[self.rd_addr_reg[j]] & M36, self.bram_out[j]
+                else:
+                    out.value = self.bram_out[j]
+                self.rd_addr_reg[j] = None
+                if rds[j] is not None:
+                    assert 0 <= rds[j] < self.depth, f"VMEM read of {rds[j]} beyond {self.depth}"
+                    self.rd_addr_reg[j] = rds[j]
+            for w in wrs:
+                if w is not None:
+                    assert 0 <= w[0] < self.depth, f"VMEM write of {w[0]} beyond {self.depth}"
+                    self.mem[w[0]] = w[1]
 
     async def run(self, p_cmd_idle: float, p_beat_idle: float, seed: int, check_rate: bool = False):
         d = self.dut
@@ -191,10 +215,11 @@ class Bench:
             assert reads == exp_reads, f"{what}: VMEM reads {reads}, expected {exp_reads}"
             assert self.rds[j] == rd, f"{what}: rd = {self.rds[j]}, executor max|written| = {rd}"
             cyc = self.dones[j] - self.accepts[j]
+            per_beat = (self.rows + 1) // 2          # two outputs per cycle
             if check_rate and ins.n == ins.a2 * self.rows:
-                assert cyc == ins.a2 * self.rows + 10, f"{what}: {cyc} cycles accept to done"
+                assert cyc == ins.a2 * per_beat + 10, f"{what}: {cyc} cycles accept to done"
             if check_rate:
-                assert cyc <= ins.a2 * self.rows + 10, f"{what}: {cyc} cycles accept to done"
+                assert cyc <= ins.a2 * per_beat + 10, f"{what}: {cyc} cycles accept to done"
         assert len(self.writes) == sum(len(c[5]) for c in self.cmds)
         exp_mem = [int(v) for v in self.ref.vmem]
         bad = [a for a in range(self.depth) if self.mem[a] != exp_mem[a]]
@@ -359,7 +384,7 @@ async def test_random_gaps(dut):
 
 @cocotb.test()
 async def test_throughput(dut):
-    """Full-length commands with the beats always offered: one output per cycle."""
+    """Full-length commands with the beats always offered: two outputs per cycle."""
     b, gen = await start(dut, 5)
     for g in (1, 2, 7, 16):
         for md in ("scaled", "residual", "raw"):

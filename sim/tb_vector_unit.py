@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from cocotb.simtime import get_sim_time
@@ -89,8 +89,7 @@ class VectorUnitHarness(wiring.Component):
         vb = BankedMemory(m, "vmemb", signed(36), u.vmem_depth)
         d_a, d_b = vb.read([(u.vmem_rd.addr, u.vmem_rd.en), (u.vmem_rd2.addr, u.vmem_rd2.en)])
         m.d.comb += [u.vmem_rd.data.eq(d_a), u.vmem_rd2.data.eq(d_b)]
-        vb.write(Mux(u.vmem_wr.en, u.vmem_wr.addr, self.vm_w.addr), Mux(u.vmem_wr.en, u.vmem_wr.data, self.vm_w.data),
-                 u.vmem_wr.en | self.vm_w.en)
+        vb.write([(u.vmem_wr.addr, u.vmem_wr.data, u.vmem_wr.en), (self.vm_w.addr, self.vm_w.data, self.vm_w.en)])
         q = vmem.read_port()
         m.d.comb += [q.addr.eq(self.vm_r.addr), q.en.eq(self.vm_r.en), self.vm_r.data.eq(q.data)]
         wr(vmem, u.vmem_wr)
@@ -99,11 +98,11 @@ class VectorUnitHarness(wiring.Component):
         cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth)
         d_a, d_b = cmem.read([(u.cmem_rd.addr, u.cmem_rd.en), (u.cmem_rd2.addr, u.cmem_rd2.en)])
         m.d.comb += [u.cmem_rd.data.eq(d_a), u.cmem_rd2.data.eq(d_b)]
-        cmem.write(self.cm_w.addr, self.cm_w.data, self.cm_w.en)
+        cmem.write([(self.cm_w.addr, self.cm_w.data, self.cm_w.en)])
         smem_b = BankedMemory(m, "smemb", unsigned(18), u.sig_depth)
         d_a, d_b = smem_b.read([(u.sig_rd.addr, u.sig_rd.en), (u.sig_rd2.addr, u.sig_rd2.en)])
         m.d.comb += [u.sig_rd.data.eq(d_a), u.sig_rd2.data.eq(d_b)]
-        smem_b.write(self.sg_w.addr, self.sg_w.data, self.sg_w.en)
+        smem_b.write([(self.sg_w.addr, self.sg_w.data, self.sg_w.en)])
         wr(amem, u.a_wr, 8)
         wr(amem, self.am_w, 8)
         q = amem.read_port()        # the testbench's own port: data in the cycle after en

@@ -53,11 +53,6 @@ __all__ = ["AcceleratorCore"]
 _FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
 
 
-class _Port:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
 def _bits(depth: int) -> int:
     return max(1, (depth - 1).bit_length())
 
@@ -163,9 +158,6 @@ class AcceleratorCore(wiring.Component):
         cm_seq_data = Signal(signed(CMEM_BITS))
         cm_link_data = Signal(signed(CMEM_BITS))
         sigmem = BankedMemory(m, "sigmem", unsigned(TMEM_BITS), p["sig_depth"])
-        vm_w = _Port(addr=Signal(_bits(p["vmem_depth"]), name="vm_wa"), data=Signal(signed(VMEM_BITS), name="vm_wd"),
-                     en=Signal(name="vm_we"))
-        vmem.write(vm_w.addr, vm_w.data, vm_w.en)
         tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
 
         # ------------------------------------------------------------------ sequencer state
@@ -482,14 +474,15 @@ class AcceleratorCore(wiring.Component):
         m.d.sync += [pm_w.addr.eq(waddr), pm_w.data.eq(word_data(INSTR_BITS)), pm_w.en.eq(wr_en[M.PMEM]),
                      eng.w_wr.addr.eq(waddr), eng.w_wr.data.eq(word_data(word_bits)), eng.w_wr.en.eq(wr_en[M.WMEM]),
                      su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM])]
-        cmem.write(waddr[:_bits(p["cmem_depth"])], word_data(CMEM_BITS), wr_en[M.CMEM])
-        sigmem.write(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])
-        with m.If(vu.vmem_wr.en):
-            m.d.comb += [vm_w.addr.eq(vu.vmem_wr.addr), vm_w.data.eq(vu.vmem_wr.data), vm_w.en.eq(1)]
-        with m.Elif(wb.vmem_wr.en):
-            m.d.comb += [vm_w.addr.eq(wb.vmem_wr.addr), vm_w.data.eq(wb.vmem_wr.data), vm_w.en.eq(1)]
-        with m.Else():
-            m.d.comb += [vm_w.addr.eq(waddr), vm_w.data.eq(word_data(VMEM_BITS)), vm_w.en.eq(wr_en[M.VMEM])]
+        cmem.write([(waddr[:_bits(p["cmem_depth"])], word_data(CMEM_BITS), wr_en[M.CMEM])])
+        sigmem.write([(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])])
+        # The vector unit and the writeback never write in the same cycle (no vector instruction
+        # that writes VMEM issues while a GEMV is outstanding); the writeback's two lanes write
+        # words of different parity; the link writes only while the core is idle.
+        vmem.write([(vu.vmem_wr.addr, vu.vmem_wr.data, vu.vmem_wr.en),
+                    (wb.vmem_wr.addr, wb.vmem_wr.data, wb.vmem_wr.en),
+                    (wb.vmem_wr2.addr, wb.vmem_wr2.data, wb.vmem_wr2.en),
+                    (waddr[:_bits(p["vmem_depth"])], word_data(VMEM_BITS), wr_en[M.VMEM])])
         with m.If(tk_seq_wen):
             m.d.comb += [tk_w.addr.eq(tk_seq_waddr), tk_w.data.eq(tk_seq_wdata), tk_w.en.eq(1)]
         with m.Else():
@@ -500,9 +493,11 @@ class AcceleratorCore(wiring.Component):
         for k in M:
             m.d.comb += link_re[k].eq(take_r & (mid == k))
         vm_data = vmem.read([(vu.vmem_rd.addr, vu.vmem_rd.en), (vu.vmem_rd2.addr, vu.vmem_rd2.en),
-                             (wb.vmem_rd.addr, wb.vmem_rd.en), (waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
-        vm_link_data = vm_data[3]
-        m.d.comb += [vu.vmem_rd.data.eq(vm_data[0]), vu.vmem_rd2.data.eq(vm_data[1]), wb.vmem_rd.data.eq(vm_data[2])]
+                             (wb.vmem_rd.addr, wb.vmem_rd.en), (wb.vmem_rd2.addr, wb.vmem_rd2.en),
+                             (waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
+        vm_link_data = vm_data[4]
+        m.d.comb += [vu.vmem_rd.data.eq(vm_data[0]), vu.vmem_rd2.data.eq(vm_data[1]), wb.vmem_rd.data.eq(vm_data[2]),
+                     wb.vmem_rd2.data.eq(vm_data[3])]
         cm_data = cmem.read([(vu.cmem_rd.addr, vu.cmem_rd.en), (vu.cmem_rd2.addr, vu.cmem_rd2.en),
                              (cm_seq_addr, cm_seq_en), (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
         m.d.comb += [vu.cmem_rd.data.eq(cm_data[0]), vu.cmem_rd2.data.eq(cm_data[1]), cm_seq_data.eq(cm_data[2]),

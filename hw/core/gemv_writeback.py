@@ -31,9 +31,10 @@ Ranges (checked by the testbench at the extremes):
   ``x + y`` both fit 36). For a program the executor rejects (a written value beyond the 36-bit
   word), the word written is the low 36 bits of a clamped value: unspecified, not checked.
 
-Pipeline (one output per cycle, never stalls; the beat buffer is the only back-pressure point)::
+Pipeline (two outputs per cycle in two identical lanes, never stalls; the beat buffer is the only
+back-pressure point)::
 
-    issue   output r of the buffered beat -> acc register; address a0 + m
+    issue   outputs r, r + 1 of the buffered beat -> acc registers; addresses a0 + m, a0 + m + 1
     S1      p = acc * scale                                   (multiplier, registered)
     S2      t = p >> (shift - 1) (arithmetic, one variable shifter over P + Y + 1 bits,
             VMEM read of x[a0 + m] issued (residual; READ_LATENCY = 3: its data arrives in S5),
@@ -41,30 +42,34 @@ Pipeline (one output per cycle, never stalls; the beat buffer is the only back-p
     S3      y = (t + (p >= 0 or sticky)) >> 1                 (round half away from zero)
     S4      clip y to sat bits (or clamp to Y bits)
     S5      z = x[a0 + m] + y  (residual) or y
-    S6      clip z to sat bits -> VMEM write port (registered: the write happens in S7)
-    S7/S8   |written| -> running maximum
+    S6      clip z to sat bits -> VMEM write ports (registered: the writes happen in S7)
+    S7/S8   |written| of both lanes -> running maximum
+
+Lane 1 takes output ``r + 1`` unless ``r`` is the beat's last output or ``m`` the command's last;
+its VMEM word ``a0 + m + 1`` is always in the other VMEM bank (``hw.core.ports.BankedMemory``)
+than lane 0's, so both reads and both writes of a cycle are served together.
 
 The shift amount, the sticky mask and the saturation masks and limits are decoded from the
 latched instruction in the two cycles after the command is accepted (no output reaches S2
-earlier). A beat is accepted while the buffer is empty or its last output is being issued, so a
-beat of ``rows`` outputs is taken every ``rows`` cycles (the engine produces one every ``chunks``
-cycles); a beat of dropped outputs takes one cycle.
+earlier). A beat is accepted while the buffer is empty or its last outputs are being issued, so a
+beat of ``rows`` outputs is taken every ``ceil(rows / 2)`` cycles (the engine produces one every
+``chunks`` cycles); a beat of dropped outputs takes one cycle.
 
 Timing, measured by ``sim/tb_gemv_writeback.py`` (no stalls): command accepted in cycle ``c``,
 ``busy`` from ``c + 1``; the first beat can be accepted in ``c + 1``. With the last beat accepted
-in cycle ``b``, and ``k`` of its outputs written (``1 <= k <= rows``), the last VMEM write is in
-cycle ``b + k + 7`` and ``done`` in cycle ``b + k + 9``; with no output written after the last
-beat (``k = 0``: ``n`` ended in an earlier beat, or ``n = 0``) ``done`` is at ``b + 9`` at most
+in cycle ``b`` and its outputs issued over ``k`` cycles (``1 <= k <= ceil(rows / 2)``), the last
+VMEM write is in cycle ``b + k + 7`` and ``done`` in cycle ``b + k + 9``; with no output written
+after the last beat (``n`` ended in an earlier beat, or ``n = 0``) ``done`` is at ``b + 9`` at most
 (when earlier outputs are still in the pipeline), ``b + 1`` with an empty pipeline. A new command
-can be accepted in the cycle after ``done``. Steady state: one output per cycle, ``rows`` outputs
-(one beat) per ``rows`` cycles. With the beats offered without gaps, a command of ``n = groups *
-rows`` takes exactly ``groups * rows + 10`` cycles from its accept to ``done`` (measured: 18, 26,
-66 and 138 cycles for 1, 2, 7 and 16 groups of 8 rows; the testbench asserts the formula, and
+can be accepted in the cycle after ``done``. Steady state: two outputs per cycle, one beat per
+``ceil(rows / 2)`` cycles. With the beats offered without gaps, a command of ``n = groups * rows``
+takes exactly ``groups * ceil(rows / 2) + 10`` cycles from its accept to ``done`` (measured: 14,
+18, 38 and 74 cycles for 1, 2, 7 and 16 groups of 8 rows; the testbench asserts the formula, and
 ``<=`` it for every command sent back to back). The engine produces a beat every ``chunks``
-cycles, so for ``chunks < rows`` this stage back-pressures it.
+cycles, so for ``chunks < ceil(rows / 2)`` this stage back-pressures it.
 
-VMEM is outside: the core's registered read port (``data`` ``READ_LATENCY`` = 3 cycles after
-``en``, ``hw.core.ports``) and a write port.
+VMEM is outside: the core's registered read ports (``data`` ``READ_LATENCY`` = 3 cycles after
+``en``, ``hw.core.ports``) and write ports, two of each (one per lane).
 Within one command every output address is distinct, and the next command's first read comes
 after this command's last write, so no read-after-write bypass is needed.
 """
@@ -125,10 +130,11 @@ class GemvWriteback(wiring.Component):
         Accepted while idle (``ready = ~busy``).
     i : ``In(stream.Signature(ArrayLayout(signed(acc_width), rows)))``
         The engine's output beats; exactly ``groups`` (``a2``) are consumed per command.
-    vmem_rd : ``Out(MemReadSignature(address_width, signed(36)))``
-        Residual-mode reads of the destination.
-    vmem_wr : ``Out(MemWriteSignature(address_width, signed(36)))``
-        One write per output ``m < n``.
+    vmem_rd, vmem_rd2 : ``Out(MemReadSignature(address_width, signed(36)))``
+        Residual-mode reads of the destination, lanes 0 and 1 (lane 1 reads the word after lane
+        0's, in the same cycle, or nothing).
+    vmem_wr, vmem_wr2 : ``Out(MemWriteSignature(address_width, signed(36)))``
+        One write per output ``m < n``, by lane 0 or lane 1 (the word after lane 0's).
     result : ``Out(UnitResultSignature())``
         ``done`` once all beats are consumed and all writes issued; ``rd_we = 1``, ``rd_data`` =
         max |written|; ``rc_we = 0``.
@@ -146,7 +152,9 @@ class GemvWriteback(wiring.Component):
             "cmd": In(stream.Signature(UNIT_CMD_LAYOUT)),
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_width), rows))),
             "vmem_rd": Out(MemReadSignature(self._vaw, signed(VMEM_BITS))),
+            "vmem_rd2": Out(MemReadSignature(self._vaw, signed(VMEM_BITS))),
             "vmem_wr": Out(MemWriteSignature(self._vaw, signed(VMEM_BITS))),
+            "vmem_wr2": Out(MemWriteSignature(self._vaw, signed(VMEM_BITS))),
             "result": Out(UnitResultSignature()),
             "busy": Out(1),
         })
@@ -178,11 +186,13 @@ class GemvWriteback(wiring.Component):
         beats_left = Signal(20)
         beats_nz = Signal()         # beats_left != 0
         full = Signal()             # the beat buffer holds outputs to issue
-        r = Signal(range(rows))     # index of the next output in the buffered beat
-        r_last = Signal()           # r == rows - 1
-        left = Signal(17)           # outputs of the command not issued yet: n - mi
+        r = Signal(range(rows + 1)) # index of the next output in the buffered beat
+        r_last1 = Signal()          # r == rows - 1: one output of the beat left
+        r_last2 = Signal()          # r == rows - 2: two left
+        left = Signal(17)           # outputs of the command not issued yet
         left1 = Signal()            # left == 1
-        left2 = Signal()            # left >= 2
+        left2 = Signal()            # left == 2
+        left3 = Signal()            # left >= 3
         addr = Signal(self._vaw)    # a0 + index of the next output
         buf = Signal(data.ArrayLayout(signed(AW), rows))
         maxw = Signal(VB)           # running max |written|
@@ -215,80 +225,103 @@ class GemvWriteback(wiring.Component):
         m.d.comb += [lim_hi.eq(~hmask[:Y]), lim_lo.eq(hmask[:Y])]
 
         # ------------------------------------------------------------ input and issue
-        # Everything the engine's output handshake sees (``i.ready``) comes straight from
-        # registers: ``r_last``, ``left1``, ``left2`` and ``beats_nz`` are kept beside the counters
-        # they describe, so no adder or wide compare lies between them and the FIFO.
+        # Two outputs per cycle (lanes 0 and 1: outputs r and r + 1 of the beat, VMEM words
+        # a and a + 1, which lie in different VMEM banks); lane 1 idles on a beat's odd last
+        # output and on the command's last. Everything the engine's output handshake sees
+        # (``i.ready``) comes straight from registers: the flags beside ``r`` and ``left`` are
+        # kept with the counters, so no adder or wide compare lies between them and the FIFO.
         last_issue = Signal()
         issue = Signal()
+        lane1 = Signal()
         take = Signal()
         m.d.comb += [
             issue.eq(full),
-            last_issue.eq(full & (r_last | left1)),
+            lane1.eq(full & ~r_last1 & ~left1),
+            last_issue.eq(full & (r_last1 | r_last2 | left1 | left2)),
             self.i.ready.eq(busy & beats_nz & (~full | last_issue)),
             take.eq(self.i.valid & self.i.ready),
         ]
+        step = Signal(2)
+        left_n = Signal(17)
+        r_n = Signal(range(rows + 2))
+        m.d.comb += [step.eq(Mux(lane1, 2, 1)), left_n.eq(left - step), r_n.eq(r + step)]
         with m.If(issue):
-            m.d.sync += [left.eq(left - 1), left1.eq(left == 2), left2.eq(left >= 3),
-                         addr.eq(addr + 1), r.eq(r + 1), r_last.eq(r == rows - 2),
-                         buf.as_value().eq(buf.as_value() >> AW)]
+            m.d.sync += [left.eq(left_n), left1.eq(left_n == 1), left2.eq(left_n == 2), left3.eq(left_n >= 3),
+                         addr.eq(addr + step), r.eq(r_n), r_last1.eq(r_n == rows - 1), r_last2.eq(r_n == rows - 2),
+                         buf.as_value().eq(Mux(lane1, buf.as_value() >> (2 * AW), buf.as_value() >> AW))]
         with m.If(take):
-            # outputs remain after this cycle's issue: left - issue > 0
+            # outputs remain after this cycle's issue: left - step > 0
             m.d.sync += [beats_left.eq(beats_left - 1), beats_nz.eq(beats_left != 1),
-                         buf.eq(self.i.payload), r.eq(0), r_last.eq(rows == 1),
-                         full.eq(left2 | (left1 & ~issue))]
+                         buf.eq(self.i.payload), r.eq(0), r_last1.eq(rows == 1), r_last2.eq(rows == 2),
+                         full.eq(Mux(issue, left3 | (left2 & ~lane1), left1 | left2 | left3))]
         with m.Elif(last_issue):
             m.d.sync += full.eq(0)
 
-        # ------------------------------------------------------------ pipeline
-        v = [Signal(name=f"v{k}") for k in range(9)]     # v[k]: stage k holds an output
-        a = [Signal(self._vaw, name=f"addr{k}") for k in range(8)]
-        m.d.sync += v[1].eq(issue)
-        m.d.sync += a[1].eq(addr)
-        for k in range(2, 9):
-            m.d.sync += v[k].eq(v[k - 1])
+        # ------------------------------------------------------------ pipeline (two lanes)
+        v = [[Signal(name=f"v{k}_{j}") for k in range(9)] for j in range(2)]   # stage k of lane j
+        a = [Signal(self._vaw, name=f"addr{k}") for k in range(8)]             # lane 0's; lane 1: + 1
+        m.d.sync += [v[0][1].eq(issue), v[1][1].eq(lane1), a[1].eq(addr)]
+        for j in range(2):
+            for k in range(2, 9):
+                m.d.sync += v[j][k].eq(v[j][k - 1])
         for k in range(2, 8):
             m.d.sync += a[k].eq(a[k - 1])
+        a1 = [Signal(self._vaw, name=f"addr{k}_1") for k in range(8)]
+        m.d.sync += a1[1].eq(addr + 1)
+        for k in range(2, 8):
+            m.d.sync += a1[k].eq(a1[k - 1])
 
-        acc1 = Signal(signed(AW))
-        m.d.sync += acc1.eq(buf[0])
-        # S1: multiply
-        p2 = Signal(signed(P))
-        m.d.sync += p2.eq(acc1 * scale)
-        # S2: one variable arithmetic shifter, sticky bit
-        x2 = Signal(signed(TW))
-        m.d.comb += x2.eq(p2 << (Y + 1))
-        t3 = Signal(signed(TW))
-        c3 = Signal()
-        m.d.sync += [t3.eq(x2 >> sv),
-                     c3.eq(~p2[-1] | (x2.as_unsigned() & smask).any())]
-        # S3: rounding increment, halve
-        y4 = Signal(signed(P + Y))
-        m.d.sync += y4.eq((t3 + c3) >> 1)
-        # S4: clip to wsat bits (sat, or Y); the residual read went out in S2
-        ys5 = Signal(signed(Y))
-        m.d.sync += ys5.eq(Mux(_fits_mask(y4, hmask), y4[:Y].as_signed(), Mux(y4[-1], lim_lo, lim_hi)))
-        assert 5 - READ_LATENCY >= 2
-        m.d.comb += [self.vmem_rd.addr.eq(a[5 - READ_LATENCY]), self.vmem_rd.en.eq(v[5 - READ_LATENCY] & f_res)]
-        # S5: residual add
-        z6 = Signal(signed(VB + 3))
-        m.d.sync += z6.eq(Mux(f_res, self.vmem_rd.data + ys5, ys5))
-        # S6: clip to sat, register the write
-        wdata = Signal(signed(VB))
-        wen = Signal()
-        waddr = Signal(self._vaw)
-        zc = Signal(signed(VB + 3))
-        m.d.comb += zc.eq(Mux((zsat == 0) | _fits_mask(z6, hmask_z), z6, Mux(z6[-1], lim_lo, lim_hi)))
-        m.d.sync += [wdata.eq(zc[:VB].as_signed()), wen.eq(v[6]), waddr.eq(a[6])]
-        m.d.comb += [self.vmem_wr.addr.eq(waddr), self.vmem_wr.data.eq(wdata), self.vmem_wr.en.eq(wen)]
-        # S7: |written|; S8: running maximum
-        abs8 = Signal(VB)
-        m.d.sync += abs8.eq(Mux(wdata < 0, -wdata, wdata))
-        with m.If(v[8] & (abs8 > maxw)):
-            m.d.sync += maxw.eq(abs8)
+        assert 5 - READ_LATENCY >= 1
+        rports = (self.vmem_rd, self.vmem_rd2)
+        wports = (self.vmem_wr, self.vmem_wr2)
+        absw = []
+        for j in range(2):
+            aj = a if j == 0 else a1
+            acc1 = Signal(signed(AW), name=f"acc1_{j}")
+            m.d.sync += acc1.eq(buf[j] if j < rows else 0)
+            # S1: multiply
+            p2 = Signal(signed(P), name=f"p2_{j}")
+            m.d.sync += p2.eq(acc1 * scale)
+            # S2: one variable arithmetic shifter, sticky bit
+            x2 = Signal(signed(TW), name=f"x2_{j}")
+            m.d.comb += x2.eq(p2 << (Y + 1))
+            t3 = Signal(signed(TW), name=f"t3_{j}")
+            c3 = Signal(name=f"c3_{j}")
+            m.d.sync += [t3.eq(x2 >> sv),
+                         c3.eq(~p2[-1] | (x2.as_unsigned() & smask).any())]
+            # S3: rounding increment, halve
+            y4 = Signal(signed(P + Y), name=f"y4_{j}")
+            m.d.sync += y4.eq((t3 + c3) >> 1)
+            # S4: clip to wsat bits (sat, or Y); the residual read went out earlier
+            ys5 = Signal(signed(Y), name=f"ys5_{j}")
+            m.d.sync += ys5.eq(Mux(_fits_mask(y4, hmask), y4[:Y].as_signed(), Mux(y4[-1], lim_lo, lim_hi)))
+            rp = rports[j]
+            m.d.comb += [rp.addr.eq(aj[5 - READ_LATENCY]), rp.en.eq(v[j][5 - READ_LATENCY] & f_res)]
+            # S5: residual add
+            z6 = Signal(signed(VB + 3), name=f"z6_{j}")
+            m.d.sync += z6.eq(Mux(f_res, rp.data + ys5, ys5))
+            # S6: clip to sat, register the write
+            wdata = Signal(signed(VB), name=f"wdata_{j}")
+            wen = Signal(name=f"wen_{j}")
+            waddr = Signal(self._vaw, name=f"waddr_{j}")
+            zc = Signal(signed(VB + 3), name=f"zc_{j}")
+            m.d.comb += zc.eq(Mux((zsat == 0) | _fits_mask(z6, hmask_z), z6, Mux(z6[-1], lim_lo, lim_hi)))
+            m.d.sync += [wdata.eq(zc[:VB].as_signed()), wen.eq(v[j][6]), waddr.eq(aj[6])]
+            wp = wports[j]
+            m.d.comb += [wp.addr.eq(waddr), wp.data.eq(wdata), wp.en.eq(wen)]
+            # S7: |written| (0 for an idle lane)
+            abs8 = Signal(VB, name=f"abs8_{j}")
+            m.d.sync += abs8.eq(Mux(wen, Mux(wdata < 0, -wdata, wdata), 0))
+            absw.append(abs8)
+        # S8: running maximum
+        big = Signal(VB)
+        m.d.comb += big.eq(Mux(absw[1] > absw[0], absw[1], absw[0]))
+        with m.If(big > maxw):
+            m.d.sync += maxw.eq(big)
 
         # ------------------------------------------------------------ control
         drained = Signal()
-        m.d.comb += drained.eq(~full & ~beats_nz & ~Cat(*v[1:]).any())
+        m.d.comb += drained.eq(~full & ~beats_nz & ~Cat(*v[0][1:]).any())
         done = Signal()
         m.d.comb += done.eq(busy & drained)
         m.d.comb += [self.result.done.eq(done), self.result.rd_we.eq(done),
@@ -302,8 +335,8 @@ class GemvWriteback(wiring.Component):
                 f_raw.eq(imm[_IMM_RAW]), f_res.eq(imm[_IMM_RESIDUAL]),
                 f_ra.eq(cmd.ra), f_rb.eq(cmd.rb),
                 beats_left.eq(_field(ins, "a2")), beats_nz.eq(_field(ins, "a2") != 0), full.eq(0), r.eq(0),
-                r_last.eq(rows == 1), left.eq(_field(ins, "n")), left1.eq(_field(ins, "n") == 1),
-                left2.eq(_field(ins, "n") >= 2),
+                r_last1.eq(rows == 1), r_last2.eq(rows == 2), left.eq(_field(ins, "n")),
+                left1.eq(_field(ins, "n") == 1), left2.eq(_field(ins, "n") == 2), left3.eq(_field(ins, "n") >= 3),
                 addr.eq(_field(ins, "a0")), maxw.eq(0),
             ]
         with m.Elif(done):

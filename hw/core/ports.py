@@ -95,7 +95,8 @@ class BankedMemory:
     odd words): this is how the vector unit reads two operand streams per cycle, ``x[a + j]`` and
     ``y[b + j]`` with ``a`` and ``b`` of different parity, from memories of one read port each
     (``docs/core.md``). Each bank has the registered read port of :func:`pipelined_read`
-    (``READ_LATENCY``) and a write port with registered address, data and enable.
+    (``READ_LATENCY``) and a write port with registered address, data and enable; :meth:`write`
+    serves up to one request per bank per cycle.
 
     :meth:`read` takes requests ``(addr, en)`` in priority order: each bank serves the first
     enabled request that addresses it; a lower request to a bank taken in the same cycle is not
@@ -145,8 +146,17 @@ class BankedMemory:
             outs.append(d)
         return outs
 
-    def write(self, addr, data, en):
-        """Connect the (one) write request; it reaches the bank one cycle later."""
+    def write(self, requests):
+        """Connect the write requests ``[(addr, data, en), ...]`` in priority order: each bank takes
+        the first enabled request that addresses it (one per bank per cycle, so two requests of
+        different parity are both served); the write reaches the bank one cycle later."""
+        from amaranth import Cat
         m = self._m
         for b, w in enumerate(self._wr):
-            m.d.sync += [w.addr.eq(addr[1:]), w.data.eq(data), w.en.eq(en & (addr[0] == b))]
+            sel = [e & (a[0] == b) for a, _, e in requests]
+            m.d.sync += w.en.eq(Cat(*sel).any())
+            first = True
+            for (a, d, _), c in zip(requests, sel):
+                with (m.If(c) if first else m.Elif(c)):
+                    m.d.sync += [w.addr.eq(a[1:]), w.data.eq(d)]
+                first = False

@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BOARD  ?= ulx3s
+DESIGN ?= soc
 
 .PHONY: all demo test sim bitstream bench clean distclean
 
@@ -34,7 +35,7 @@ sim: $(STAMP)
 	$(PY) -m pytest -q -m sim tests
 
 bitstream: $(STAMP)
-	$(PY) build.py --board $(BOARD)
+	$(PY) build.py --board $(BOARD) --design $(DESIGN)
 
 clean:
 	rm -rf build sim_build .pytest_cache

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Build a bitstream for a board and report resources and timing.
 
-    python build.py --board ulx3s              # ULX3S-85F
+    python build.py --board ulx3s              # the accelerator SoC on the ULX3S-85F
     python build.py --board ulx3s-25f --design demo
     python build.py --board ulx3s --program    # build, then load with openFPGALoader
-    python build.py --board ulx3s --design soc --sys-clock-mhz 30   # the SoC at a 30 MHz system clock
+    python build.py --board ulx3s --sys-clock-mhz 75   # the SoC at another system clock
 
 Writes build/<board>/ with the .bit, the tool logs and report.json (LUT4, FF, DP16KD, MULT18X18D
 used/available, Fmax per clock against its constraint, pass/fail, tool versions, wall time) and
@@ -32,6 +32,12 @@ DESIGNS = {
     "soc": "PLL + the link + the accelerator core (32x8 trits5 GEMV engine, vector and scalar units, "
            "sequencer): what python -m sw.run drives",
 }
+
+
+#: System clock of each design when ``--sys-clock-mhz`` is not given (MHz); the others use the
+#: board's (75 MHz on the ULX3S). The SoC's is the fastest clock the PLL makes from 25 MHz, that
+#: 3 Mbaud divides, at which its routed build meets timing (docs/core.md, "On the ECP5").
+DESIGN_CLOCK_MHZ = {"soc": 45}
 
 
 def with_sys_clock(board, mhz: float):
@@ -104,14 +110,16 @@ def main(argv=None) -> int:
                + "; ".join(f"{k}: {v}" for k, v in DESIGNS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--board", default="ulx3s", help="board name (default: ulx3s = ULX3S-85F)")
-    parser.add_argument("--design", default="demo", help="what to build (default: demo)")
+    parser.add_argument("--design", default="soc", help="what to build (default: soc)")
     parser.add_argument("--out", type=Path, help="build folder (default: build/<board>)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
-    parser.add_argument("--lanes", type=int, default=64, help="PE lanes (activations per cycle)")
-    parser.add_argument("--rows", type=int, default=1, help="PE output rows in parallel")
+    parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
+    parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
     parser.add_argument("--sys-clock-mhz", type=float,
-                        help="system clock made by the PLL, in MHz (default: the board's, 75 for the ULX3S); "
-                             "the link's baud rate must divide it exactly (3 Mbaud: 30, 60, 75, ...)")
+                        help="system clock made by the PLL, in MHz (default: "
+                             + ", ".join(f"{v} for the {k} design" for k, v in DESIGN_CLOCK_MHZ.items())
+                             + ", else the board's, 75 for the ULX3S); the link's baud rate must divide it "
+                               "exactly and the PLL make it from 25 MHz (30, 45, 60, 75, ...)")
     parser.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     args = parser.parse_args(argv)
 
@@ -119,13 +127,14 @@ def main(argv=None) -> int:
         board = get_board(args.board)
     except UnknownBoard as exc:
         parser.exit(2, f"error: {exc}\n")
-    if args.sys_clock_mhz is not None:
-        try:
-            board = with_sys_clock(board, args.sys_clock_mhz)
-        except ValueError as exc:
-            parser.exit(2, f"error: {exc}\n")
     if args.design not in DESIGNS:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
+    mhz = args.sys_clock_mhz if args.sys_clock_mhz is not None else DESIGN_CLOCK_MHZ.get(args.design)
+    if mhz is not None:
+        try:
+            board = with_sys_clock(board, mhz)
+        except ValueError as exc:
+            parser.exit(2, f"error: {exc}\n")
 
     from boards.fit import DoesNotFit
     from boards.flow import FlowError, run_flow

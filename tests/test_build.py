@@ -63,6 +63,14 @@ def test_soc_too_big_for_the_part_is_refused_before_synthesis(tmp_path):
     assert not out.exists()          # no tool ran, nothing written
 
 
+def test_default_design_is_the_soc():
+    proc = _build("--board", "ulx3s-25f")            # the SoC does not fit the 25F: refused at once
+    assert proc.returncode == 2 and "soc on ulx3s-25f" in proc.stderr
+    sys.path.insert(0, str(ROOT))
+    from build import DESIGN_CLOCK_MHZ, with_sys_clock
+    assert with_sys_clock(get_board("ulx3s"), DESIGN_CLOCK_MHZ["soc"]).sys_clk_hz % 3_000_000 == 0
+
+
 def test_block_ram_estimate():
     from boards.fit import DoesNotFit, check_fit, dp16kd_count
     assert dp16kd_count(1024, 18) == 1 and dp16kd_count(512, 36) == 1 and dp16kd_count(1025, 18) == 2

@@ -194,7 +194,10 @@ class AcceleratorCore(wiring.Component):
         v_we2 = Signal()
 
         A, B, C = su.read[0].data, su.read[1].data, su.read[2].data
-        read_next = Signal()                     # read port 0 addresses r2 (the next token)
+        # Read port 0 addresses r2 (the next token) for a HALT: decoded from the instruction
+        # register alone, so the register file's address never waits for run-state logic.
+        read_next = Signal()
+        m.d.comb += read_next.eq(op == Op.HALT)
         m.d.comb += [su.read[0].addr.eq(Mux(read_next, REG_NEXT, ra)), su.read[1].addr.eq(rb),
                      su.read[2].addr.eq(rc)]
 
@@ -250,9 +253,13 @@ class AcceleratorCore(wiring.Component):
                     reply(P.ErrorCode.UNSUPPORTED)
 
         # ------------------------------------------------------------------ sequencer
+        # SLDC: the address R[ra] + imm is registered in ISSUE and the CMEM read goes out in the
+        # next cycle (the register file's read and the adder do not share a cycle with the
+        # memory's request multiplexer); the word arrives READ_LATENCY cycles after the request.
         cm_seq_addr = Signal(_bits(p["cmem_depth"]))
         cm_seq_en = Signal()
-        sldc_wait = Signal(range(READ_LATENCY))
+        sldc_wait = Signal(range(READ_LATENCY + 1))
+        m.d.sync += cm_seq_en.eq(0)              # one request, in the cycle after ISSUE
         tk_seq_wen = Signal()
         tk_seq_waddr = Signal.like(tk_w.addr)
         tk_seq_wdata = Signal(16)
@@ -343,12 +350,10 @@ class AcceleratorCore(wiring.Component):
                     with m.Elif(resetting):
                         m.next = "END"
                     with m.Else():
-                        m.d.comb += read_next.eq(1)
                         m.d.sync += last_token.eq(A[:16])
                         m.next = "STEP_END"
                 with m.Elif(op == Op.SLDC):
-                    m.d.comb += [cm_seq_en.eq(1), cm_seq_addr.eq(A + imm)]
-                    m.d.sync += sldc_wait.eq(READ_LATENCY - 1)
+                    m.d.sync += [cm_seq_addr.eq(A + imm), cm_seq_en.eq(1), sldc_wait.eq(READ_LATENCY)]
                     m.next = "SLDC"
                 with m.Elif(op == Op.GEMV):
                     m.d.comb += [eng.cmd.payload.base.eq(a1), eng.cmd.payload.groups.eq(a2),
@@ -377,7 +382,7 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += pf_drive.eq(1)
                 with m.If(su.instr.ready):
                     next_instr()
-            with m.State("SLDC"):          # the CMEM word arrives READ_LATENCY cycles after ISSUE
+            with m.State("SLDC"):          # the CMEM word arrives READ_LATENCY + 1 cycles after ISSUE
                 m.d.comb += pf_drive.eq(1)
                 with m.If(sldc_wait != 0):
                     m.d.sync += sldc_wait.eq(sldc_wait - 1)

@@ -34,12 +34,6 @@ DESIGNS = {
 }
 
 
-#: System clock of each design when ``--sys-clock-mhz`` is not given (MHz); the others use the
-#: board's (75 MHz on the ULX3S). The SoC's is the fastest clock the PLL makes from 25 MHz, that
-#: 3 Mbaud divides, at which its routed build meets timing (docs/core.md, "On the ECP5").
-DESIGN_CLOCK_MHZ = {"soc": 45}
-
-
 def with_sys_clock(board, mhz: float):
     """``board`` with its PLL output set to ``mhz``; ValueError when the PLL cannot make it exactly
     or the link's baud rate does not divide it."""
@@ -116,10 +110,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
     parser.add_argument("--sys-clock-mhz", type=float,
-                        help="system clock made by the PLL, in MHz (default: "
-                             + ", ".join(f"{v} for the {k} design" for k, v in DESIGN_CLOCK_MHZ.items())
-                             + ", else the board's, 75 for the ULX3S); the link's baud rate must divide it "
-                               "exactly and the PLL make it from 25 MHz (30, 45, 60, 75, ...)")
+                        help="system clock made by the PLL, in MHz (default: the board's clock for the design: "
+                             "on the ULX3S 45 for the soc, where its build meets timing, 75 for the others); "
+                             "the link's baud rate must divide it exactly and the PLL make it from 25 MHz "
+                             "(30, 45, 60, 75, ...)")
     parser.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     args = parser.parse_args(argv)
 
@@ -129,7 +123,9 @@ def main(argv=None) -> int:
         parser.exit(2, f"error: {exc}\n")
     if args.design not in DESIGNS:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
-    mhz = args.sys_clock_mhz if args.sys_clock_mhz is not None else DESIGN_CLOCK_MHZ.get(args.design)
+    mhz = args.sys_clock_mhz
+    if mhz is None and args.design == "soc":
+        mhz = board.soc_clk_hz / 1e6
     if mhz is not None:
         try:
             board = with_sys_clock(board, mhz)

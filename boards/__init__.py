@@ -36,6 +36,10 @@ class Board:
         System clock made by the PLL; the UART divides it to ``baud`` exactly.
     baud : int
         Link line rate.
+    soc_clk_hz : int
+        System clock of the accelerator SoC (``build.py --design soc``) on this board: the fastest
+        clock the PLL makes, that ``baud`` divides, at which its routed build meets timing
+        (docs/core.md, "On the ECP5"). Other designs run at ``sys_clk_hz``.
     lut4, ff, dp16kd, mult18 : int
         Resources of the part (for reports and for sizing memories).
     """
@@ -48,6 +52,7 @@ class Board:
     clk_in_hz: int
     sys_clk_hz: int
     baud: int
+    soc_clk_hz: int
     lut4: int
     ff: int
     dp16kd: int
@@ -68,7 +73,7 @@ class Board:
 def _ulx3s(size: str, lut4: int, dp16kd: int, mult18: int) -> Board:
     return Board(name=f"ulx3s-{size.lower()}", platform=f"amaranth_boards.ulx3s:ULX3S_{size}_Platform",
                  device=f"LFE5U-{size}", package="CABGA381", speed="6", clk_in_hz=25_000_000,
-                 sys_clk_hz=75_000_000, baud=3_000_000, lut4=lut4, ff=lut4, dp16kd=dp16kd, mult18=mult18)
+                 sys_clk_hz=75_000_000, baud=3_000_000, soc_clk_hz=45_000_000, lut4=lut4, ff=lut4, dp16kd=dp16kd, mult18=mult18)
 
 
 # Resource counts from the ECP5 family data sheet (FPGA-DS-02012), per device.

@@ -191,8 +191,8 @@ def run(args, out=sys.stdout, err=sys.stderr, open_client=_open_client) -> int:
         if args.device == "sim":
             from boards import get_board
             board = get_board("ulx3s")
-            out.write(f"projected on the {board.name} at its {board.sys_clk_hz / 1e6:g} MHz system clock: "
-                      f"{board.sys_clk_hz / max(1, s.step_cycles):,.0f} tokens/s (the board model's "
+            out.write(f"projected on the {board.name} at its bitstream's {board.soc_clk_hz / 1e6:g} MHz system clock: "
+                      f"{board.soc_clk_hz / max(1, s.step_cycles):,.0f} tokens/s (the board model's "
                       f"{s.clk_hz / 1e6:g} MHz is a simulation clock)\n")
         else:
             out.write(f"projected at the bitstream clock ({s.clk_hz / 1e6:g} MHz): "

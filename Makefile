@@ -23,7 +23,7 @@ DEVICE     ?= sim
 N          ?= 120
 
 # The shipped model on the accelerator gateware: the cycle-accurate board model by default
-# (DEVICE=/dev/ttyUSB0 for a ULX3S running `python build.py --board ulx3s --design soc`).
+# (DEVICE=/dev/ttyUSB0 for a ULX3S running `python build.py --board ulx3s`).
 demo: $(STAMP)
 	$(PY) -m sw.run --device $(DEVICE) --checkpoint $(CHECKPOINT) --prompt "$(PROMPT)" -n $(N) \
 		--temperature 0.8 --top-k 40 --seed 1 --verify

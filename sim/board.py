@@ -8,7 +8,7 @@ goes into the build. :class:`BoardModel` starts the executable and gives the
 as it opens ``/dev/ttyUSB0`` for a real board.
 
 The model's SoC is :func:`model_soc`: the ULX3S link at 3 Mbaud, from a 24 MHz clock so that a bit
-lasts 8 cycles (the real board runs 75 MHz, 25 cycles per bit; the protocol logic is the same).
+lasts 8 cycles (the link-only bitstream runs at 75 MHz, 25 cycles per bit; the protocol logic is the same).
 """
 
 import contextlib
@@ -56,7 +56,7 @@ ACCEL_BUILD_ID = 0xB0A2D001
 #: Clock of the accelerator board model: 4 cycles per bit at 3 Mbaud, the fastest the UART
 #: allows. The accelerator SoC simulates at roughly 0.25 million cycles per second on one core,
 #: so the link's bytes, not the core's steps, dominate a model session; the real board runs the
-#: same gateware at 75 MHz (25 cycles per bit). Cycle counts of the core do not depend on it.
+#: same gateware at 45 MHz (15 cycles per bit). Cycle counts of the core do not depend on it.
 ACCEL_MODEL_CLK_FREQ = 12_000_000
 
 

@@ -56,7 +56,7 @@ def _step(dev: Device, token: int) -> P.RunStatus:
             return st
 
 
-def _fmax(rep: Path) -> tuple[float | None, str]:
+def _soc_clock(rep: Path) -> tuple[float | None, str]:
     """The system clock of the SoC bitstream whose build report is ``rep`` (``build.py``, design
     ``soc``): its PLL clock when the build met timing there, else None with the reason."""
     if not rep.exists():
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                 prev = c
             breakdown["HALT"] = breakdown.get("HALT", 0) + cyc - prev
 
-    fmax, fsrc = _fmax(args.report)
+    soc_hz, fsrc = _soc_clock(args.report)
     macs = cm.gemv_macs / (info.lanes * info.rows)
     proj = Core(cm, width=16)
     proj.reset()
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
         "cycles_per_token": cyc, "engine_cycles": eng, "other_cycles": cyc - eng,
         "useful_mac_cycles": macs, "pe_utilisation": macs / cyc,
         "projected_tokens_per_s_75mhz": SYS_CLK_HZ / cyc,
-        "soc_clock_hz": fmax, "soc_clock_source": fsrc,
-        "projected_tokens_per_s_at_soc_clock": (fmax / cyc) if fmax else None,
+        "soc_clock_hz": soc_hz, "soc_clock_source": fsrc,
+        "projected_tokens_per_s_at_soc_clock": (soc_hz / cyc) if soc_hz else None,
         "cycle_model_16_lane_overlapped": {"cycles_per_token": proj.cycles.total,
                                            "tokens_per_s_75mhz": SYS_CLK_HZ / proj.cycles.total},
         "board_model_wall_s_per_token": wall / len(tokens), "upload": upload,
@@ -144,10 +144,10 @@ def main(argv=None) -> int:
     print(f"cycles/token (measured, gateware): {cyc:,}  = engine {eng:,} + other {cyc - eng:,}")
     print(f"PE utilisation (derived): {100 * macs / cyc:.1f} %  ({macs:,.0f} useful MAC cycles)")
     print(f"projected: {SYS_CLK_HZ / cyc:,.0f} tokens/s at the 75 MHz system clock")
-    if fmax:
-        print(f"projected: {fmax / cyc:,.0f} tokens/s at {fmax / 1e6:.1f} MHz ({fsrc})")
+    if soc_hz:
+        print(f"projected: {soc_hz / cyc:,.0f} tokens/s at {soc_hz / 1e6:.1f} MHz ({fsrc})")
     else:
-        print(f"(no Fmax: {fsrc})")
+        print(f"(no SoC bitstream clock: {fsrc})")
     print(f"cycle model of the overlapped 16-lane design (projected): {proj.cycles.total:,} cycles/token")
     print(f"board model: {wall / len(tokens):.3f} s of host time per token")
     if breakdown:

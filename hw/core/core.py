@@ -193,7 +193,18 @@ class AcceleratorCore(wiring.Component):
         v_we = Signal()
         v_we2 = Signal()
 
-        A, B, C = su.read[0].data, su.read[1].data, su.read[2].data
+        # Operand stage: the register file's asynchronous reads of ra, rb, rc (rc: the instruction
+        # register's fields) are registered in A, B, C every cycle, and an instruction that uses
+        # them (HALT, SLDC, GEMV, vector instructions) is issued in its second cycle in ISSUE
+        # (`opnd`), so no unit's logic shares a cycle with the register file's read. No bypass is
+        # needed: the registers an instruction reads are written before it reaches ISSUE (the
+        # sequencer waits for every scalar, vector and SLDC result), except a GEMV's max, which the
+        # programs read only after a SYNC that waits for it (``sw.isa_sim`` rejects others).
+        A, B, C = (Signal(signed(54), name=n) for n in ("opnd_a", "opnd_b", "opnd_c"))
+        m.d.sync += [A.eq(su.read[0].data), B.eq(su.read[1].data), C.eq(su.read[2].data)]
+        opnd = Signal()          # A, B, C hold the sources of the instruction in ISSUE
+        needs_opnd = Signal()
+        m.d.comb += needs_opnd.eq(op.matches(Op.HALT, Op.SLDC, Op.GEMV, *VECTOR_OPS))
         # Read port 0 addresses r2 (the next token) for a HALT: decoded from the instruction
         # register alone, so the register file's address never waits for run-state logic.
         read_next = Signal()
@@ -259,7 +270,8 @@ class AcceleratorCore(wiring.Component):
         cm_seq_addr = Signal(_bits(p["cmem_depth"]))
         cm_seq_en = Signal()
         sldc_wait = Signal(range(READ_LATENCY + 1))
-        m.d.sync += cm_seq_en.eq(0)              # one request, in the cycle after ISSUE
+        m.d.sync += [cm_seq_en.eq(0),            # one request, in the cycle after ISSUE
+                     opnd.eq(0)]                 # (ISSUE sets it while an instruction stays)
         tk_seq_wen = Signal()
         tk_seq_waddr = Signal.like(tk_w.addr)
         tk_seq_wdata = Signal(16)
@@ -341,9 +353,12 @@ class AcceleratorCore(wiring.Component):
                 m.next = "ISSUE"
             with m.State("ISSUE"):
                 m.d.comb += pf_drive.eq(1)
+                m.d.sync += opnd.eq(~advance)
                 with m.If(abort & ~resetting):
                     m.d.sync += run_error.eq(P.RunError.ABORTED)
                     begin_reset()
+                with m.Elif(needs_opnd & ~opnd):
+                    pass                      # the operand registers load in this cycle
                 with m.Elif(op == Op.HALT):
                     with m.If(~gemv_idle):
                         pass                  # every GEMV's results are written first

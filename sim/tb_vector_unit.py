@@ -35,8 +35,8 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 
 from hw.core.ports import UNIT_CMD_LAYOUT, BankedMemory, MemReadSignature, MemWriteSignature, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, PAIRED,
-                                 VectorUnit, cycles, is_fast)
+from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, GROUPED,
+                                 WIDE_ELEMENT_CYCLES, WIDE_LANES, VREC_S_LAG, VectorUnit, cycles, path)
 from sim.tb import params, reset, to_signed
 from sw.isa import REG_BITS, VECTOR_OPS, Instr, Op, encode
 from sw.isa_sim import Core
@@ -84,32 +84,36 @@ class VectorUnitHarness(wiring.Component):
 
         m.submodules.vmem = vmem = memory.Memory(shape=signed(36), depth=u.vmem_depth, init=[])
         m.submodules.amem = amem = memory.Memory(shape=unsigned(8 * u.lanes), depth=2 * u.chunks_max, init=[])
-        # VMEM as in the core: two banks by address parity with registered ports, the unit's two
-        # read ports; a plain copy, written alike, serves the testbench's own reads
-        vb = BankedMemory(m, "vmemb", signed(36), u.vmem_depth)
-        d_a, d_b = vb.read([(u.vmem_rd.addr, u.vmem_rd.en), (u.vmem_rd2.addr, u.vmem_rd2.en)])
-        m.d.comb += [u.vmem_rd.data.eq(d_a), u.vmem_rd2.data.eq(d_b)]
-        vb.write([(u.vmem_wr.addr, u.vmem_wr.data, u.vmem_wr.en), (self.vm_w.addr, self.vm_w.data, self.vm_w.en)])
+        # VMEM as in the core: four banks by address modulo 4 with registered ports, the unit's four
+        # read ports and two write ports; a plain copy, written alike, serves the testbench's reads
+        vb = BankedMemory(m, "vmemb", signed(36), u.vmem_depth, 4)
+        ports = [u.vmem_rd, u.vmem_rd2, u.vmem_rd3, u.vmem_rd4]
+        for p, d in zip(ports, vb.read([(p.addr, p.en) for p in ports])):
+            m.d.comb += p.data.eq(d)
+        vb.write([(w.addr, w.data, w.en) for w in (u.vmem_wr, u.vmem_wr2, self.vm_w)])
         q = vmem.read_port()
         m.d.comb += [q.addr.eq(self.vm_r.addr), q.en.eq(self.vm_r.en), self.vm_r.data.eq(q.data)]
         wr(vmem, u.vmem_wr)
+        wr(vmem, u.vmem_wr2)
         wr(vmem, self.vm_w)
-        # CMEM as in the core: two banks by address parity, the unit's two read ports
-        cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth)
-        d_a, d_b = cmem.read([(u.cmem_rd.addr, u.cmem_rd.en), (u.cmem_rd2.addr, u.cmem_rd2.en)])
-        m.d.comb += [u.cmem_rd.data.eq(d_a), u.cmem_rd2.data.eq(d_b)]
+        # CMEM as in the core: four banks by address modulo 4, the unit's four read ports
+        cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth, 4)
+        ports = [u.cmem_rd, u.cmem_rd2, u.cmem_rd3, u.cmem_rd4]
+        for p, d in zip(ports, cmem.read([(p.addr, p.en) for p in ports])):
+            m.d.comb += p.data.eq(d)
         cmem.write([(self.cm_w.addr, self.cm_w.data, self.cm_w.en)])
-        smem_b = BankedMemory(m, "smemb", unsigned(18), u.sig_depth)
-        d_a, d_b = smem_b.read([(u.sig_rd.addr, u.sig_rd.en), (u.sig_rd2.addr, u.sig_rd2.en)])
-        m.d.comb += [u.sig_rd.data.eq(d_a), u.sig_rd2.data.eq(d_b)]
-        smem_b.write([(self.sg_w.addr, self.sg_w.data, self.sg_w.en)])
+        # SIGMEM as in the core: two copies of two banks, ports 1, 2 on the first, 3, 4 on the second
+        for c, ports in enumerate(((u.sig_rd, u.sig_rd2), (u.sig_rd3, u.sig_rd4))):
+            smem_b = BankedMemory(m, f"smemb{c}", unsigned(18), u.sig_depth)
+            for p, d in zip(ports, smem_b.read([(p.addr, p.en) for p in ports])):
+                m.d.comb += p.data.eq(d)
+            smem_b.write([(self.sg_w.addr, self.sg_w.data, self.sg_w.en)])
         wr(amem, u.a_wr, 8)
         wr(amem, self.am_w, 8)
         q = amem.read_port()        # the testbench's own port: data in the cycle after en
         m.d.comb += [q.addr.eq(self.am_r.addr), q.en.eq(self.am_r.en), self.am_r.data.eq(q.data)]
         n_vw, n_aw = Signal(32), Signal(32)
-        with m.If(u.vmem_wr.en):
-            m.d.sync += n_vw.eq(n_vw + 1)
+        m.d.sync += n_vw.eq(n_vw + u.vmem_wr.en + u.vmem_wr2.en)
         with m.If(u.a_wr.en.any()):
             m.d.sync += n_aw.eq(n_aw + 1)
         m.d.comb += [self.n_vw.eq(n_vw), self.n_aw.eq(n_aw)]
@@ -277,14 +281,15 @@ class Bench:
         if exp_rc:
             assert rc_v == exp_rc[0], f"{ins}: rc = {rc_v}, executor {exp_rc[0]}"
         vec = ins.op in ELEMENT_CYCLES and ins.n > 0
-        fast = is_fast(ins.op, ins.a0, ins.a1, ins.a2)
-        want = cycles(ins.op, ins.n, fast)
+        pth = path(ins.op, ins.a0, ins.a1, ins.a2)
+        want = cycles(ins.op, ins.n, pth)
         assert lat == want, f"{ins}: done after {lat} cycles, expected {want}"
         assert nvw == (ins.n if ins.op in WRITES_VMEM else 0), f"{ins}: {nvw} VMEM writes"
-        assert naw == ((ins.n + 1) // 2 if ins.op == Op.VQ else 0), f"{ins}: {naw} activation writes (2 codes each)"
+        assert naw == ((ins.n + 3) // 4 if ins.op == Op.VQ else 0), f"{ins}: {naw} activation writes (4 codes each)"
         if vec:
-            elems = (ins.n + 1) // 2 if ins.op in PAIRED else ins.n      # loop elements (pairs for VQ)
-            self.stats.setdefault((ins.op, fast), []).append((elems, lat))
+            g = GROUPED.get(ins.op, WIDE_LANES[ins.op] if pth == "wide" and ins.op in WIDE_LANES else 1)
+            elems = (ins.n + g - 1) // g      # loop elements (groups of 4 for VQ, pairs on the wide path)
+            self.stats.setdefault((ins.op, pth), []).append((elems, lat))
         if check and ins.op in WRITES_VMEM and ins.n:
             got = np.asarray(await self.read_vmem(ins.a0, ins.n), np.int64)
             exp = m.vmem[ins.a0:ins.a0 + ins.n]
@@ -302,12 +307,17 @@ class Bench:
     def report(self):
         """Measured cycles: per element (the slope between the shortest and the longest instruction
         of each opcode) and the rest (fixed overhead + pipeline depth)."""
-        for (op, fast), v in sorted(self.stats.items()):
-            ii, depth = (FAST_INTERVAL[op], FAST_ELEMENT_CYCLES[op]) if fast else (INTERVAL[op], ELEMENT_CYCLES[op])
+        for (op, pth), v in sorted(self.stats.items()):
+            if pth == "wide" and op in WIDE_ELEMENT_CYCLES:
+                ii, depth = 1, WIDE_ELEMENT_CYCLES[op]
+            elif pth == "fast" and op in FAST_INTERVAL:
+                ii, depth = FAST_INTERVAL[op], FAST_ELEMENT_CYCLES[op]
+            else:
+                ii, depth = INTERVAL[op], ELEMENT_CYCLES[op]
             (n0, c0), (n1, c1) = min(v), max(v)
             per = (c1 - c0) / (n1 - n0) if n1 > n0 else float(ii)
             fixed = c1 - per * n1
-            self.dut._log.info(f"{op.name:8s}{' fast' if fast else '     '} {len(v):4d} instructions, n {n0}..{n1}: "
+            self.dut._log.info(f"{op.name:8s} {pth:4s} {len(v):4d} instructions, n {n0}..{n1}: "
                                f"{per:g} cycles per element + {fixed:g} (overhead {OVERHEAD} + depth {depth} - interval)")
             assert per == ii and fixed == OVERHEAD + depth - ii
             assert per <= 4 and fixed <= 48, f"{op.name}: slower than the bound of docs/core.md (4 cycles per element, 48 fixed)"
@@ -465,7 +475,7 @@ async def test_nqa_umax_q(dut):
     for k in range(120):
         op = (Op.VNQA, Op.VUMAX2, Op.VQ)[k % 3]
         n = rng.choice([v for v in (0, 1, 2, 31, 32, 33, 100, K - 1, K) if v <= K] if op == Op.VQ
-                       else [0, 1, 2, 50, 300])
+                       else [0, 1, 2, 3, 50, 51, 300])
         a1 = span(rng, n, D)
         sz = rng.choice(SHIFTS_Z)
         bits = 36 if sz >= 18 else 18 if sz >= 0 else 12
@@ -478,11 +488,16 @@ async def test_nqa_umax_q(dut):
             rq = rng.choice([0, 1, 65495, 128674, (1 << 17) - 1, -(1 << 17), (1 << 18) - 1, rng.randrange(1 << 17)])
             ok = await b.run(ins_(Op.VQ, n=n, a0=k % 2, a1=a1, a2=a2), ra=rq, rb=sz, rc=t)
         else:
-            a0 = rng.randrange(0, 8192 - n + 1)
+            # the three paths in turn: C[a0] 2 words after C[a2] modulo 4 (wide), 1 or 3 (fast),
+            # 0 (slow)
+            a0 = rng.randrange(0, 8192 - n + 1 - 3)
+            a0 += (a2 + (2, rng.choice([1, 3]), 0)[(k // 3) % 3] - a0) % 4
             ok = await b.run(ins_(op, n=n, a0=a0, a1=a1, a2=a2, rc=rng.choice([0, 7])), rb=sz)
         assert ok or n == 0, f"rejected: {op.name} n={n} shift={sz}"
     await b.check_all_vmem()
     b.report()
+    for op in (Op.VNQA, Op.VUMAX2):
+        assert {p for o, p in b.stats if o == op} == {"slow", "fast", "wide"}, f"{op.name}: a path not run"
 
 
 @cocotb.test()
@@ -505,9 +520,15 @@ async def test_rec_glu(dut):
 
     Fs = (6, 7, 11, 12, 16, 17, 20, 26, 30)
     for k in range(70):
-        n = rng.choice([0, 1, 2, 40, 192])
+        n = rng.choice([0, 1, 2, 3, 40, 41, 192])
         a0, a1, a2 = (span(rng, n, D) for _ in range(3))
-        if k % 2 == 0:   # VREC: state s at a0 (in place), i at a1, f at a2
+        if k % 2 == 0:   # VREC: state s at a0 (in place), i at a1, f at a2; the paths in turn
+            mode = (k // 2) % 3
+            a2 = span(rng, n + 3, D)
+            a2 += (a1 + (rng.choice([1, 3]) if mode < 2 else rng.choice([0, 2])) - a2) % 4
+            if mode == 0:      # wide: s read VREC_S_LAG elements behind f, i, in the fourth bank
+                a0 = span(rng, n + 3, D)
+                a0 += (({0, 1, 2, 3} - {a1 % 4, a2 % 4}).pop() + VREC_S_LAG - a0) % 4
             Fi, Ff = rng.choice(Fs), rng.choice(Fs)
             await b.put_vmem(a2, ys(n, Ff))
             iv = ys(n, Fi)
@@ -518,7 +539,9 @@ async def test_rec_glu(dut):
                 a0 = min(a1, a2)   # the state behind both inputs (i, f overwritten from there on)
             ok = await b.run(ins_(Op.VREC, n=n, a0=a0, a1=a1, a2=a2, imm=rng.randrange(0, 4096 - n + 1),
                                   sat=rng.choice([0, 0, 36, 30])), ra=Fi, rb=Ff, rc=rng.choice([0, 1, 2, 16, 40]))
-        else:            # VGLU: y at a1, x at a2
+        else:            # VGLU: y at a1, x at a2; the three paths in turn (a2 - a1 = 2, odd, 0 modulo 4)
+            a2 = span(rng, n + 3, D)
+            a2 += (a1 + (2, rng.choice([1, 3]), 0)[(k // 2) % 3] - a2) % 4
             F = rng.choice(Fs + (40, 60))
             await b.put_vmem(a1, ys(n, F))
             await b.put_vmem(a2, vec(rng, n, rng.choice([20, 18, 2])))
@@ -533,6 +556,12 @@ async def test_rec_glu(dut):
     await b.put_vmem(0, ys(D, 12).clip(-(1 << 26), 1 << 26))
     await b.run(ins_(Op.VGLU, n=n, a0=0, a1=0, a2=n, sat=36), ra=12, rb=0)
     await b.put_vmem(0, ys(D, 12).clip(-(1 << 26), 1 << 26))
+    await b.run(ins_(Op.VGLU, n=n - 3, a0=0, a1=0, a2=n + 2, sat=36), ra=12, rb=0)     # two lanes, odd n
+    await b.put_vmem(0, ys(D, 12).clip(-(1 << 26), 1 << 26))
     await b.run(ins_(Op.VREC, n=D, a0=0, a1=0, a2=0, imm=0, sat=36), ra=12, rb=11, rc=2)
+    await b.put_vmem(0, ys(D, 12).clip(-(1 << 26), 1 << 26))
+    await b.run(ins_(Op.VREC, n=n - 1, a0=0, a1=0, a2=n + 1, imm=0, sat=36), ra=12, rb=11, rc=2)   # wide
     await b.check_all_vmem()
     b.report()
+    for op in (Op.VREC, Op.VGLU):
+        assert {p for o, p in b.stats if o == op} == {"slow", "fast", "wide"}, f"{op.name}: a path not run"

@@ -213,32 +213,34 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
     ca = _Alloc("cmem")
     chunks = []
 
-    def put(name, arr, parity=None):
+    def put(name, arr, residue=None):
         arr = np.asarray(arr, dtype=np.int64).reshape(-1)
         lim = 1 << (CMEM_BITS - 1)
         if arr.size and (arr.min() < -lim or arr.max() >= lim):
             raise ValueError(f"{name}: constant does not fit {CMEM_BITS}-bit signed CMEM words")
-        if parity is not None and ca.top % 2 != parity:
-            chunks.append(np.zeros(1, np.int64))      # one pad word: start on the asked parity
-            ca.top += 1
+        if residue is not None and ca.top % 4 != residue:
+            pad = (residue - ca.top) % 4                # pad words: start on the asked bank
+            chunks.append(np.zeros(pad, np.int64))
+            ca.top += pad
         chunks.append(arr)
         return ca(name, arr.size)
 
     EMB = put("emb.mant", emb)
     EMBSH = put("emb.shift", c["emb.shift"])
     # The two constant streams of a VNQA (wp, the first wc) and of a VUMAX2 (the second and third
-    # wc, or the second and word 0) start on different parities: CMEM is two banks by address
-    # parity, and the vector unit reads both streams in one cycle then (hw/core/vector_unit.py).
-    parity = {"attn_in.wp": 0, "attn.i_proj.wc": 1, "attn.f_proj.wc": 0, "attn.g_proj.wc": 1, "attn.o_in.wp": 0,
-              "attn.o_proj.wc": 1, "mlp_in.wp": 0, "mlp.gate_proj.wc": 1, "mlp.down_in.wp": 0,
-              "mlp.down_proj.wc": 1, "om_lb": None}
+    # wc, or the second and word 0) start two words apart modulo 4: CMEM is four banks by address
+    # modulo 4, and the vector unit reads two words of each stream per cycle then, one per bank
+    # (hw/core/vector_unit.py, the two-lane path).
+    residue = {"attn_in.wp": 0, "attn.i_proj.wc": 2, "attn.f_proj.wc": 0, "attn.g_proj.wc": 2, "attn.o_in.wp": 0,
+               "attn.o_proj.wc": 2, "mlp_in.wp": 0, "mlp.gate_proj.wc": 2, "mlp.down_in.wp": 0,
+               "mlp.down_proj.wc": 2, "om_lb": None}
     cm = {}
     for n in range(L):
         p = f"model.layers.{n}."
-        for key, par in parity.items():
-            cm[p + key] = put(p + key, c[p + key], par)
+        for key, res in residue.items():
+            cm[p + key] = put(p + key, c[p + key], res)
     cm["model.final_in.wp"] = put("model.final_in.wp", c["model.final_in.wp"], 0)
-    cm["lm_head.wc"] = put("lm_head.wc", c["lm_head.wc"], 1)
+    cm["lm_head.wc"] = put("lm_head.wc", c["lm_head.wc"], 2)
     cmem = np.concatenate(chunks)
     if sizes.cmem_words is not None and cmem.size > sizes.cmem_words:
         raise ModelTooLarge(f"the constants need {cmem.size} CMEM words; CMEM holds {sizes.cmem_words}")
@@ -256,22 +258,22 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
     sigmem = np.asarray(c["table.sigmoid"], dtype=np.int64).copy()
 
     # ------------------------------------------------------------------ VMEM
-    # The two streams of a VREC (i, f) and of a VGLU (state, acc_g; gate, up) start on different
-    # parities: VMEM is two banks by address parity, and the vector unit reads both streams in one
-    # cycle then (hw/core/vector_unit.py).
+    # The two streams of a VREC (i, f) start on different parities, and those of a VGLU (state,
+    # acc_g; gate, up) two words apart modulo 4: VMEM is four banks by address modulo 4, and the
+    # vector unit reads both streams in one cycle then (VREC), or two words of each (VGLU's
+    # two-lane path; hw/core/vector_unit.py).
     va = _Alloc("vmem")
 
-    def vput(name, n, parity):
-        if va.top % 2 != parity:
-            va.top += 1                         # one unused word
+    def vput(name, n, residue):
+        va.top += (residue - va.top) % 4        # unused words: start on the asked bank
         return va(name, n)
     H = va("h", d)
-    S = [vput(f"state{n}", d, 1) for n in range(L)]
-    I_, F_, G_ = vput("i", d, 0), vput("f", d, 1), vput("acc_g", d, 0)
+    S = [vput(f"state{n}", d, 0) for n in range(L)]
+    I_, F_, G_ = vput("i", d, 0), vput("f", d, 1), vput("acc_g", d, 2)
     Z = va("z", max(d, d_ff))
     GATE = vput("gate", d_ff, 0)
     # up follows gate directly when one GEMV writes both (d_ff not a multiple of rows)
-    UP = vput("up", d_ff, 1) if d_ff % rows == 0 else va("up", d_ff)
+    UP = vput("up", d_ff, 2) if d_ff % rows == 0 else va("up", d_ff)
     LOG = va("logits", V)
     vmem_words = va.top
     if sizes.vmem_words is not None and vmem_words > sizes.vmem_words:

@@ -50,6 +50,11 @@ from .vector_unit import VectorUnit
 
 __all__ = ["AcceleratorCore"]
 
+#: Banks (by address modulo the count) of the core's banked memories (``hw.core.ports.BankedMemory``):
+#: VMEM and CMEM have four, so that the vector unit reads two words of each of two streams per
+#: cycle (its two-lane paths); SIGMEM is two banks, and two copies of it (a sigmoid unit each).
+BANKS = {"vmem": 4, "cmem": 4, "sigmem": 2}
+
 _FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
 
 
@@ -118,7 +123,7 @@ class AcceleratorCore(wiring.Component):
     @property
     def block_memories(self) -> list[tuple[str, int, int]]:
         """``(name, depth, width)`` of every memory of the core meant for block RAM (the two banks
-        of VMEM, CMEM and SIGMEM each, the engine's weight and activation memories, PMEM,
+        of VMEM, CMEM and the two copies of SIGMEM, the engine's weight and activation memories, PMEM,
         TOKMEM, TMEM); the register file and the FIFOs are left out."""
         p = self._p
         mems = [("wmem", p["wmem_depth"], self._engine.word_bits),
@@ -127,7 +132,9 @@ class AcceleratorCore(wiring.Component):
                 ("tmem", p["tmem_depth"], TMEM_BITS)]
         for name, depth, width in (("vmem", p["vmem_depth"], VMEM_BITS), ("cmem", p["cmem_depth"], CMEM_BITS),
                                    ("sigmem", p["sig_depth"], TMEM_BITS)):
-            mems += [(f"{name}{b}", max(1, (depth + 1 - b) // 2), width) for b in range(2)]
+            nb = BANKS[name]
+            for copy in ((name, "sigmemb") if name == "sigmem" else (name,)):
+                mems += [(f"{copy}{b}", max(1, (depth + nb - 1 - b) // nb), width) for b in range(nb)]
         return mems
 
     def elaborate(self, platform):  # noqa: C901 (the sequencer is one state machine)
@@ -151,13 +158,14 @@ class AcceleratorCore(wiring.Component):
         pm_r, pm_w = pmem.read_port(), pmem.write_port()
         # VMEM, CMEM, SIGMEM: registered read ports (READ_LATENCY) and registered write ports, so
         # the block-RAM output multiplexers and the requesters' address logic get cycles of their own
-        vmem = BankedMemory(m, "vmem", signed(VMEM_BITS), p["vmem_depth"])
-        # CMEM: two banks by address parity (hw.core.ports.BankedMemory), so the vector unit reads
-        # two constant streams of different parity per cycle (VNQA, VUMAX2 fast path)
-        cmem = BankedMemory(m, "cmem", signed(CMEM_BITS), p["cmem_depth"])
+        vmem = BankedMemory(m, "vmem", signed(VMEM_BITS), p["vmem_depth"], BANKS["vmem"])
+        # CMEM: four banks by address modulo 4 (hw.core.ports.BankedMemory), so the vector unit reads
+        # two words of each of two constant streams per cycle (VNQA, VUMAX2 two-lane path)
+        cmem = BankedMemory(m, "cmem", signed(CMEM_BITS), p["cmem_depth"], BANKS["cmem"])
         cm_seq_data = Signal(signed(CMEM_BITS))
         cm_link_data = Signal(signed(CMEM_BITS))
-        sigmem = BankedMemory(m, "sigmem", unsigned(TMEM_BITS), p["sig_depth"])
+        sigmem = BankedMemory(m, "sigmem", unsigned(TMEM_BITS), p["sig_depth"], BANKS["sigmem"])
+        sigmem_b = BankedMemory(m, "sigmemb", unsigned(TMEM_BITS), p["sig_depth"], BANKS["sigmem"])
         tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
 
         # ------------------------------------------------------------------ sequencer state
@@ -495,11 +503,13 @@ class AcceleratorCore(wiring.Component):
                      eng.w_wr.addr.eq(waddr), eng.w_wr.data.eq(word_data(word_bits)), eng.w_wr.en.eq(wr_en[M.WMEM]),
                      su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM])]
         cmem.write([(waddr[:_bits(p["cmem_depth"])], word_data(CMEM_BITS), wr_en[M.CMEM])])
-        sigmem.write([(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])])
+        for sm in (sigmem, sigmem_b):      # the link writes both copies
+            sm.write([(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])])
         # The vector unit and the writeback never write in the same cycle (no vector instruction
-        # that writes VMEM issues while a GEMV is outstanding); the writeback's two lanes write
-        # words of different parity; the link writes only while the core is idle.
+        # that writes VMEM issues while a GEMV is outstanding); the two lanes of each write
+        # consecutive words (different banks); the link writes only while the core is idle.
         vmem.write([(vu.vmem_wr.addr, vu.vmem_wr.data, vu.vmem_wr.en),
+                    (vu.vmem_wr2.addr, vu.vmem_wr2.data, vu.vmem_wr2.en),
                     (wb.vmem_wr.addr, wb.vmem_wr.data, wb.vmem_wr.en),
                     (wb.vmem_wr2.addr, wb.vmem_wr2.data, wb.vmem_wr2.en),
                     (waddr[:_bits(p["vmem_depth"])], word_data(VMEM_BITS), wr_en[M.VMEM])])
@@ -512,20 +522,21 @@ class AcceleratorCore(wiring.Component):
         link_re = {k: Signal(name=f"link_re_{k.name.lower()}") for k in M}
         for k in M:
             m.d.comb += link_re[k].eq(take_r & (mid == k))
-        vm_data = vmem.read([(vu.vmem_rd.addr, vu.vmem_rd.en), (vu.vmem_rd2.addr, vu.vmem_rd2.en),
-                             (wb.vmem_rd.addr, wb.vmem_rd.en), (wb.vmem_rd2.addr, wb.vmem_rd2.en),
-                             (waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
-        vm_link_data = vm_data[4]
-        m.d.comb += [vu.vmem_rd.data.eq(vm_data[0]), vu.vmem_rd2.data.eq(vm_data[1]), wb.vmem_rd.data.eq(vm_data[2]),
-                     wb.vmem_rd2.data.eq(vm_data[3])]
-        cm_data = cmem.read([(vu.cmem_rd.addr, vu.cmem_rd.en), (vu.cmem_rd2.addr, vu.cmem_rd2.en),
-                             (cm_seq_addr, cm_seq_en), (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
-        m.d.comb += [vu.cmem_rd.data.eq(cm_data[0]), vu.cmem_rd2.data.eq(cm_data[1]), cm_seq_data.eq(cm_data[2]),
-                     cm_link_data.eq(cm_data[3])]
+        vm_ports = [vu.vmem_rd, vu.vmem_rd2, vu.vmem_rd3, vu.vmem_rd4, wb.vmem_rd, wb.vmem_rd2]
+        vm_data = vmem.read([(r.addr, r.en) for r in vm_ports] + [(waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
+        vm_link_data = vm_data[-1]
+        m.d.comb += [r.data.eq(d) for r, d in zip(vm_ports, vm_data)]
+        vu_cm = [vu.cmem_rd, vu.cmem_rd2, vu.cmem_rd3, vu.cmem_rd4]
+        cm_data = cmem.read([(r.addr, r.en) for r in vu_cm]
+                            + [(cm_seq_addr, cm_seq_en), (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
+        m.d.comb += [r.data.eq(d) for r, d in zip(vu_cm, cm_data)]
+        m.d.comb += [cm_seq_data.eq(cm_data[4]), cm_link_data.eq(cm_data[5])]
         sg_data = sigmem.read([(vu.sig_rd.addr, vu.sig_rd.en), (vu.sig_rd2.addr, vu.sig_rd2.en),
                                (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])])
         sg_link_data = sg_data[2]
         m.d.comb += [vu.sig_rd.data.eq(sg_data[0]), vu.sig_rd2.data.eq(sg_data[1])]
+        sg_data_b = sigmem_b.read([(vu.sig_rd3.addr, vu.sig_rd3.en), (vu.sig_rd4.addr, vu.sig_rd4.en)])
+        m.d.comb += [vu.sig_rd3.data.eq(sg_data_b[0]), vu.sig_rd4.data.eq(sg_data_b[1])]
         with m.If(~active):
             m.d.comb += [pm_r.addr.eq(waddr), pm_r.en.eq(link_re[M.PMEM])]
         m.d.comb += [tk_lr.addr.eq(waddr), tk_lr.en.eq(link_re[M.TOKMEM]),

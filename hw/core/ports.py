@@ -8,6 +8,8 @@
 * :data:`UNIT_CMD_LAYOUT` -- what the sequencer hands a unit with an instruction: the 128-bit
   word (``sw.isa`` encoding) and the values of its three scalar sources, read from the register
   file at issue.
+* :class:`BankedMemory` -- a memory of several block-RAM banks by address, one read and one write
+  per bank and cycle.
 * :class:`UnitResultSignature` -- the registers an instruction writes when it finishes: a
   one-cycle ``done`` pulse with ``rd_we``/``rd_data`` and ``rc_we``/``rc_data`` (the register
   numbers are the instruction's ``rd`` and ``rc`` fields).
@@ -89,74 +91,85 @@ def pipelined_read(m, port, name: str):
 
 
 class BankedMemory:
-    """A memory of the core split into two banks by the address's low bit, with registered ports.
+    """A memory of the core split into ``banks`` banks (a power of two) by the address's low bits,
+    with registered ports.
 
-    Two requests in one cycle are served at once when they address different banks (even and
-    odd words): this is how the vector unit reads two operand streams per cycle, ``x[a + j]`` and
-    ``y[b + j]`` with ``a`` and ``b`` of different parity, from memories of one read port each
-    (``docs/core.md``). Each bank has the registered read port of :func:`pipelined_read`
+    Requests in one cycle are served at once when they address different banks: this is how the
+    vector unit reads several operand streams per cycle, ``x[a + j]`` and ``y[b + j]`` with ``a``
+    and ``b`` of different parity (two banks), or four words ``C[a + 2j]``, ``C[a + 2j + 1]``,
+    ``C[b + 2j]``, ``C[b + 2j + 1]`` with ``b - a = 2`` modulo 4 (four banks), from block RAMs of one
+    read port each (``docs/core.md``). Words of different parity are in different banks whatever
+    the number of banks. Each bank has the registered read port of :func:`pipelined_read`
     (``READ_LATENCY``) and a write port with registered address, data and enable; :meth:`write`
     serves up to one request per bank per cycle.
 
     :meth:`read` takes requests ``(addr, en)`` in priority order: each bank serves the first
     enabled request that addresses it; a lower request to a bank taken in the same cycle is not
-    served (the requesters never issue one: the vector unit pairs reads of different parity only,
+    served (the requesters never issue one: the vector unit pairs reads of different banks only,
     the others read one word at a time). The data of request ``i`` is valid ``READ_LATENCY``
     cycles after it and holds until that request's bank serves another read.
     """
 
-    def __init__(self, m, name: str, shape, depth: int):
+    def __init__(self, m, name: str, shape, depth: int, banks: int = 2):
         from amaranth.lib import memory
+        if banks < 1 or banks & (banks - 1):
+            raise ValueError(f"banks must be a power of two, not {banks!r}")
         self._m, self._name = m, name
         self.depth = depth
+        self.nbanks = banks
+        self._bb = (banks - 1).bit_length()         # address bits that select the bank
         self.banks = []
         self._rd, self._wr = [], []
-        for b in range(2):
-            mem = memory.Memory(shape=shape, depth=max(1, (depth + 1 - b) // 2), init=[])
+        for b in range(banks):
+            mem = memory.Memory(shape=shape, depth=max(1, (depth + banks - 1 - b) // banks), init=[])
             m.submodules[f"{name}{b}"] = mem
             self.banks.append(mem)
             self._rd.append(pipelined_read(m, mem.read_port(), f"{name}{b}_r"))
             self._wr.append(mem.write_port())
         self._read_done = False
 
+    def _bank(self, a):
+        return a[:self._bb] if self._bb else 0
+
     def read(self, requests):
         """Connect the read requests ``[(addr, en), ...]``; return their data values."""
-        from amaranth import Mux, Signal
+        from amaranth import Array, Signal
         assert not self._read_done, "read() connects all requests at once"
         self._read_done = True
-        m = self._m
+        m, bb = self._m, self._bb
         outs = []
         for b, (addr, en, _data) in enumerate(self._rd):
             first = True
             for a, e in requests:
-                cond = e & (a[0] == b)
+                cond = e & (self._bank(a) == b)
                 with (m.If(cond) if first else m.Elif(cond)):
-                    m.d.comb += [addr.eq(a[1:]), en.eq(1)]
+                    m.d.comb += [addr.eq(a[bb:]), en.eq(1)]
                 first = False
+        datas = Array(d for _a, _e, d in self._rd)
         for i, (a, e) in enumerate(requests):
-            sel = Signal(name=f"{self._name}_q{i}_sel0")
+            sel = Signal(max(1, bb), name=f"{self._name}_q{i}_sel0")
             with m.If(e):
-                m.d.sync += sel.eq(a[0])
+                m.d.sync += sel.eq(self._bank(a))
             for k in range(1, READ_LATENCY):
-                r = Signal(name=f"{self._name}_q{i}_sel{k}")
+                r = Signal.like(sel, name=f"{self._name}_q{i}_sel{k}")
                 m.d.sync += r.eq(sel)
                 sel = r
             d = Signal.like(self._rd[0][2], name=f"{self._name}_q{i}_data")
-            m.d.comb += d.eq(Mux(sel, self._rd[1][2], self._rd[0][2]))
+            m.d.comb += d.eq(datas[sel] if bb else self._rd[0][2])
             outs.append(d)
         return outs
 
     def write(self, requests):
         """Connect the write requests ``[(addr, data, en), ...]`` in priority order: each bank takes
-        the first enabled request that addresses it (one per bank per cycle, so two requests of
-        different parity are both served); the write reaches the bank one cycle later."""
+        the first enabled request that addresses it (one per bank per cycle, so requests to
+        different banks are all served); the write reaches the bank one cycle later."""
         from amaranth import Cat
-        m = self._m
+        m, bb = self._m, self._bb
         for b, w in enumerate(self._wr):
-            sel = [e & (a[0] == b) for a, _, e in requests]
+            sel = [e & (self._bank(a) == b) for a, _, e in requests]
             m.d.sync += w.en.eq(Cat(*sel).any())
             first = True
             for (a, d, _), c in zip(requests, sel):
                 with (m.If(c) if first else m.Elif(c)):
-                    m.d.sync += [w.addr.eq(a[1:]), w.data.eq(d)]
+                    m.d.sync += [w.addr.eq(a[bb:]), w.data.eq(d)]
                 first = False

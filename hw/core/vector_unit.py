@@ -130,8 +130,8 @@ from sw.isa import REG_BITS, VMEM_BITS, Op
 from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
 __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "FAST_INTERVAL",
-           "FAST_ELEMENT_CYCLES", "FAST_PAIR", "PAIRED", "is_fast", "MUL_A", "MUL_B", "SHIFT_BITS",
-           "MUL_LATENCY", "SHIFT_LATENCY"]
+           "FAST_ELEMENT_CYCLES", "FAST_PAIR", "GROUPED", "WIDE_ELEMENT_CYCLES", "WIDE_LANES", "WIDE_PAIR", "VREC_S_LAG", "path", "is_fast",
+           "MUL_A", "MUL_B", "SHIFT_BITS", "MUL_LATENCY", "SHIFT_LATENCY"]
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
@@ -147,9 +147,10 @@ INTERVAL = {
 }
 #: Cycles from accepting an instruction to ``done`` beyond the element steps.
 OVERHEAD = 2
-#: The opcodes whose loop elements are pairs of vector elements (``2j``, ``2j + 1``: one word of
-#: each bank), two datapath lanes: their interval and element cycles are per pair.
-PAIRED = {Op.VQ}
+#: The opcodes whose loop elements are groups of this many vector elements (``4j .. 4j + 3``: one
+#: word of each of the four VMEM and CMEM banks), as many datapath lanes: their interval and
+#: element cycles are per group.
+GROUPED = {Op.VQ: 4}
 #: The opcodes with a two-read fast path: when their two streams lie in different banks (CMEM
 #: ``C[a2 + j]`` and ``C[a0 + j]`` of VNQA and VUMAX2, VMEM ``x[a1 + j]`` and ``x[a2 + j]`` of VGLU
 #: and VREC, with start addresses of different parity, which the compiler arranges), both are
@@ -161,25 +162,63 @@ FAST_ELEMENT_CYCLES = {Op.VNQA: 20, Op.VUMAX2: 14, Op.VGLU: 36, Op.VREC: 41}
 FAST_PAIR = {Op.VNQA: ("a0", "a2"), Op.VUMAX2: ("a0", "a2"), Op.VGLU: ("a1", "a2"), Op.VREC: ("a1", "a2")}
 
 
+#: The opcodes with a two-lane path: when their constant streams ``C[a2 + j]`` and ``C[a0 + j]``
+#: start two words apart modulo 4 (CMEM is four banks by address modulo 4, and the compiler places
+#: them so), the loop elements are pairs of vector elements (``2j``, ``2j + 1``), the four CMEM
+#: words of a pair are read in one cycle (one per bank, the unit's four CMEM read ports) and the
+#: two elements go down two datapath lanes: one pair per cycle, this many steps per pair.
+#: VGLU likewise, with its two VMEM streams ``x[a1 + j]`` and ``x[a2 + j]`` (VMEM is four banks too)
+#: and a sigmoid unit per lane (SIGMEM is two copies of two banks).
+#: VREC's wide path is one lane at one element per cycle: its three VMEM streams ``f`` (``a2``),
+#: ``i`` (``a1``) and the state ``s`` (``a0``, read :data:`VREC_S_LAG` steps later) in three
+#: different banks (:func:`path`), its two sigmoids on the two copies of SIGMEM.
+WIDE_ELEMENT_CYCLES = {Op.VNQA: 21, Op.VUMAX2: 15, Op.VGLU: 37, Op.VREC: 39}
+#: Vector elements per loop element on the wide path.
+WIDE_LANES = {Op.VNQA: 2, Op.VUMAX2: 2, Op.VGLU: 2, Op.VREC: 1}
+#: The two streams (first, second) whose start addresses must differ by 2 modulo 4 for it.
+WIDE_PAIR = {Op.VNQA: ("a2", "a0"), Op.VUMAX2: ("a2", "a0"), Op.VGLU: ("a1", "a2")}
+#: Steps between VREC's reads of ``f``, ``i`` of an element and of its ``s`` on the wide path: the
+#: read of ``s[j]`` shares a cycle with those of ``f[j + VREC_S_LAG]`` and ``i[j + VREC_S_LAG]``.
+VREC_S_LAG = 25
+
+
+def path(op, a0: int, a1: int, a2: int) -> str:
+    """The path the instruction runs on: ``"wide"`` (two lanes, :data:`WIDE_ELEMENT_CYCLES`),
+    ``"fast"`` (two reads per memory and cycle, :data:`FAST_INTERVAL`) or ``"slow"``; it depends on
+    the opcode and the start addresses alone."""
+    op = Op(op)
+    f = {"a0": a0, "a1": a1, "a2": a2}
+    if op in WIDE_PAIR:
+        x, y = WIDE_PAIR[op]
+        if (f[y] - f[x]) % 4 == 2:
+            return "wide"
+    if op == Op.VREC and (a1 ^ a2) & 1 and (a0 - VREC_S_LAG - a1) % 4 and (a0 - VREC_S_LAG - a2) % 4:
+        return "wide"
+    if op in FAST_PAIR:
+        x, y = FAST_PAIR[op]
+        if (f[x] ^ f[y]) & 1:
+            return "fast"
+    return "slow"
+
+
 def is_fast(op, a0: int, a1: int, a2: int) -> bool:
     """The instruction runs on the two-read fast path (see :data:`FAST_INTERVAL`)."""
-    op = Op(op)
-    if op not in FAST_PAIR:
-        return False
-    f = {"a0": a0, "a1": a1, "a2": a2}
-    x, y = FAST_PAIR[op]
-    return (f[x] ^ f[y]) & 1 == 1
+    return path(op, a0, a1, a2) == "fast"
 
 
-def cycles(op, n: int, fast: bool = False) -> int:
-    """Cycles from accepting a vector instruction (cycle ``t``) to its ``done`` (cycle ``t + cycles``);
-    ``fast``: it runs on the fast path (:func:`is_fast`)."""
+def cycles(op, n: int, path: str = "slow") -> int:
+    """Cycles from accepting a vector instruction (cycle ``t``) to its ``done`` (cycle ``t + cycles``)
+    on the given :func:`path`."""
     op = Op(op)
+    if path not in ("slow", "fast", "wide"):
+        raise ValueError(f"path must be 'slow', 'fast' or 'wide', not {path!r}")
     if op not in ELEMENT_CYCLES or n == 0:
         return 1
-    if op in PAIRED:
-        n = (n + 1) // 2
-    if fast and op in FAST_INTERVAL:
+    if path == "wide" and op in WIDE_ELEMENT_CYCLES:
+        return OVERHEAD + (n + WIDE_LANES[op] - 1) // WIDE_LANES[op] - 1 + WIDE_ELEMENT_CYCLES[op]
+    if op in GROUPED:
+        n = (n + GROUPED[op] - 1) // GROUPED[op]
+    if path == "fast" and op in FAST_INTERVAL:
         return OVERHEAD + (n - 1) * FAST_INTERVAL[op] + FAST_ELEMENT_CYCLES[op]
     return OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]
 
@@ -246,8 +285,8 @@ class VectorUnit(wiring.Component):
         for name, v in (("vmem_depth", vmem_depth), ("cmem_depth", cmem_depth), ("sig_depth", sig_depth),
                         ("lanes", lanes), ("chunks_max", chunks_max)):
             _check(name, v)
-        if lanes % 2:
-            raise ValueError(f"lanes must be even (VQ writes two codes per cycle), not {lanes}")
+        if lanes % 4:
+            raise ValueError(f"lanes must be a multiple of 4 (VQ writes four codes per cycle), not {lanes}")
         self._vmem_depth, self._cmem_depth, self._sig_depth = vmem_depth, cmem_depth, sig_depth
         self._lanes, self._chunks_max = lanes, chunks_max
         self.vaw, self.caw, self.saw = _aw(vmem_depth), _aw(cmem_depth), _aw(sig_depth)
@@ -258,11 +297,18 @@ class VectorUnit(wiring.Component):
             "busy": Out(1),
             "vmem_rd": Out(MemReadSignature(self.vaw, signed(VMEM_BITS))),
             "vmem_rd2": Out(MemReadSignature(self.vaw, signed(VMEM_BITS))),
+            "vmem_rd3": Out(MemReadSignature(self.vaw, signed(VMEM_BITS))),
+            "vmem_rd4": Out(MemReadSignature(self.vaw, signed(VMEM_BITS))),
             "vmem_wr": Out(MemWriteSignature(self.vaw, signed(VMEM_BITS))),
+            "vmem_wr2": Out(MemWriteSignature(self.vaw, signed(VMEM_BITS))),
             "cmem_rd": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
             "cmem_rd2": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
+            "cmem_rd3": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
+            "cmem_rd4": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
             "sig_rd": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
             "sig_rd2": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
+            "sig_rd3": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
+            "sig_rd4": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
             "a_wr": Out(MemWriteSignature(self.aaw, unsigned(8 * lanes), lanes)),
         })
 
@@ -416,9 +462,9 @@ class VectorUnit(wiring.Component):
 
         # ------------------------------------------------------------ memories
         # Read data arrives READ_LATENCY steps after the request (``hw.core.ports``).
-        X, X2 = self.vmem_rd.data, self.vmem_rd2.data
-        Cd, Cd2 = self.cmem_rd.data, self.cmem_rd2.data
-        Sd, Sd2 = self.sig_rd.data, self.sig_rd2.data
+        X, X2, X3, X4 = self.vmem_rd.data, self.vmem_rd2.data, self.vmem_rd3.data, self.vmem_rd4.data
+        Cd, Cd2, Cd3, Cd4 = self.cmem_rd.data, self.cmem_rd2.data, self.cmem_rd3.data, self.cmem_rd4.data
+        Sd, Sd2, Sd3, Sd4 = self.sig_rd.data, self.sig_rd2.data, self.sig_rd3.data, self.sig_rd4.data
 
         def reader(name):
             """``f(addr)``: a read request on the port ``name`` in the step being built."""
@@ -428,9 +474,9 @@ class VectorUnit(wiring.Component):
                 use(name)
                 m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
             return f
-        vrd, vrd2 = reader("vmem_rd"), reader("vmem_rd2")
-        crd, crd2 = reader("cmem_rd"), reader("cmem_rd2")
-        srd, srd2 = reader("sig_rd"), reader("sig_rd2")
+        vrd, vrd2, vrd3, vrd4 = (reader(f"vmem_rd{k}") for k in ("", "2", "3", "4"))
+        crd, crd2, crd3, crd4 = (reader(f"cmem_rd{k}") for k in ("", "2", "3", "4"))
+        srd, srd2, srd3, srd4 = (reader(f"sig_rd{k}") for k in ("", "2", "3", "4"))
 
         def satv(v):
             c = Mux(sat == 0, v, _clamp(v, sat_lo, sat_hi))
@@ -457,12 +503,40 @@ class VectorUnit(wiring.Component):
             with m.If(aw > mx):
                 m.d.sync += mx.eq(aw)
 
+        def vwrite2(va, vb):
+            """Two lanes of :func:`vwrite`: ``va`` to ``x[a0 + 2j]``, ``vb`` to ``x[a0 + 2j + 1]`` (if
+            ``2j + 1 < n``) in step k; returns the step ``k + 1`` callable that tracks max |written|
+            (the larger of the two |.| is registered first)."""
+            use("vmem_wr")
+            use("vmem_wr2")
+            ws, aws = [], []
+            for v, ln in ((va, "a"), (vb, "b")):
+                vr = reg(v, f"wv{ln}")
+                hi = reg((sat != 0) & (v > sat_hi), f"whi{ln}")
+                lo = reg((sat != 0) & (v < sat_lo), f"wlo{ln}")
+                sel = Mux(hi, sat_hi, Mux(lo, sat_lo, vr))[:VMEM_BITS].as_signed()
+                ws.append(reg(sel, f"w{ln}", signed(VMEM_BITS)))
+                aws.append(reg(_abs(sel), f"aw{ln}", unsigned(VMEM_BITS)))
+            second = Cat(Const(1, 1), j) < n
+            awb = Mux(second, aws[1], 0)
+            awm = reg(Mux(aws[0] > awb, aws[0], awb), "awm", unsigned(VMEM_BITS))
+            m.d.comb += [self.vmem_wr.addr.eq(a0 + 2 * j), self.vmem_wr.data.eq(ws[0]), self.vmem_wr.en.eq(1),
+                         self.vmem_wr2.addr.eq(a0 + 2 * j + 1), self.vmem_wr2.data.eq(ws[1]),
+                         self.vmem_wr2.en.eq(second)]
+
+            def track():
+                with m.If(awm > mx):
+                    m.d.sync += mx.eq(awm)
+            return track
+
         # ------------------------------------------------------------ sigmoid units
         def sigmoid_unit(c):
             """``Core._sigmoid`` with F from config c, its own shifters and interpolation multiplier.
             ``start(y)`` in step s, ``rd()`` in s + RD0 (the two SIGMEM reads, ``SIGMEM[k]`` on
-            ``sig_rd`` and ``SIGMEM[k + 1]`` on ``sig_rd2``: consecutive words, so always the two
-            banks); the result ``out`` (uQ0.16, 17 bits) is valid in step s + LAT."""
+            ``sig_rd`` and ``SIGMEM[k + 1]`` on ``sig_rd2`` for unit 0, ``sig_rd3`` and ``sig_rd4``
+            (the second copy of SIGMEM) for unit 1: consecutive words, so always the two banks of
+            a copy); the result ``out`` (uQ0.16, 17 bits) is valid in step s + LAT."""
+            rdk, rdk1, Dk, Dk1 = (srd, srd2, Sd, Sd2) if c == 0 else (srd3, srd4, Sd3, Sd4)
             SH = shift_unit(f"sg{c}_in", SHIFT_BITS)                 # s: rshift(y, F - 16)
             m.d.comb += SH.s.eq(fsh[c])
             S1 = SHIFT_LATENCY
@@ -476,10 +550,10 @@ class VectorUnit(wiring.Component):
             k1 = reg((a >> fb[c]) + 1, f"sg{c}_k1", 11)
             fr = reg(a & fmask, f"sg{c}_fr", 10)
             RD0 = S1 + 2
-            T = RD0 + RL                                             # SIGMEM[k] in Sd, SIGMEM[k + 1] in Sd2
-            t0 = Sd
+            T = RD0 + RL                                             # SIGMEM[k] in Dk, SIGMEM[k + 1] in Dk1
+            t0 = Dk
             MI = mul_unit(f"sg{c}_mi", _SIG_BITS + 1, 11)            # T: (t1 - t0) fr
-            MI.set(Cat(Sd2, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
+            MI.set(Cat(Dk1, Const(0, 1)).as_signed() - Cat(t0, Const(0, 1)).as_signed(),
                    dly(fr, T - RD0, f"sg{c}_frd"))
             SI = shift_unit(f"sg{c}_fb", _SIG_BITS + 1 + 11)         # T + lat: rshift(., fb)
             SI.set(MI.p, fb[c])
@@ -494,11 +568,11 @@ class VectorUnit(wiring.Component):
                 use(f"sg{c}")
                 m.d.comb += SH.x.eq(y)
             def rd():
-                srd(k0)
-                srd2(k1)
+                rdk(k0)
+                rdk1(k1)
             return SimpleNamespace(start=start, rd=rd, out=out, RD0=RD0, LAT=at + 2)
 
-        SG0, SG1 = sigmoid_unit(0), sigmoid_unit(1)   # F = R[ra] (VGLU, VREC i); F = R[rb] (VREC f)
+        SG0, SG1 = sigmoid_unit(0), sigmoid_unit(1)   # F = R[ra] (VGLU, VREC i); F = R[rb] (VREC f; VGLU: R[ra])
         LS = SG0.LAT
         ML, SL = MUL_LATENCY, SHIFT_LATENCY
 
@@ -602,36 +676,94 @@ class VectorUnit(wiring.Component):
         })
         code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of MW.p, clamped
 
-        # VQ, II = 1, two codes per step (element pair 2j, 2j + 1: consecutive words, so always
-        # the two banks of VMEM and of CMEM): z' C[a2] (MZ1, MZ1b), rshift(., R[rc]) (ST, STb),
-        # times R[ra] (MW, MWb), rshift 25, clamp; both codes into adjacent byte lanes.
-        SZb, STb = shift_unit("szb", SHIFT_BITS), shift_unit("stb", SHIFT_BITS)
+        # The two-lane paths (II = 1 per pair of elements 2j, 2j + 1): x on both VMEM ports (two
+        # banks), C[a2 + 2j], C[a2 + 2j + 1], C[a0 + 2j], C[a0 + 2j + 1] on the four CMEM ports (four
+        # banks, as a0 - a2 = 2 modulo 4); lane b is SZb, MZ1b, MZ2b, MWb. Past the end (odd n) lane
+        # b's z' is zeroed, so its products add 0 to the sum of squares and leave the maxima.
+        SZb = shift_unit("szb", SHIFT_BITS)
         MZ1b = mul_unit("mz1b", MUL_A, _CMEM_BITS, MUL_LATENCY)
+        MZ2b = mul_unit("mz2b", MUL_A, _CMEM_BITS, MUL_LATENCY)
         MWb = mul_unit("mwb", MUL_A, MUL_B, MUL_LATENCY)
-        codeb = reg(_clamp(cshift(MWb.p, 25, "c25b"), -127, 127), "codeb", signed(8))
+        c17b = cshift(MZ1b.p, 17, "c17b")
+        AW = MUL_A + MUL_B + 1
 
-        def vq_write():
-            use("a_wr")
-            second = Cat(Const(1, 1), j) < n                   # 2j + 1 < n
-            m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
-                         self.a_wr.data.eq(Cat(*([code, codeb] * (lanes // 2)))),
-                         self.a_wr.en.eq(Cat(Const(1, 1), second) << jl)]
-            with m.If(jl == lanes - 2):
-                m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
-            with m.Else():
-                m.d.sync += jl.eq(jl + 2)
+        def max2(pa, pb, name):
+            """max(|pa|, |pb|) of products valid in step k, in step k + 2 (|.| then the compare)."""
+            aa, ab = absreg(pa, f"{name}a"), absreg(pb, f"{name}b")
+            return reg(Mux(aa > ab, aa, ab), name, unsigned(AW))
+        mx2_z1, mx2_z2 = max2(MZ1.p, MZ1b.p, "mx2z1"), max2(MZ2.p, MZ2b.p, "mx2z2")
+        sq2 = reg(MW.p + MWb.p, "sq2", signed(AW))             # both lanes' squares, one step later
 
-        def vq_z():
+        def wide_z():
             SZ.set(X, shz)
             SZb.set(X2, shz)
             crd(a2 + 2 * j)
             crd2(a2 + 2 * j + 1)
-        prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
+            crd3(a0 + 2 * j)
+            crd4(a0 + 2 * j + 1)
+
+        def wide_mul():
+            zb = Mux(Cat(Const(1, 1), j) < n, SZb.r, 0)        # 2j + 1 < n
+            MZ1.set(SZ.r, Cd)
+            MZ1b.set(zb, Cd2)
+            MZ2.set(SZ.r, Cd3)
+            MZ2b.set(zb, Cd4)
+
+        def sq2_acc():
+            m.d.sync += acc.eq(acc + sq2)
+        wide = {}
+        wide[Op.VNQA] = sched(Z + 2 * ML + 3, {
             0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
-            RL: vq_z,
-            Z: lambda: (MZ1.set(SZ.r, Cd), MZ1b.set(SZb.r, Cd2)),
-            Z + ML: lambda: (ST.set(MZ1.p, shc), STb.set(MZ1b.p, shc)),
-            Z + ML + SL: lambda: (MW.set(ST.r, rA), MWb.set(STb.r, rA)),
+            RL: wide_z,
+            Z: wide_mul,
+            Z + ML + 1: lambda: (MW.set(c17, c17), MWb.set(c17b, c17b)),
+            Z + ML + 2: lambda: track_abs(mx_c, mx2_z2),
+            Z + 2 * ML + 2: sq2_acc,
+        })
+        wide[Op.VUMAX2] = sched(Z + ML + 3, {
+            0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
+            RL: wide_z,
+            Z: wide_mul,
+            Z + ML + 2: lambda: (track_abs(mx, mx2_z1), track_abs(mx_c, mx2_z2)),
+        })
+        for o, steps in wide.items():
+            assert len(steps) == WIDE_ELEMENT_CYCLES[o], (o, len(steps))
+
+        # VQ, II = 1, four codes per step (element group 4j .. 4j + 3: consecutive words, so the four
+        # banks of VMEM and of CMEM): z' C[a2] (MZ1, MZ1b, MZ2, MZ2b), rshift(., R[rc]) (ST, STb,
+        # STc, STd), times R[ra] (MW, MWb, MWc, MWd), rshift 25, clamp; the four codes into adjacent
+        # byte lanes (those past n not written).
+        SZc, SZd = shift_unit("szc", SHIFT_BITS), shift_unit("szd", SHIFT_BITS)
+        STb, STc, STd = (shift_unit(f"st{x}", SHIFT_BITS) for x in "bcd")
+        MWc, MWd = mul_unit("mwc", MUL_A, MUL_B, MUL_LATENCY), mul_unit("mwd", MUL_A, MUL_B, MUL_LATENCY)
+        VQL = [(SZ, MZ1, ST, MW, code), (SZb, MZ1b, STb, MWb, None), (SZc, MZ2, STc, MWc, None),
+               (SZd, MZ2b, STd, MWd, None)]
+        codes = [code] + [reg(_clamp(cshift(L[3].p, 25, f"c25{x}"), -127, 127), f"code{x}", signed(8))
+                          for L, x in zip(VQL[1:], "bcd")]
+
+        def vq_write():
+            use("a_wr")
+            en = Cat(Const(1, 1), *[Cat(Const(k, 2), j) < n for k in (1, 2, 3)])    # 4j + k < n
+            m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
+                         self.a_wr.data.eq(Cat(*(codes * (lanes // 4)))),
+                         self.a_wr.en.eq(en << jl)]
+            with m.If(jl == lanes - 4):
+                m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+            with m.Else():
+                m.d.sync += jl.eq(jl + 4)
+        vq_rd = (vrd, vrd2, vrd3, vrd4)
+        vq_crd = (crd, crd2, crd3, crd4)
+        vq_x = (X, X2, X3, X4)
+        vq_c = (Cd, Cd2, Cd3, Cd4)
+
+        def each(f):
+            return lambda: [f(k, *L[:4]) for k, L in enumerate(VQL)]
+        prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
+            0: each(lambda k, *_: vq_rd[k](a1 + 4 * j + k)),
+            RL: each(lambda k, sz, *_: (sz.set(vq_x[k], shz), vq_crd[k](a2 + 4 * j + k))),
+            Z: each(lambda k, sz, mz, *_: mz.set(sz.r, vq_c[k])),
+            Z + ML: each(lambda k, sz, mz, st, *_: st.set(mz.p, shc)),
+            Z + ML + SL: each(lambda k, sz, mz, st, mw: mw.set(st.r, rA)),
             Z + 2 * ML + SL + 2: vq_write,                     # c25 then the clamped codes
         })
 
@@ -655,6 +787,31 @@ class VectorUnit(wiring.Component):
                 gx + ML + 2: lambda: vwrite(MW.p),
             })
             (fast if fast_ else prog)[Op.VGLU] = steps
+
+        # VGLU two-lane path (a pair per cycle; x[a1 + 2j], x[a1 + 2j + 1] on VMEM ports 1, 2 and
+        # x[a2 + 2j], x[a2 + 2j + 1] of the pair D steps behind on ports 3, 4: four banks when
+        # a2 - a1 = 2 modulo 4 and D is even); lane b: SZb, SG1 (F = R[ra]), MZ1b, MWb.
+        c16z1b = cshift(MZ1b.p, 16, "c16z1b")
+        gx = g + ML + 1
+        gx += (gx - RL) % 2
+        w2 = {}
+
+        def glu_write():
+            w2["track"] = vwrite2(MW.p, MWb.p)
+        wide[Op.VGLU] = sched(gx + ML + 4, {
+            0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
+            RL: lambda: (SG0.start(X), SG1.start(X2), SZ.set(X, shz), SZb.set(X2, shz)),
+            RL + SG0.RD0: lambda: (SG0.rd(), SG1.rd()),
+            g: lambda: (MZ1.set(dly(SZ.r, g - RL - SL, "ywa"), SG0.out),
+                        MZ1b.set(dly(SZb.r, g - RL - SL, "ywb"), SG1.out)),
+            gx - RL: lambda: (vrd3(a2 + 2 * j), vrd4(a2 + 2 * j + 1)),
+            gx: lambda: (MW.set(dly(c16z1, gx - (g + ML + 1), "sywa"), X3),
+                         MWb.set(dly(c16z1b, gx - (g + ML + 1), "sywb"), X4)),
+            gx + ML + 2: glu_write,
+            gx + ML + 3: lambda: w2["track"](),
+        })
+        assert SG1.LAT == SG0.LAT and SG1.RD0 == SG0.RD0
+        assert len(wide[Op.VGLU]) == WIDE_ELEMENT_CYCLES[Op.VGLU], len(wide[Op.VGLU])
 
         # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM (both
         # ports) for f in RL + RD0, for i two steps later; CMEM (1 - lb) once.
@@ -693,6 +850,29 @@ class VectorUnit(wiring.Component):
                 at[2] = lambda: vrd(a1 + j)                     # i
             at.add(ts - RL, lambda: vrd(a0 + j))                # s (may share a step with the target shift)
             (fast if fast_ else prog)[Op.VREC] = sched(ts + ML + 5, at)
+
+        # VREC wide (II = 1): f, i in step 0 (ports 1, 2), both sigmoids in RL (SG1: f, SG0: i, on
+        # the two SIGMEM copies), s on port 3 in step ts - RL = VREC_S_LAG.
+        def rec_sum3():
+            m.d.sync += sv.eq(dly(X3, ML + 1, "sv3") + c16w)
+        gf = RL + LS
+        ts = gf + ML + SL
+        assert ts - RL == VREC_S_LAG, (ts - RL, VREC_S_LAG)
+        at = _Steps({
+            0: lambda: (vrd(a2 + j), vrd2(a1 + j)),
+            RL: lambda: (SG1.start(X), SG0.start(X2)),
+            RL + SG0.RD0: lambda: (SG1.rd(), SG0.rd()),
+            gf - RL: lambda: crd(imm + j),
+            gf: lambda: (MZ2.set((1 << 16) - SG1.out, Cd), MZ1.set(dly(X2, gf - RL, "ivw"), SG0.out)),
+            gf + ML: lambda: ST.set(MZ1.p, shc),
+            ts: lambda: MW.set(ST.r - X3, dly(c16z2, ts - (gf + ML + 1), "omw")),
+            ts + ML + 1: rec_sum3,
+            ts + ML + 4: lambda: vwrite(sv),
+        })
+        at.add(ts - RL, lambda: vrd3(a0 + j))
+        wide[Op.VREC] = sched(ts + ML + 5, at)
+        for o, steps in wide.items():
+            assert len(steps) == WIDE_ELEMENT_CYCLES[o], (o, len(steps))
         for o, steps in fast.items():
             assert len(steps) == FAST_ELEMENT_CYCLES[o], (o, len(steps))
 
@@ -712,16 +892,17 @@ class VectorUnit(wiring.Component):
         # The steps: step k of the current opcode runs while vp[k] is set, for element jp[k].
         last = Signal()
         fast_on = Signal()      # this instruction runs its fast path (is_fast), set in SETUP
-        variants = {}           # (op, fast) -> (steps, interval)
+        wide_on = Signal()      # ... its two-lane path (path() == "wide"), set in SETUP
+        variants = {}           # (op, path) -> (steps, interval)
 
-        def build(o, steps, ii, is_fast_):
+        def build(o, steps, ii, path_):
             nonlocal j
-            variants[(o, is_fast_)] = (steps, ii)
+            variants[(o, path_)] = (steps, ii)
             for k, f in enumerate(steps):
                 if f is nop:
                     continue
                 j = jp[k]
-                ctx.update(op=(o, is_fast_), k=k)
+                ctx.update(op=(o, path_), k=k)
                 with m.If(vp[k]):
                     f()
             L = len(steps)
@@ -730,13 +911,20 @@ class VectorUnit(wiring.Component):
         with m.Switch(op):
             for o, steps in prog.items():
                 with m.Case(int(o)):
-                    if o in fast:
-                        with m.If(fast_on):
-                            build(o, fast[o], FAST_INTERVAL[o], True)
+                    if o in wide:
+                        with m.If(wide_on):
+                            build(o, wide[o], 1, "wide")
+                        with m.Elif(fast_on):
+                            build(o, fast[o], FAST_INTERVAL[o], "fast")
                         with m.Else():
-                            build(o, steps, INTERVAL[o], False)
+                            build(o, steps, INTERVAL[o], "slow")
+                    elif o in fast:
+                        with m.If(fast_on):
+                            build(o, fast[o], FAST_INTERVAL[o], "fast")
+                        with m.Else():
+                            build(o, steps, INTERVAL[o], "slow")
                     else:
-                        build(o, steps, INTERVAL[o], False)
+                        build(o, steps, INTERVAL[o], "slow")
         ctx.clear()
         for ((o, f_), res), ks in uses.items():
             ii = variants[(o, f_)][1]
@@ -756,14 +944,21 @@ class VectorUnit(wiring.Component):
                         m.next = "DONE"
             with m.State("SETUP"):
                 m.d.comb += self.busy.eq(1)
+                wide2_c = ((((op == Op.VNQA) | (op == Op.VUMAX2)) & ((a0 - a2)[0:2] == 2))
+                           | ((op == Op.VGLU) & ((a2 - a1)[0:2] == 2)))        # two lanes
+                a0s = (a0 - VREC_S_LAG)[0:2]
+                wide_c = wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
+                                    & ((a0s - a2)[0:2] != 0))
+                groups = Mux(op == Op.VQ, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),
                              ph.eq(0), e_new.eq(0), more.eq(1), jl.eq(0), jw.eq(0),
-                             ne.eq(Mux(op == Op.VQ, (n + 1) >> 1, n)), nm1.eq(Mux(op == Op.VQ, (n + 1) >> 1, n) - 1),
+                             ne.eq(groups), nm1.eq(groups - 1),
+                             wide_on.eq(wide_c),
                              fast_on.eq((((op == Op.VNQA) | (op == Op.VUMAX2)) & (a0[0] ^ a2[0]))
                                         | (((op == Op.VGLU) | (op == Op.VREC)) & (a1[0] ^ a2[0])))]
-                for k, F in enumerate((rA, rB)):
+                for k, F in enumerate((rA, Mux(op == Op.VGLU, rA, rB))):
                     m.d.sync += [fsh[k].eq(_clamp(F - 16, 0, 127)), fb[k].eq(_clamp(F, 6, 16) - 6)]
                 m.next = "RUN"
             with m.State("RUN"):
@@ -772,7 +967,10 @@ class VectorUnit(wiring.Component):
                 with m.Switch(op):
                     for o in prog:
                         with m.Case(int(o)):
-                            if o in fast:
+                            if o in wide:
+                                m.d.comb += ii_last.eq(Mux(wide_on, 1, Mux(fast_on, ph == FAST_INTERVAL[o] - 1,
+                                                                             ph == INTERVAL[o] - 1)))
+                            elif o in fast:
                                 m.d.comb += ii_last.eq(Mux(fast_on, ph == FAST_INTERVAL[o] - 1, ph == INTERVAL[o] - 1))
                             else:
                                 m.d.comb += ii_last.eq(ph == INTERVAL[o] - 1)

@@ -3,8 +3,8 @@ import pytest
 from amaranth import signed, unsigned
 
 from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, PAIRED,
-                                 VectorUnit, cycles, is_fast)
+from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, GROUPED,
+                                 VREC_S_LAG, WIDE_ELEMENT_CYCLES, VectorUnit, cycles, is_fast, path)
 from sim.cocotb_run import run_cocotb
 from sim.tb_vector_unit import VectorUnitHarness
 from sw.isa import VECTOR_OPS, Op
@@ -21,7 +21,8 @@ def test_ports_and_validation():
     assert u.signature.members["vmem_rd"].signature == MemReadSignature(12, signed(36))
     assert u.signature.members["vmem_wr"].signature == MemWriteSignature(12, signed(36))
     assert u.signature.members["cmem_rd"].signature == MemReadSignature(16, signed(18))
-    assert u.signature.members["cmem_rd2"].signature == MemReadSignature(16, signed(18))
+    for k in ("2", "3", "4"):
+        assert u.signature.members[f"cmem_rd{k}"].signature == MemReadSignature(16, signed(18))
     assert u.signature.members["vmem_rd2"].signature == MemReadSignature(12, signed(36))
     assert u.signature.members["sig_rd2"].signature == MemReadSignature(11, unsigned(18))
     assert u.signature.members["sig_rd"].signature == MemReadSignature(11, unsigned(18))
@@ -45,11 +46,26 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert is_fast(Op.VNQA, 3, 0, 8) and is_fast(Op.VUMAX2, 0, 0, 1) and not is_fast(Op.VNQA, 2, 1, 8)
     assert is_fast(Op.VGLU, 0, 1, 2) and is_fast(Op.VREC, 0, 2, 7) and not is_fast(Op.VGLU, 1, 2, 4)
     assert not is_fast(Op.VQ, 1, 2, 2) and set(FAST_INTERVAL) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
-    assert cycles(Op.VNQA, 10, fast=True) == 2 + 9 + FAST_ELEMENT_CYCLES[Op.VNQA]
-    assert cycles(Op.VQ, 10, fast=True) == cycles(Op.VQ, 10)
-    # VQ: two codes per cycle (element pairs)
-    assert cycles(Op.VQ, 10) == cycles(Op.VQ, 9) == 2 + 4 + ELEMENT_CYCLES[Op.VQ] and PAIRED == {Op.VQ}
-    with pytest.raises(ValueError, match="even"):
+    assert cycles(Op.VNQA, 10, "fast") == 2 + 9 + FAST_ELEMENT_CYCLES[Op.VNQA]
+    assert cycles(Op.VQ, 10, "fast") == cycles(Op.VQ, 10)
+    # the two-lane path: C[a0] two words after C[a2] modulo 4 (four CMEM banks), a pair per cycle
+    assert path(Op.VNQA, 6, 0, 4) == path(Op.VUMAX2, 1, 9, 3) == path(Op.VNQA, 0, 0, 2) == "wide"
+    assert path(Op.VNQA, 3, 0, 8) == "fast" and path(Op.VNQA, 4, 0, 8) == "slow" and path(Op.VQ, 2, 0, 0) == "slow"
+    assert path(Op.VGLU, 2, 0, 0) == "slow" and set(WIDE_ELEMENT_CYCLES) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
+    assert path(Op.VGLU, 0, 1, 3) == path(Op.VGLU, 0, 5, 3) == "wide" and path(Op.VGLU, 0, 1, 2) == "fast"
+    assert cycles(Op.VNQA, 10, "wide") == cycles(Op.VNQA, 9, "wide") == 2 + 4 + WIDE_ELEMENT_CYCLES[Op.VNQA]
+    # VREC wide: one element per cycle, s (a0) read VREC_S_LAG elements behind f and i, in another bank
+    assert path(Op.VREC, 0, 0, 1) == "wide" and path(Op.VREC, VREC_S_LAG + 2, 0, 1) == "wide"
+    assert path(Op.VREC, VREC_S_LAG, 0, 1) == path(Op.VREC, VREC_S_LAG + 1, 0, 1) == "fast"
+    assert path(Op.VREC, 0, 0, 2) == "slow"
+    assert cycles(Op.VREC, 10, "wide") == 2 + 9 + WIDE_ELEMENT_CYCLES[Op.VREC]
+    assert cycles(Op.VEMB, 10, "wide") == cycles(Op.VEMB, 10)
+    with pytest.raises(ValueError, match="path"):
+        cycles(Op.VNQA, 3, True)
+    # VQ: four codes per cycle (element groups)
+    assert cycles(Op.VQ, 12) == cycles(Op.VQ, 9) == 2 + 2 + ELEMENT_CYCLES[Op.VQ] and GROUPED == {Op.VQ: 4}
+    assert cycles(Op.VQ, 13) == 2 + 3 + ELEMENT_CYCLES[Op.VQ] and cycles(Op.VQ, 1) == 2 + ELEMENT_CYCLES[Op.VQ]
+    with pytest.raises(ValueError, match="multiple of 4"):
         VectorUnit(lanes=5)
 
 

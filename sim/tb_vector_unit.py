@@ -96,9 +96,9 @@ class VectorUnitHarness(wiring.Component):
         wr(vmem, u.vmem_wr)
         wr(vmem, u.vmem_wr2)
         wr(vmem, self.vm_w)
-        # CMEM as in the core: four banks by address modulo 4, the unit's four read ports
-        cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth, 4)
-        ports = [u.cmem_rd, u.cmem_rd2, u.cmem_rd3, u.cmem_rd4]
+        # CMEM as in the core: eight banks by address modulo 8, the unit's eight read ports
+        cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth, 8)
+        ports = [getattr(u, f"cmem_rd{k}") for k in ("", "2", "3", "4", "5", "6", "7", "8")]
         for p, d in zip(ports, cmem.read([(p.addr, p.en) for p in ports])):
             m.d.comb += p.data.eq(d)
         cmem.write([(self.cm_w.addr, self.cm_w.data, self.cm_w.en)])
@@ -488,10 +488,10 @@ async def test_nqa_umax_q(dut):
             rq = rng.choice([0, 1, 65495, 128674, (1 << 17) - 1, -(1 << 17), (1 << 18) - 1, rng.randrange(1 << 17)])
             ok = await b.run(ins_(Op.VQ, n=n, a0=k % 2, a1=a1, a2=a2), ra=rq, rb=sz, rc=t)
         else:
-            # the three paths in turn: C[a0] 2 words after C[a2] modulo 4 (wide), 1 or 3 (fast),
-            # 0 (slow)
-            a0 = rng.randrange(0, 8192 - n + 1 - 3)
-            a0 += (a2 + (2, rng.choice([1, 3]), 0)[(k // 3) % 3] - a0) % 4
+            # the three paths in turn: C[a0] 4 words after C[a2] modulo 8 (wide), an odd number
+            # (fast), 0, 2 or 6 (slow)
+            a0 = rng.randrange(0, 8192 - n + 1 - 7)
+            a0 += (a2 + (4, rng.choice([1, 3, 5, 7]), rng.choice([0, 2, 6]))[(k // 3) % 3] - a0) % 8
             ok = await b.run(ins_(op, n=n, a0=a0, a1=a1, a2=a2, rc=rng.choice([0, 7])), rb=sz)
         assert ok or n == 0, f"rejected: {op.name} n={n} shift={sz}"
     await b.check_all_vmem()

@@ -218,8 +218,8 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         lim = 1 << (CMEM_BITS - 1)
         if arr.size and (arr.min() < -lim or arr.max() >= lim):
             raise ValueError(f"{name}: constant does not fit {CMEM_BITS}-bit signed CMEM words")
-        if residue is not None and ca.top % 4 != residue:
-            pad = (residue - ca.top) % 4                # pad words: start on the asked bank
+        if residue is not None and ca.top % 8 != residue:
+            pad = (residue - ca.top) % 8                # pad words: start on the asked bank
             chunks.append(np.zeros(pad, np.int64))
             ca.top += pad
         chunks.append(arr)
@@ -228,19 +228,19 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
     EMB = put("emb.mant", emb)
     EMBSH = put("emb.shift", c["emb.shift"])
     # The two constant streams of a VNQA (wp, the first wc) and of a VUMAX2 (the second and third
-    # wc, or the second and word 0) start two words apart modulo 4: CMEM is four banks by address
-    # modulo 4, and the vector unit reads two words of each stream per cycle then, one per bank
-    # (hw/core/vector_unit.py, the two-lane path).
-    residue = {"attn_in.wp": 0, "attn.i_proj.wc": 2, "attn.f_proj.wc": 0, "attn.g_proj.wc": 2, "attn.o_in.wp": 0,
-               "attn.o_proj.wc": 2, "mlp_in.wp": 0, "mlp.gate_proj.wc": 2, "mlp.down_in.wp": 0,
-               "mlp.down_proj.wc": 2, "om_lb": None}
+    # wc, or the second and word 0) start four words apart modulo 8: CMEM is eight banks by address
+    # modulo 8, and the vector unit reads four words of each stream per cycle then, one per bank
+    # (hw/core/vector_unit.py, the four-lane path).
+    residue = {"attn_in.wp": 0, "attn.i_proj.wc": 4, "attn.f_proj.wc": 0, "attn.g_proj.wc": 4, "attn.o_in.wp": 0,
+               "attn.o_proj.wc": 4, "mlp_in.wp": 0, "mlp.gate_proj.wc": 4, "mlp.down_in.wp": 0,
+               "mlp.down_proj.wc": 4, "om_lb": None}
     cm = {}
     for n in range(L):
         p = f"model.layers.{n}."
         for key, res in residue.items():
             cm[p + key] = put(p + key, c[p + key], res)
     cm["model.final_in.wp"] = put("model.final_in.wp", c["model.final_in.wp"], 0)
-    cm["lm_head.wc"] = put("lm_head.wc", c["lm_head.wc"], 2)
+    cm["lm_head.wc"] = put("lm_head.wc", c["lm_head.wc"], 4)
     cmem = np.concatenate(chunks)
     if sizes.cmem_words is not None and cmem.size > sizes.cmem_words:
         raise ModelTooLarge(f"the constants need {cmem.size} CMEM words; CMEM holds {sizes.cmem_words}")

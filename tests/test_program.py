@@ -144,9 +144,9 @@ def test_shipped_model_equals_intref():
 
 
 def test_paired_streams_lie_in_different_banks(tiny):
-    """Every VNQA and VUMAX2 reads its two CMEM streams two words apart modulo 4 (CMEM is four
-    banks), and every VGLU its two VMEM streams (VMEM is four banks), so the core runs them on its
-    two-lane path (hw/core/vector_unit.py: path), a pair of elements per cycle; every VREC reads
+    """Every VNQA and VUMAX2 reads its two CMEM streams four words apart modulo 8 (CMEM is eight
+    banks), and every VGLU its two VMEM streams two apart modulo 4 (VMEM is four banks), so the
+    core runs them on its wide paths (hw/core/vector_unit.py: path), a pair of elements per cycle; every VREC reads
     its three VMEM streams i, f and the state from three different banks (its wide path). The pad words that arrange it do not change the results (the other tests of
     this file run the same programs)."""
     from hw.core.vector_unit import path

@@ -51,9 +51,10 @@ from .vector_unit import VectorUnit
 __all__ = ["AcceleratorCore"]
 
 #: Banks (by address modulo the count) of the core's banked memories (``hw.core.ports.BankedMemory``):
-#: VMEM and CMEM have four, so that the vector unit reads two words of each of two streams per
-#: cycle (its two-lane paths); SIGMEM is two banks, and two copies of it (a sigmoid unit each).
-BANKS = {"vmem": 4, "cmem": 4, "sigmem": 2}
+#: VMEM has four and CMEM eight, so that the vector unit reads four words of VMEM and four of each
+#: of two constant streams per cycle (its wide paths); SIGMEM is two banks, and two copies of it
+#: (a sigmoid unit each).
+BANKS = {"vmem": 4, "cmem": 8, "sigmem": 2}
 
 _FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
 
@@ -159,8 +160,8 @@ class AcceleratorCore(wiring.Component):
         # VMEM, CMEM, SIGMEM: registered read ports (READ_LATENCY) and registered write ports, so
         # the block-RAM output multiplexers and the requesters' address logic get cycles of their own
         vmem = BankedMemory(m, "vmem", signed(VMEM_BITS), p["vmem_depth"], BANKS["vmem"])
-        # CMEM: four banks by address modulo 4 (hw.core.ports.BankedMemory), so the vector unit reads
-        # two words of each of two constant streams per cycle (VNQA, VUMAX2 two-lane path)
+        # CMEM: eight banks by address modulo 8 (hw.core.ports.BankedMemory), so the vector unit reads
+        # four words of each of two constant streams per cycle (VNQA, VUMAX2 four-lane path)
         cmem = BankedMemory(m, "cmem", signed(CMEM_BITS), p["cmem_depth"], BANKS["cmem"])
         cm_seq_data = Signal(signed(CMEM_BITS))
         cm_link_data = Signal(signed(CMEM_BITS))
@@ -526,11 +527,11 @@ class AcceleratorCore(wiring.Component):
         vm_data = vmem.read([(r.addr, r.en) for r in vm_ports] + [(waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
         vm_link_data = vm_data[-1]
         m.d.comb += [r.data.eq(d) for r, d in zip(vm_ports, vm_data)]
-        vu_cm = [vu.cmem_rd, vu.cmem_rd2, vu.cmem_rd3, vu.cmem_rd4]
+        vu_cm = [getattr(vu, f"cmem_rd{k}") for k in ("", "2", "3", "4", "5", "6", "7", "8")]
         cm_data = cmem.read([(r.addr, r.en) for r in vu_cm]
                             + [(cm_seq_addr, cm_seq_en), (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
         m.d.comb += [r.data.eq(d) for r, d in zip(vu_cm, cm_data)]
-        m.d.comb += [cm_seq_data.eq(cm_data[4]), cm_link_data.eq(cm_data[5])]
+        m.d.comb += [cm_seq_data.eq(cm_data[8]), cm_link_data.eq(cm_data[9])]
         sg_data = sigmem.read([(vu.sig_rd.addr, vu.sig_rd.en), (vu.sig_rd2.addr, vu.sig_rd2.en),
                                (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])])
         sg_link_data = sg_data[2]

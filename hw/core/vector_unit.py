@@ -16,9 +16,11 @@ Interface (initiator's view of the memories, which belong to the core):
   ``VARGMAX``; also for ``rd = 0``, which the register file ignores); ``rc_we`` for ``VNQA`` and
   ``VUMAX2`` when the ``rc`` field is not 0.
 * ``busy`` -- high from the cycle after ``cmd`` is accepted up to and including the ``done`` cycle.
-* ``vmem_rd`` / ``vmem_wr`` -- VMEM (36-bit signed words): the core's registered read port
-  (``data`` ``READ_LATENCY`` = 3 cycles after ``en``, ``hw.core.ports``) and write port.
-* ``cmem_rd`` -- CMEM (18-bit signed), ``sig_rd`` -- SIGMEM (18-bit unsigned sigmoid table).
+* ``vmem_rd`` .. ``vmem_rd4`` / ``vmem_wr``, ``vmem_wr2`` -- VMEM (36-bit signed words): the
+  core's registered read ports (``data`` ``READ_LATENCY`` = 3 cycles after ``en``, ``hw.core.ports``)
+  and write ports.
+* ``cmem_rd`` .. ``cmem_rd8`` -- CMEM (18-bit signed); ``sig_rd``, ``sig_rd2`` -- the first copy of
+  SIGMEM (18-bit unsigned sigmoid table), ``sig_rd3``, ``sig_rd4`` -- the second.
 * ``a_wr`` -- the GEMV engine's activation-memory write port: ``VQ`` code ``j`` of bank ``b`` goes
   to word ``b * chunks_max + j // lanes``, byte lane ``j % lanes``, with ``en`` one-hot on it.
 
@@ -35,9 +37,10 @@ ports alone. Units (all operands signed):
   ``(1 - lb) * (2**16 - sigmoid(f))`` (``VREC``, 18 x 18 in value).
 * ``MW`` -- ``MUL_A`` x ``MUL_B``: ``v * v`` (``VNQA``), ``rshift(u, R[rc]) * R[ra]`` (``VQ``),
   ``sy * x[a2]`` (``VGLU``), ``om * (target - s)`` (``VREC``).
-* ``MZ1b``, ``MWb``, ``SZb``, ``STb`` -- the second lane of ``VQ``, which takes its elements in
-  pairs (``2j`` from one bank, ``2j + 1`` from the other: :data:`PAIRED`) and writes two codes into
-  adjacent byte lanes per cycle.
+* lanes b, c, d of the wide paths: ``SZb``..``SZd``, ``MZ1b``..``MZ1d``, ``MZ2b``..``MZ2d``,
+  ``MWb``..``MWd`` (``VNQA``, ``VUMAX2``: four lanes; ``VGLU``: lane b), ``STb``..``STd`` (``VQ``, which
+  takes its elements in groups of four, ``4j .. 4j + 3``, one word of each VMEM and CMEM bank,
+  :data:`GROUPED`, and writes four codes into adjacent byte lanes per cycle).
 * ``MUL_A`` (44) and ``MUL_B`` (37) are not narrowed further: they bound the exactness domain
   (below), which the bench exercises with full 36-bit words (``z'`` of a 36-bit word shifted by
   0, ``v`` of 37 bits squared, ``om`` and ``target - s`` of ``VREC``).
@@ -58,7 +61,7 @@ product in step ``k + 6``; 3 for the 19 x 11 ones). Every variable shifter has t
 request. The sigmoid (``Core._sigmoid``: optional rescale to 16 fractional bits, clamp, table
 index and fraction, two table reads, interpolation multiply and shift, odd symmetry) is a unit of
 its own, two of them (F from ``R[ra]``: ``VGLU``, ``VREC``'s ``i``; F from ``R[rb]``: ``VREC``'s
-``f``), with its input in step ``s``, its two SIGMEM reads in ``s + 5`` and the result in
+``f``, and ``R[ra]`` for ``VGLU``'s second lane), each on its own copy of SIGMEM, with its input in step ``s``, its two SIGMEM reads in ``s + 5`` and the result in
 ``s + 16``. Values carried between steps of an element go through free-running delay
 registers (one per cycle of distance), so the step lists are modulo-scheduled: element ``e``
 runs step ``k`` in cycle ``e * II + k`` of the run, ``II = INTERVAL[op]``; steps of the elements
@@ -72,29 +75,37 @@ Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done``
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
 testbench asserts it for every instruction)::
 
-    opcode    cycles per element (II)          steps per element (depth)   fast path: II, depth
+    opcode    cycles per element (II)          steps (depth)   fast path: II, depth   wide path: elements per cycle, depth
     VSET      1                                3
     VEMB      1                                9
     VADD      2  (two VMEM reads)              8
     VMAXABS   1                                5
     VARGMAX   1                                4
-    VNQA      2  (two CMEM reads: a2, a0)      20                          1, 20  (a2, a0 parities differ)
-    VUMAX2    2  (two CMEM reads: a2, a0)      15                          1, 14  (a2, a0 parities differ)
-    VQ        1 per pair of elements (2 codes)  24
-    VGLU      2  (two VMEM reads)              35                          1, 36  (a1, a2 parities differ)
-    VREC      4  (three VMEM reads)            41                          2, 41  (a1, a2 parities differ)
+    VNQA      2  (two CMEM reads: a2, a0)      20              1, 20                  4, 22  (a0 - a2 = 4 mod 8)
+    VUMAX2    2  (two CMEM reads: a2, a0)      15              1, 14                  4, 16  (a0 - a2 = 4 mod 8)
+    VQ        1 per group of 4 elements         24
+    VGLU      2  (two VMEM reads)              35              1, 36                  2, 37  (a2 - a1 = 2 mod 4)
+    VREC      4  (three VMEM reads)            41              2, 41                  1, 39  (f, i, s: three banks)
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
+    fast path: the two streams (FAST_PAIR) start on different parities
 
-VMEM, CMEM and SIGMEM are two banks each, by address parity (``hw.core.ports.BankedMemory``), and
-the unit has two read ports on each (``vmem_rd``/``vmem_rd2``, ``cmem_rd``/``cmem_rd2``,
-``sig_rd``/``sig_rd2``): two reads in one cycle are served when they address different banks.
-A sigmoid's two table reads (``k``, ``k + 1``) always do, so each sigmoid reads both in one step.
-The slow intervals are the floors of one read per memory and cycle: ``VNQA`` and ``VUMAX2`` read
-``C[a2]`` and ``C[a0]`` per element (also for ``rc = 0``), ``VGLU`` reads ``x[a1]`` and
-``x[a2]``, ``VREC`` three VMEM words and two sigmoids. When the instruction's two streams start on
-different parities (:func:`is_fast`; the compiler lays VMEM and CMEM out so that they do), both
-are read in the same cycle, one per bank, and the interval halves (VREC: 2, its third VMEM read
-in the odd cycle). The interval depends on the instruction's fields, never on the data.
+The core's VMEM is four banks by address modulo 4, CMEM eight by address modulo 8, SIGMEM two
+copies of two banks by parity (``hw.core.ports.BankedMemory``); the unit has four read ports on
+VMEM, eight on CMEM, two on each SIGMEM copy, and two VMEM write ports. Reads in one cycle are
+served when they address different banks. A sigmoid's two table reads (``k``, ``k + 1``) always
+do, so each sigmoid reads both in one step. The slow intervals are the floors of one read per
+memory and cycle: ``VNQA`` and ``VUMAX2`` read ``C[a2]`` and ``C[a0]`` per element (also for
+``rc = 0``), ``VGLU`` reads ``x[a1]`` and ``x[a2]``, ``VREC`` three VMEM words and two sigmoids.
+The paths (:func:`path`): when an instruction's streams start on banks that keep its reads of one
+cycle apart, it runs faster. Fast: its two streams start on different parities, both are read in
+the same cycle and the interval halves (VREC: 2, its third VMEM read in the odd cycle). Wide: the
+loop elements are groups of ``WIDE_LANES`` vector elements on as many datapath lanes, one group
+per cycle (VNQA, VUMAX2: four elements, their eight CMEM words in the eight banks when ``a0 - a2
+= 4`` modulo 8; VGLU: two, its four VMEM words in the four banks when ``a2 - a1 = 2`` modulo 4);
+VREC's wide path is one element per cycle, reading ``s[j]`` :data:`VREC_S_LAG` elements behind
+``f`` and ``i`` from a third bank. The compiler lays VMEM and CMEM out so that the shipped
+programs run every ``VNQA``, ``VUMAX2``, ``VGLU`` and ``VREC`` on its wide path. The path
+depends on the instruction's fields, never on the data.
 
 ``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
 covers cycles ``t + 1`` to the ``done`` cycle, so the next instruction can be accepted in the
@@ -172,10 +183,11 @@ FAST_PAIR = {Op.VNQA: ("a0", "a2"), Op.VUMAX2: ("a0", "a2"), Op.VGLU: ("a1", "a2
 #: VREC's wide path is one lane at one element per cycle: its three VMEM streams ``f`` (``a2``),
 #: ``i`` (``a1``) and the state ``s`` (``a0``, read :data:`VREC_S_LAG` steps later) in three
 #: different banks (:func:`path`), its two sigmoids on the two copies of SIGMEM.
-WIDE_ELEMENT_CYCLES = {Op.VNQA: 21, Op.VUMAX2: 15, Op.VGLU: 37, Op.VREC: 39}
-#: Vector elements per loop element on the wide path.
-WIDE_LANES = {Op.VNQA: 2, Op.VUMAX2: 2, Op.VGLU: 2, Op.VREC: 1}
-#: The two streams (first, second) whose start addresses must differ by 2 modulo 4 for it.
+WIDE_ELEMENT_CYCLES = {Op.VNQA: 22, Op.VUMAX2: 16, Op.VGLU: 37, Op.VREC: 39}
+#: Vector elements per loop element on the wide path (datapath lanes).
+WIDE_LANES = {Op.VNQA: 4, Op.VUMAX2: 4, Op.VGLU: 2, Op.VREC: 1}
+#: The two streams (first, second) whose start addresses must differ by ``lanes`` modulo
+#: ``2 * lanes`` for it (the two streams' words of one loop element in different banks).
 WIDE_PAIR = {Op.VNQA: ("a2", "a0"), Op.VUMAX2: ("a2", "a0"), Op.VGLU: ("a1", "a2")}
 #: Steps between VREC's reads of ``f``, ``i`` of an element and of its ``s`` on the wide path: the
 #: read of ``s[j]`` shares a cycle with those of ``f[j + VREC_S_LAG]`` and ``i[j + VREC_S_LAG]``.
@@ -190,7 +202,7 @@ def path(op, a0: int, a1: int, a2: int) -> str:
     f = {"a0": a0, "a1": a1, "a2": a2}
     if op in WIDE_PAIR:
         x, y = WIDE_PAIR[op]
-        if (f[y] - f[x]) % 4 == 2:
+        if (f[y] - f[x]) % (2 * WIDE_LANES[op]) == WIDE_LANES[op]:
             return "wide"
     if op == Op.VREC and (a1 ^ a2) & 1 and (a0 - VREC_S_LAG - a1) % 4 and (a0 - VREC_S_LAG - a2) % 4:
         return "wide"
@@ -303,8 +315,7 @@ class VectorUnit(wiring.Component):
             "vmem_wr2": Out(MemWriteSignature(self.vaw, signed(VMEM_BITS))),
             "cmem_rd": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
             "cmem_rd2": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
-            "cmem_rd3": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
-            "cmem_rd4": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))),
+            **{f"cmem_rd{k}": Out(MemReadSignature(self.caw, signed(_CMEM_BITS))) for k in range(3, 9)},
             "sig_rd": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
             "sig_rd2": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
             "sig_rd3": Out(MemReadSignature(self.saw, unsigned(_SIG_BITS))),
@@ -463,7 +474,8 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ memories
         # Read data arrives READ_LATENCY steps after the request (``hw.core.ports``).
         X, X2, X3, X4 = self.vmem_rd.data, self.vmem_rd2.data, self.vmem_rd3.data, self.vmem_rd4.data
-        Cd, Cd2, Cd3, Cd4 = self.cmem_rd.data, self.cmem_rd2.data, self.cmem_rd3.data, self.cmem_rd4.data
+        Cd, Cd2, Cd3, Cd4, Cd5, Cd6, Cd7, Cd8 = (getattr(self, f"cmem_rd{k}").data
+                                                 for k in ("", "2", "3", "4", "5", "6", "7", "8"))
         Sd, Sd2, Sd3, Sd4 = self.sig_rd.data, self.sig_rd2.data, self.sig_rd3.data, self.sig_rd4.data
 
         def reader(name):
@@ -475,7 +487,8 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
             return f
         vrd, vrd2, vrd3, vrd4 = (reader(f"vmem_rd{k}") for k in ("", "2", "3", "4"))
-        crd, crd2, crd3, crd4 = (reader(f"cmem_rd{k}") for k in ("", "2", "3", "4"))
+        crds = [reader(f"cmem_rd{k}") for k in ("", "2", "3", "4", "5", "6", "7", "8")]
+        crd, crd2, crd3, crd4 = crds[:4]
         srd, srd2, srd3, srd4 = (reader(f"sig_rd{k}") for k in ("", "2", "3", "4"))
 
         def satv(v):
@@ -676,55 +689,66 @@ class VectorUnit(wiring.Component):
         })
         code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of MW.p, clamped
 
-        # The two-lane paths (II = 1 per pair of elements 2j, 2j + 1): x on both VMEM ports (two
-        # banks), C[a2 + 2j], C[a2 + 2j + 1], C[a0 + 2j], C[a0 + 2j + 1] on the four CMEM ports (four
-        # banks, as a0 - a2 = 2 modulo 4); lane b is SZb, MZ1b, MZ2b, MWb. Past the end (odd n) lane
-        # b's z' is zeroed, so its products add 0 to the sum of squares and leave the maxima.
-        SZb = shift_unit("szb", SHIFT_BITS)
-        MZ1b = mul_unit("mz1b", MUL_A, _CMEM_BITS, MUL_LATENCY)
-        MZ2b = mul_unit("mz2b", MUL_A, _CMEM_BITS, MUL_LATENCY)
-        MWb = mul_unit("mwb", MUL_A, MUL_B, MUL_LATENCY)
-        c17b = cshift(MZ1b.p, 17, "c17b")
+        # The four-lane paths of VNQA and VUMAX2 (II = 1 per group of elements 4j .. 4j + 3): x on the
+        # four VMEM ports (four banks), C[a2 + 4j + k] and C[a0 + 4j + k] on the eight CMEM ports
+        # (eight banks, as a0 - a2 = 4 modulo 8); lane k is SZs[k], MZ1s[k], MZ2s[k], MWs[k]. Past the
+        # end (n not a multiple of 4) a lane's z' is zeroed, so its products add 0 to the sum of
+        # squares and leave the maxima.
+        Xs, Cs = [X, X2, X3, X4], [Cd, Cd2, Cd3, Cd4, Cd5, Cd6, Cd7, Cd8]
+        vrds = [vrd, vrd2, vrd3, vrd4]
+        SZs = [SZ] + [shift_unit(f"sz{x}", SHIFT_BITS) for x in "bcd"]
+        MZ1s = [MZ1] + [mul_unit(f"mz1{x}", MUL_A, _CMEM_BITS, MUL_LATENCY) for x in "bcd"]
+        MZ2s = [MZ2] + [mul_unit(f"mz2{x}", MUL_A, _CMEM_BITS, MUL_LATENCY) for x in "bcd"]
+        MWs = [MW] + [mul_unit(f"mw{x}", MUL_A, MUL_B, MUL_LATENCY) for x in "bcd"]
+        SZb, SZc, SZd = SZs[1:]
+        MZ1b, MZ2b = MZ1s[1], MZ2s[1]
+        MWb, MWc, MWd = MWs[1:]
+        c17s = [c17] + [cshift(M_.p, 17, f"c17{x}") for M_, x in zip(MZ1s[1:], "bcd")]
         AW = MUL_A + MUL_B + 1
 
-        def max2(pa, pb, name):
-            """max(|pa|, |pb|) of products valid in step k, in step k + 2 (|.| then the compare)."""
-            aa, ab = absreg(pa, f"{name}a"), absreg(pb, f"{name}b")
-            return reg(Mux(aa > ab, aa, ab), name, unsigned(AW))
-        mx2_z1, mx2_z2 = max2(MZ1.p, MZ1b.p, "mx2z1"), max2(MZ2.p, MZ2b.p, "mx2z2")
-        sq2 = reg(MW.p + MWb.p, "sq2", signed(AW))             # both lanes' squares, one step later
+        def max4(ps, name):
+            """max |p| over the four lanes' products valid in step k, in step k + 3 (|.|, then a
+            tree of two registered compares)."""
+            a = [absreg(p_, f"{name}a{i}") for i, p_ in enumerate(ps)]
+            b = [reg(Mux(a[i] > a[i + 1], a[i], a[i + 1]), f"{name}b{i}", unsigned(AW)) for i in (0, 2)]
+            return reg(Mux(b[0] > b[1], b[0], b[1]), name, unsigned(AW))
+        mx4_z1, mx4_z2 = max4([M_.p for M_ in MZ1s], "mx4z1"), max4([M_.p for M_ in MZ2s], "mx4z2")
+        sq_ab = reg(MW.p + MWb.p, "sqab", signed(AW))          # the four lanes' squares, two steps later
+        sq_cd = reg(MWc.p + MWd.p, "sqcd", signed(AW))
+        sq4 = reg(sq_ab + sq_cd, "sq4", signed(AW + 1))
 
         def wide_z():
-            SZ.set(X, shz)
-            SZb.set(X2, shz)
-            crd(a2 + 2 * j)
-            crd2(a2 + 2 * j + 1)
-            crd3(a0 + 2 * j)
-            crd4(a0 + 2 * j + 1)
+            for k in range(4):
+                SZs[k].set(Xs[k], shz)
+                crds[k](a2 + 4 * j + k)
+                crds[4 + k](a0 + 4 * j + k)
 
         def wide_mul():
-            zb = Mux(Cat(Const(1, 1), j) < n, SZb.r, 0)        # 2j + 1 < n
-            MZ1.set(SZ.r, Cd)
-            MZ1b.set(zb, Cd2)
-            MZ2.set(SZ.r, Cd3)
-            MZ2b.set(zb, Cd4)
+            for k in range(4):
+                z = SZs[k].r if k == 0 else Mux(Cat(Const(k, 2), j) < n, SZs[k].r, 0)    # 4j + k < n
+                MZ1s[k].set(z, Cs[k])
+                MZ2s[k].set(z, Cs[4 + k])
 
-        def sq2_acc():
-            m.d.sync += acc.eq(acc + sq2)
+        def wide_rd():
+            for k in range(4):
+                vrds[k](a1 + 4 * j + k)
+
+        def sq4_acc():
+            m.d.sync += acc.eq(acc + sq4)
         wide = {}
-        wide[Op.VNQA] = sched(Z + 2 * ML + 3, {
-            0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
+        wide[Op.VNQA] = sched(Z + 2 * ML + 4, {
+            0: wide_rd,
             RL: wide_z,
             Z: wide_mul,
-            Z + ML + 1: lambda: (MW.set(c17, c17), MWb.set(c17b, c17b)),
-            Z + ML + 2: lambda: track_abs(mx_c, mx2_z2),
-            Z + 2 * ML + 2: sq2_acc,
+            Z + ML + 1: lambda: [MWs[k].set(c17s[k], c17s[k]) for k in range(4)],
+            Z + ML + 3: lambda: track_abs(mx_c, mx4_z2),
+            Z + 2 * ML + 3: sq4_acc,
         })
-        wide[Op.VUMAX2] = sched(Z + ML + 3, {
-            0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
+        wide[Op.VUMAX2] = sched(Z + ML + 4, {
+            0: wide_rd,
             RL: wide_z,
             Z: wide_mul,
-            Z + ML + 2: lambda: (track_abs(mx, mx2_z1), track_abs(mx_c, mx2_z2)),
+            Z + ML + 3: lambda: (track_abs(mx, mx4_z1), track_abs(mx_c, mx4_z2)),
         })
         for o, steps in wide.items():
             assert len(steps) == WIDE_ELEMENT_CYCLES[o], (o, len(steps))
@@ -733,9 +757,7 @@ class VectorUnit(wiring.Component):
         # banks of VMEM and of CMEM): z' C[a2] (MZ1, MZ1b, MZ2, MZ2b), rshift(., R[rc]) (ST, STb,
         # STc, STd), times R[ra] (MW, MWb, MWc, MWd), rshift 25, clamp; the four codes into adjacent
         # byte lanes (those past n not written).
-        SZc, SZd = shift_unit("szc", SHIFT_BITS), shift_unit("szd", SHIFT_BITS)
         STb, STc, STd = (shift_unit(f"st{x}", SHIFT_BITS) for x in "bcd")
-        MWc, MWd = mul_unit("mwc", MUL_A, MUL_B, MUL_LATENCY), mul_unit("mwd", MUL_A, MUL_B, MUL_LATENCY)
         VQL = [(SZ, MZ1, ST, MW, code), (SZb, MZ1b, STb, MWb, None), (SZc, MZ2, STc, MWc, None),
                (SZd, MZ2b, STd, MWd, None)]
         codes = [code] + [reg(_clamp(cshift(L[3].p, 25, f"c25{x}"), -127, 127), f"code{x}", signed(8))
@@ -944,12 +966,12 @@ class VectorUnit(wiring.Component):
                         m.next = "DONE"
             with m.State("SETUP"):
                 m.d.comb += self.busy.eq(1)
-                wide2_c = ((((op == Op.VNQA) | (op == Op.VUMAX2)) & ((a0 - a2)[0:2] == 2))
-                           | ((op == Op.VGLU) & ((a2 - a1)[0:2] == 2)))        # two lanes
+                wide4_c = ((op == Op.VNQA) | (op == Op.VUMAX2)) & ((a0 - a2)[0:3] == 4)   # four lanes
+                wide2_c = (op == Op.VGLU) & ((a2 - a1)[0:2] == 2)                          # two lanes
                 a0s = (a0 - VREC_S_LAG)[0:2]
-                wide_c = wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
-                                    & ((a0s - a2)[0:2] != 0))
-                groups = Mux(op == Op.VQ, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
+                wide_c = wide4_c | wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
+                                              & ((a0s - a2)[0:2] != 0))
+                groups = Mux((op == Op.VQ) | wide4_c, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),

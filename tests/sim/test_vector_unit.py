@@ -21,7 +21,7 @@ def test_ports_and_validation():
     assert u.signature.members["vmem_rd"].signature == MemReadSignature(12, signed(36))
     assert u.signature.members["vmem_wr"].signature == MemWriteSignature(12, signed(36))
     assert u.signature.members["cmem_rd"].signature == MemReadSignature(16, signed(18))
-    for k in ("2", "3", "4"):
+    for k in ("2", "3", "4", "5", "6", "7", "8"):
         assert u.signature.members[f"cmem_rd{k}"].signature == MemReadSignature(16, signed(18))
     assert u.signature.members["vmem_rd2"].signature == MemReadSignature(12, signed(36))
     assert u.signature.members["sig_rd2"].signature == MemReadSignature(11, unsigned(18))
@@ -48,12 +48,14 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert not is_fast(Op.VQ, 1, 2, 2) and set(FAST_INTERVAL) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
     assert cycles(Op.VNQA, 10, "fast") == 2 + 9 + FAST_ELEMENT_CYCLES[Op.VNQA]
     assert cycles(Op.VQ, 10, "fast") == cycles(Op.VQ, 10)
-    # the two-lane path: C[a0] two words after C[a2] modulo 4 (four CMEM banks), a pair per cycle
-    assert path(Op.VNQA, 6, 0, 4) == path(Op.VUMAX2, 1, 9, 3) == path(Op.VNQA, 0, 0, 2) == "wide"
-    assert path(Op.VNQA, 3, 0, 8) == "fast" and path(Op.VNQA, 4, 0, 8) == "slow" and path(Op.VQ, 2, 0, 0) == "slow"
+    # the four-lane path: C[a0] four words after C[a2] modulo 8 (eight CMEM banks), four per cycle
+    assert path(Op.VNQA, 8, 0, 4) == path(Op.VUMAX2, 3, 9, 7) == path(Op.VNQA, 0, 0, 4) == "wide"
+    assert path(Op.VNQA, 6, 0, 4) == path(Op.VNQA, 2, 0, 4) == "slow"
+    assert path(Op.VNQA, 3, 0, 8) == "fast" and path(Op.VNQA, 2, 0, 8) == "slow" and path(Op.VQ, 2, 0, 0) == "slow"
     assert path(Op.VGLU, 2, 0, 0) == "slow" and set(WIDE_ELEMENT_CYCLES) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
     assert path(Op.VGLU, 0, 1, 3) == path(Op.VGLU, 0, 5, 3) == "wide" and path(Op.VGLU, 0, 1, 2) == "fast"
-    assert cycles(Op.VNQA, 10, "wide") == cycles(Op.VNQA, 9, "wide") == 2 + 4 + WIDE_ELEMENT_CYCLES[Op.VNQA]
+    assert cycles(Op.VNQA, 12, "wide") == cycles(Op.VNQA, 9, "wide") == 2 + 2 + WIDE_ELEMENT_CYCLES[Op.VNQA]
+    assert cycles(Op.VGLU, 10, "wide") == cycles(Op.VGLU, 9, "wide") == 2 + 4 + WIDE_ELEMENT_CYCLES[Op.VGLU]
     # VREC wide: one element per cycle, s (a0) read VREC_S_LAG elements behind f and i, in another bank
     assert path(Op.VREC, 0, 0, 1) == "wide" and path(Op.VREC, VREC_S_LAG + 2, 0, 1) == "wide"
     assert path(Op.VREC, VREC_S_LAG, 0, 1) == path(Op.VREC, VREC_S_LAG + 1, 0, 1) == "fast"

@@ -61,7 +61,8 @@ def make_design(name: str, board, args):
         from boards.fit import check_fit
         from hw.core.core import AcceleratorCore
         from hw.link_top import LinkTop
-        core = AcceleratorCore()
+        core = AcceleratorCore() if args.engine_rows is None else AcceleratorCore(
+            rows=args.engine_rows, wmem_depth=AcceleratorCore.weight_depth_for(args.engine_rows))
         check_fit(core.block_memories, board.dp16kd, board.device)    # DoesNotFit before any tool runs
         return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud, core=core)
     raise ValueError(name)
@@ -109,6 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
+    parser.add_argument("--engine-rows", type=int, choices=(4, 8, 16),
+                        help="soc design: output rows of the GEMV engine's PE array (default: the core's, 16); "
+                             "the weight memory keeps its block RAM: its depth is 32768 / rows words")
     parser.add_argument("--sys-clock-mhz", type=float,
                         help="system clock made by the PLL, in MHz (default: the board's clock for the design: "
                              "on the ULX3S 45 for the soc, where its build meets timing, 75 for the others); "
@@ -145,6 +149,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     report = dict(result.report, design=args.design)
+    if args.design == "soc":              # the core's shape: what the host compiles for (INFO)
+        info = design.core.info
+        report["core"] = {"lanes": info.lanes, "rows": info.rows, "wmem_words": info.wmem_words}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     print(f"  bitstream {result.bitstream}\n  report    {out / 'report.json'}")

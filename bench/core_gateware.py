@@ -56,14 +56,19 @@ def _step(dev: Device, token: int) -> P.RunStatus:
             return st
 
 
-def _soc_clock(rep: Path) -> tuple[float | None, str]:
+def _soc_clock(rep: Path, info: P.CoreInfo | None = None) -> tuple[float | None, str]:
     """The system clock of the SoC bitstream whose build report is ``rep`` (``build.py``, design
-    ``soc``): its PLL clock when the build met timing there, else None with the reason."""
+    ``soc``): its PLL clock when the build met timing there, else None with the reason (also when
+    the report's core has another engine shape than ``info``, the core measured)."""
     if not rep.exists():
         return None, f"no SoC build report {rep} (python build.py --board ulx3s)"
     r = json.loads(rep.read_text())
     if r.get("design") != "soc":
         return None, f"{rep} is a build of design {r.get('design')!r}, not the SoC"
+    core = r.get("core")
+    if info is not None and (core is None or (core.get("lanes"), core.get("rows")) != (info.lanes, info.rows)):
+        shape = "an unrecorded engine shape" if core is None else f"{core.get('lanes')} x {core.get('rows')}"
+        return None, f"{rep} is a SoC with {shape}, not the measured {info.lanes} x {info.rows} engine"
     clocks = r.get("clocks", {})
     if not r.get("timing_met") or not clocks:
         f = min((c["fmax_mhz"] for c in clocks.values() if c.get("fmax_mhz")), default=0)
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
                 prev = c
             breakdown["HALT"] = breakdown.get("HALT", 0) + cyc - prev
 
-    soc_hz, fsrc = _soc_clock(args.report)
+    soc_hz, fsrc = _soc_clock(args.report, info)
     macs = cm.gemv_macs / (info.lanes * info.rows)
     proj = Core(cm, width=16)
     proj.reset()

@@ -38,6 +38,7 @@ class LinkTop(wiring.Component):
     def __init__(self, sys_clk_hz: int = 75_000_000, clk_in_hz: int = 25_000_000, baud: int = 3_000_000,
                  mem_size: int = 16384, build_id: int | None = None, core=None):
         self._pll_args = (clk_in_hz, sys_clk_hz)
+        self.core = core
         self._link = SocLink(clk_freq=sys_clk_hz, baud=baud, mem_size=mem_size, core=core,
                              build_id=int(time.time()) & 0xFFFFFFFF if build_id is None else build_id)
         super().__init__({})

@@ -83,8 +83,8 @@ class AcceleratorCore(wiring.Component):
         A run or a reset program is in progress.
     """
 
-    def __init__(self, *, lanes: int = 32, rows: int = 8, weight_format: str = "trits5",
-                 wmem_depth: int = 4096, k_max: int = 512, vmem_depth: int = 4096, cmem_depth: int = 65536,
+    def __init__(self, *, lanes: int = 32, rows: int = 16, weight_format: str = "trits5",
+                 wmem_depth: int = 2048, k_max: int = 512, vmem_depth: int = 4096, cmem_depth: int = 65536,
                  tmem_depth: int = 1024, sig_depth: int = 2048, pmem_depth: int = 512, tokmem_depth: int = 1024):
         depths = dict(wmem_depth=wmem_depth, vmem_depth=vmem_depth, cmem_depth=cmem_depth, tmem_depth=tmem_depth,
                       sig_depth=sig_depth, pmem_depth=pmem_depth, tokmem_depth=tokmem_depth)
@@ -106,6 +106,12 @@ class AcceleratorCore(wiring.Component):
             wmem_words=wmem_depth, cmem_words=cmem_depth, tmem_words=tmem_depth, sigmem_words=sig_depth,
             vmem_words=vmem_depth, tokmem_words=tokmem_depth)
         super().__init__({"mem": In(MemPortSignature(32)), "port": In(CorePortSignature()), "busy": Out(1)})
+
+    @staticmethod
+    def weight_depth_for(rows: int) -> int:
+        """The weight memory's depth for an engine of ``rows`` rows in the same block RAM as the
+        default (32 lanes x 16 rows x 2048 words of trits5)."""
+        return 32768 // rows
 
     @property
     def info(self) -> P.CoreInfo:
@@ -419,10 +425,13 @@ class AcceleratorCore(wiring.Component):
                     m.d.sync += [v_we.eq(vu.result.rd_we), v_res.eq(vu.result.rd_data),
                                  v_we2.eq(vu.result.rc_we), v_res2.eq(vu.result.rc_data)]
                     m.next = "VECTOR_RD"
-            with m.State("VECTOR_RD"):
+            with m.State("VECTOR_RD"):        # the registers written one per cycle, rc only if it is
                 m.d.comb += pf_drive.eq(1)
                 m.d.comb += [su_w.en.eq(v_we), su_w.addr.eq(rd), su_w.data.eq(v_res)]
-                m.next = "VECTOR_RC"
+                with m.If(v_we2):
+                    m.next = "VECTOR_RC"
+                with m.Else():
+                    next_instr()
             with m.State("VECTOR_RC"):
                 m.d.comb += pf_drive.eq(1)
                 m.d.comb += [su_w.en.eq(v_we2), su_w.addr.eq(rc), su_w.data.eq(v_res2)]

@@ -60,6 +60,8 @@ class Bench:
         p = params()
         self.dut = dut
         self.rows, self.aw, self.depth = p["rows"], p["acc_width"], p["vmem_depth"]
+        self.lanes = p.get("lanes", 2)
+        self.ports = [(f"vmem_rd{s}", f"vmem_wr{s}") for s in [""] + [str(k + 2) for k in range(self.lanes - 1)]]
         self.amin, self.amax = -(1 << (self.aw - 1)), (1 << (self.aw - 1)) - 1
         self.mem = [0] * self.depth
         self.cmds = []          # (ins, scale, shift, acc, expected rd, expected writes)
@@ -101,9 +103,9 @@ class Bench:
         d = self.dut
         d.cmd__valid.value = 0
         d.i__valid.value = 0
-        d.vmem_rd__data.value = 0
-        d.vmem_rd2__data.value = 0
-        self.rd_addr_reg, self.bram_out = [None, None], [0, 0]
+        for rp, _ in self.ports:
+            getattr(d, f"{rp}__data").value = 0
+        self.rd_addr_reg, self.bram_out = [None] * self.lanes, [0] * self.lanes
         await reset(d)
 
     async def monitor(self):
@@ -121,10 +123,10 @@ class Bench:
             if int(d.i__valid.value) and int(d.i__ready.value):
                 assert busy, f"cycle {self.cycle}: beat consumed while idle"
                 self.beats_in.append((len(self.dones), self.cycle))
-            # Two read and two write ports (lanes 0 and 1, in this order within a cycle). Lane 1
-            # is only used together with lane 0, on the next word (the other VMEM bank).
+            # One read and one write port per lane (in lane order within a cycle). Lane k is only
+            # used together with lanes 0 .. k - 1, on the k-th word after lane 0's (another bank).
             rds, wrs = [], []
-            for rp, wp in (("vmem_rd", "vmem_wr"), ("vmem_rd2", "vmem_wr2")):
+            for rp, wp in self.ports:
                 if int(getattr(d, f"{rp}__en").value):
                     rds.append(int(getattr(d, f"{rp}__addr").value))
                 else:
@@ -134,13 +136,14 @@ class Bench:
                                 to_signed(int(getattr(d, f"{wp}__data").value), VMEM_BITS)))
                 else:
                     wrs.append(None)
-            for lane0, lane1, what in ((rds[0], rds[1], "read"), (wrs[0], wrs[1], "write")):
-                if lane1 is not None:
-                    assert lane0 is not None, f"cycle {self.cycle}: lane 1 {what} without lane 0"
-                    a0 = lane0 if what == "read" else lane0[0]
-                    a1 = lane1 if what == "read" else lane1[0]
-                    assert a1 == (a0 + 1) % (1 << len(d.vmem_wr__addr)), \
-                        f"cycle {self.cycle}: lane 1 {what} at {a1}, lane 0 at {a0}"
+            for k in range(1, self.lanes):
+                for prev, cur, what in ((rds[k - 1], rds[k], "read"), (wrs[k - 1], wrs[k], "write")):
+                    if cur is not None:
+                        assert prev is not None, f"cycle {self.cycle}: lane {k} {what} without lane {k - 1}"
+                        a0 = prev if what == "read" else prev[0]
+                        a1 = cur if what == "read" else cur[0]
+                        assert a1 == (a0 + 1) % (1 << len(d.vmem_wr__addr)), \
+                            f"cycle {self.cycle}: lane {k} {what} at {a1}, lane {k - 1} at {a0}"
             for a in rds:
                 if a is not None:
                     assert busy, f"cycle {self.cycle}: VMEM read while idle"
@@ -161,7 +164,7 @@ class Bench:
             # The core's VMEM read port (READ_LATENCY = 3): the address is registered, the block
             # RAM reads it at the end of the next cycle (before that cycle's write), its output
             # is registered once more.
-            for j, rp in enumerate(("vmem_rd", "vmem_rd2")):
+            for j, (rp, _) in enumerate(self.ports):
                 out = getattr(d, f"{rp}__data")
                 if self.rd_addr_reg[j] is not None:
                     self.bram_out[j], out.value = self.mem[self.rd_addr_reg[j]] & M36, self.bram_out[j]
@@ -215,11 +218,12 @@ class Bench:
             assert reads == exp_reads, f"{what}: VMEM reads {reads}, expected {exp_reads}"
             assert self.rds[j] == rd, f"{what}: rd = {self.rds[j]}, executor max|written| = {rd}"
             cyc = self.dones[j] - self.accepts[j]
-            per_beat = (self.rows + 1) // 2          # two outputs per cycle
+            per_beat = -(-self.rows // self.lanes)   # lanes outputs per cycle
+            fixed = 10 + (self.lanes > 2)             # (four lanes: one more stage for the maximum)
             if check_rate and ins.n == ins.a2 * self.rows:
-                assert cyc == ins.a2 * per_beat + 10, f"{what}: {cyc} cycles accept to done"
+                assert cyc == ins.a2 * per_beat + fixed, f"{what}: {cyc} cycles accept to done"
             if check_rate:
-                assert cyc <= ins.a2 * per_beat + 10, f"{what}: {cyc} cycles accept to done"
+                assert cyc <= ins.a2 * per_beat + fixed, f"{what}: {cyc} cycles accept to done"
         assert len(self.writes) == sum(len(c[5]) for c in self.cmds)
         exp_mem = [int(v) for v in self.ref.vmem]
         bad = [a for a in range(self.depth) if self.mem[a] != exp_mem[a]]

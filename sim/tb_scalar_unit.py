@@ -256,6 +256,7 @@ async def load_tmem(dut, image):
 async def setup(dut):
     dut.instr__valid.value = 0
     dut.write__en.value = 0
+    dut.clear.value = 0
     dut.tmem_w__en.value = 0
     for k in range(3):
         getattr(dut, f"read__{k}__addr").value = 0
@@ -375,6 +376,41 @@ async def test_write_port(dut):
     for r in range(1, 32):
         p.emit(Instr(Op.SADD, rd=r, ra=r, rb=(r + 1) % 32, imm=r))
     await run(dut, p, p_idle=0.0, seed=6, check_timing=False)
+
+
+@cocotb.test()
+async def test_clear(dut):
+    """clear: every register reads 0 in the next cycle, except one written in the same cycle;
+    instructions then compute from zeros."""
+    await setup(dut)
+    rng = random.Random(7)
+    p = Program(rng)
+    for r in range(32):
+        v = rng.randrange(1, 1 << 40)
+        dut.write__en.value, dut.write__addr.value, dut.write__data.value = 1, r, v
+        await RisingEdge(dut.clk)
+        if r:
+            p.m.regs[r] = v
+    dut.write__en.value = 0
+    p.emit(Instr(Op.SLI, rd=7, imm=5))           # rd and rc (SNORM) banks hold values too
+    p.emit(Instr(Op.SNORM, rd=8, rc=9, ra=7))
+    await run(dut, p, p_idle=0.0, seed=7, check_timing=False)
+    dut.clear.value = 1
+    dut.write__en.value, dut.write__addr.value, dut.write__data.value = 1, 1, 1234
+    await RisingEdge(dut.clk)
+    dut.clear.value, dut.write__en.value = 0, 0
+    for r in range(32):
+        dut.read__2__addr.value = r
+        await ReadOnly()
+        got = to_signed(int(dut.read__2__data.value), W)
+        assert got == (1234 if r == 1 else 0), f"r{r} = {got} after clear"
+        await RisingEdge(dut.clk)
+    p = Program(rng)
+    p.m.regs = [0] * 32
+    p.m.regs[1] = 1234
+    p.emit(Instr(Op.SADD, rd=3, ra=1, rb=8, imm=1))
+    p.emit(Instr(Op.SADD, rd=4, ra=9, rb=7, imm=2))
+    await run(dut, p, p_idle=0.0, seed=8, check_timing=False)
 
 
 @cocotb.test()

@@ -155,7 +155,8 @@ class AcceleratorCore(wiring.Component):
         m.submodules.su = su = ScalarUnit(table_depth=p["tmem_depth"], read_ports=3)
         m.submodules.vu = vu = VectorUnit(vmem_depth=p["vmem_depth"], cmem_depth=p["cmem_depth"],
                                           sig_depth=p["sig_depth"], lanes=lanes, chunks_max=chunks_max)
-        m.submodules.wb = wb = GemvWriteback(rows=rows, acc_width=acc_width(k_max), vmem_depth=p["vmem_depth"])
+        m.submodules.wb = wb = GemvWriteback(rows=rows, acc_width=acc_width(k_max), vmem_depth=p["vmem_depth"],
+                                             lanes=min(4, BANKS["vmem"]))
         wiring.connect(m, eng.o, wb.i)
         m.d.comb += [eng.a_wr.addr.eq(vu.a_wr.addr), eng.a_wr.data.eq(vu.a_wr.data), eng.a_wr.en.eq(vu.a_wr.en)]
 
@@ -201,7 +202,7 @@ class AcceleratorCore(wiring.Component):
         cur_cycles = Signal(32)
         cur_engine = Signal(32)
         core_cycles = Signal(32)
-        clr = Signal(range(32))
+        clr = Signal()
         token_in = Signal(16)
         v_res = Signal.like(vu.result.rd_data)
         v_res2 = Signal.like(vu.result.rc_data)
@@ -351,13 +352,12 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += [tk_r.addr.eq(step_t), tk_r.en.eq(1)]
                 m.d.sync += [clr.eq(0), cur_cycles.eq(1), cur_engine.eq(0)]
                 m.next = "CLEAR"
-            with m.State("CLEAR"):
+            with m.State("CLEAR"):         # the token is latched, then every register cleared but r1
+                m.d.sync += clr.eq(1)
                 with m.If(clr == 0):
                     m.d.sync += token_in.eq(tk_r.data)
-                m.d.comb += [su_w.en.eq(1), su_w.addr.eq(clr),
-                             su_w.data.eq(Mux(clr == REG_TOKEN, token_in, 0))]
-                m.d.sync += clr.eq(clr + 1)
-                with m.If(clr == 31):
+                with m.Else():
+                    m.d.comb += [su.clear.eq(1), su_w.en.eq(1), su_w.addr.eq(REG_TOKEN), su_w.data.eq(token_in)]
                     m.d.sync += pc.eq(prog_addr)
                     m.next = "FETCH"
             with m.State("FETCH"):
@@ -516,12 +516,11 @@ class AcceleratorCore(wiring.Component):
         for sm in (sigmem, sigmem_b):      # the link writes both copies
             sm.write([(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])])
         # The vector unit and the writeback never write in the same cycle (no vector instruction
-        # that writes VMEM issues while a GEMV is outstanding); the two lanes of each write
+        # that writes VMEM issues while a GEMV is outstanding); the lanes of each write
         # consecutive words (different banks); the link writes only while the core is idle.
         vmem.write([(vu.vmem_wr.addr, vu.vmem_wr.data, vu.vmem_wr.en),
                     (vu.vmem_wr2.addr, vu.vmem_wr2.data, vu.vmem_wr2.en),
-                    (wb.vmem_wr.addr, wb.vmem_wr.data, wb.vmem_wr.en),
-                    (wb.vmem_wr2.addr, wb.vmem_wr2.data, wb.vmem_wr2.en),
+                    *[(w.addr, w.data, w.en) for w in wb.wr_ports],
                     (waddr[:_bits(p["vmem_depth"])], word_data(VMEM_BITS), wr_en[M.VMEM])])
         with m.If(tk_seq_wen):
             m.d.comb += [tk_w.addr.eq(tk_seq_waddr), tk_w.data.eq(tk_seq_wdata), tk_w.en.eq(1)]
@@ -532,7 +531,7 @@ class AcceleratorCore(wiring.Component):
         link_re = {k: Signal(name=f"link_re_{k.name.lower()}") for k in M}
         for k in M:
             m.d.comb += link_re[k].eq(take_r & (mid == k))
-        vm_ports = [vu.vmem_rd, vu.vmem_rd2, vu.vmem_rd3, vu.vmem_rd4, wb.vmem_rd, wb.vmem_rd2]
+        vm_ports = [vu.vmem_rd, vu.vmem_rd2, vu.vmem_rd3, vu.vmem_rd4, *wb.rd_ports]
         vm_data = vmem.read([(r.addr, r.en) for r in vm_ports] + [(waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
         vm_link_data = vm_data[-1]
         m.d.comb += [r.data.eq(d) for r, d in zip(vm_ports, vm_data)]

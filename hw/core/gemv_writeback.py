@@ -31,10 +31,10 @@ Ranges (checked by the testbench at the extremes):
   ``x + y`` both fit 36). For a program the executor rejects (a written value beyond the 36-bit
   word), the word written is the low 36 bits of a clamped value: unspecified, not checked.
 
-Pipeline (two outputs per cycle in two identical lanes, never stalls; the beat buffer is the only
-back-pressure point)::
+Pipeline (``lanes`` outputs per cycle in identical lanes, 1, 2 or 4; the core uses 4; never
+stalls; the beat buffer is the only back-pressure point)::
 
-    issue   outputs r, r + 1 of the buffered beat -> acc registers; addresses a0 + m, a0 + m + 1
+    issue   outputs r .. r + lanes - 1 of the buffered beat -> acc registers; addresses a0 + m ..
     S1      p = acc * scale                                   (multiplier, registered)
     S2      t = p >> (shift - 1) (arithmetic, one variable shifter over P + Y + 1 bits,
             VMEM read of x[a0 + m] issued (residual; READ_LATENCY = 3: its data arrives in S5),
@@ -43,33 +43,36 @@ back-pressure point)::
     S4      clip y to sat bits (or clamp to Y bits)
     S5      z = x[a0 + m] + y  (residual) or y
     S6      clip z to sat bits -> VMEM write ports (registered: the writes happen in S7)
-    S7/S8   |written| of both lanes -> running maximum
+    S7/S8   |written| of every lane -> running maximum (four lanes: S8 the larger of each
+            pair, S9 the running maximum)
 
-Lane 1 takes output ``r + 1`` unless ``r`` is the beat's last output or ``m`` the command's last;
-its VMEM word ``a0 + m + 1`` is always in the other VMEM bank (``hw.core.ports.BankedMemory``)
-than lane 0's, so both reads and both writes of a cycle are served together.
+Lane ``k`` takes output ``r + k`` while the beat and the command have that many outputs left; its
+VMEM word ``a0 + m + k`` is in another VMEM bank than the other lanes' (``hw.core.ports.BankedMemory``:
+consecutive words, ``lanes`` banks), so all reads and all writes of a cycle are served together.
 
 The shift amount, the sticky mask and the saturation masks and limits are decoded from the
 latched instruction in the two cycles after the command is accepted (no output reaches S2
 earlier). A beat is accepted while the buffer is empty or its last outputs are being issued, so a
-beat of ``rows`` outputs is taken every ``ceil(rows / 2)`` cycles (the engine produces one every
-``chunks`` cycles); a beat of dropped outputs takes one cycle.
+beat of ``rows`` outputs is taken every ``ceil(rows / lanes)`` cycles (the engine produces one
+every ``chunks`` cycles); a beat of dropped outputs takes one cycle.
 
 Timing, measured by ``sim/tb_gemv_writeback.py`` (no stalls): command accepted in cycle ``c``,
 ``busy`` from ``c + 1``; the first beat can be accepted in ``c + 1``. With the last beat accepted
-in cycle ``b`` and its outputs issued over ``k`` cycles (``1 <= k <= ceil(rows / 2)``), the last
-VMEM write is in cycle ``b + k + 7`` and ``done`` in cycle ``b + k + 9``; with no output written
-after the last beat (``n`` ended in an earlier beat, or ``n = 0``) ``done`` is at ``b + 9`` at most
-(when earlier outputs are still in the pipeline), ``b + 1`` with an empty pipeline. A new command
-can be accepted in the cycle after ``done``. Steady state: two outputs per cycle, one beat per
-``ceil(rows / 2)`` cycles. With the beats offered without gaps, a command of ``n = groups * rows``
-takes exactly ``groups * ceil(rows / 2) + 10`` cycles from its accept to ``done`` (measured: 14,
-18, 38 and 74 cycles for 1, 2, 7 and 16 groups of 8 rows; the testbench asserts the formula, and
-``<=`` it for every command sent back to back). The engine produces a beat every ``chunks``
-cycles, so for ``chunks < ceil(rows / 2)`` this stage back-pressures it.
+in cycle ``b`` and its outputs issued over ``k`` cycles (``1 <= k <= ceil(rows / lanes)``), the
+last VMEM write is in cycle ``b + k + 7`` and ``done`` in cycle ``b + k + 9`` (``+ 10`` with four
+lanes); with no output written after the last beat (``n`` ended in an earlier beat, or ``n = 0``)
+``done`` is at ``b + 9`` (``+ 10``) at most (when earlier outputs are still in the pipeline),
+``b + 1`` with an empty pipeline. A new command can be accepted in the cycle after ``done``.
+Steady state: ``lanes`` outputs per cycle, one beat per ``ceil(rows / lanes)`` cycles. With the
+beats offered without gaps, a command of ``n = groups * rows`` takes exactly
+:meth:`GemvWriteback.cycles` = ``groups * ceil(rows / lanes) + 10`` cycles (``+ 11`` with four
+lanes) from its accept to ``done`` (measured with two lanes: 14, 18, 38 and 74 cycles for 1, 2, 7
+and 16 groups of 8 rows; the testbench asserts the formula for 1, 2 and 4 lanes, and ``<=`` it for
+every command sent back to back). The engine produces a beat every ``chunks`` cycles, so for
+``chunks < ceil(rows / lanes)`` this stage back-pressures it.
 
 VMEM is outside: the core's registered read ports (``data`` ``READ_LATENCY`` = 3 cycles after
-``en``, ``hw.core.ports``) and write ports, two of each (one per lane).
+``en``, ``hw.core.ports``) and write ports, one of each per lane.
 Within one command every output address is distinct, and the next command's first read comes
 after this command's last write, so no read-after-write bypass is needed.
 """
@@ -122,6 +125,9 @@ class GemvWriteback(wiring.Component):
     vmem_depth : int
         VMEM words; the address width is ``ceil(log2(vmem_depth))`` (at least 1). Addresses
         ``a0 + m`` wrap modulo ``2**address_width``.
+    lanes : int
+        Outputs per cycle (1, 2 or 4), each with its VMEM read and write port: the words of one
+        cycle are consecutive, so they lie in different banks of a VMEM of ``lanes`` banks.
 
     Members
     -------
@@ -130,11 +136,12 @@ class GemvWriteback(wiring.Component):
         Accepted while idle (``ready = ~busy``).
     i : ``In(stream.Signature(ArrayLayout(signed(acc_width), rows)))``
         The engine's output beats; exactly ``groups`` (``a2``) are consumed per command.
-    vmem_rd, vmem_rd2 : ``Out(MemReadSignature(address_width, signed(36)))``
-        Residual-mode reads of the destination, lanes 0 and 1 (lane 1 reads the word after lane
-        0's, in the same cycle, or nothing).
-    vmem_wr, vmem_wr2 : ``Out(MemWriteSignature(address_width, signed(36)))``
-        One write per output ``m < n``, by lane 0 or lane 1 (the word after lane 0's).
+    vmem_rd, vmem_rd2, .. : ``Out(MemReadSignature(address_width, signed(36)))``
+        Residual-mode reads of the destination, one per lane (lane ``k`` reads the ``k``-th word
+        after lane 0's, in the same cycle, or nothing).
+    vmem_wr, vmem_wr2, .. : ``Out(MemWriteSignature(address_width, signed(36)))``
+        One write per output ``m < n``, by the lane that issued it (lane ``k``: the ``k``-th word
+        after lane 0's).
     result : ``Out(UnitResultSignature())``
         ``done`` once all beats are consumed and all writes issued; ``rd_we = 1``, ``rd_data`` =
         max |written|; ``rc_we = 0``.
@@ -142,19 +149,23 @@ class GemvWriteback(wiring.Component):
         From the cycle after ``cmd`` is accepted up to and including the ``done`` cycle.
     """
 
-    def __init__(self, rows: int = 8, acc_width: int = 21, vmem_depth: int = 4096):
+    def __init__(self, rows: int = 8, acc_width: int = 21, vmem_depth: int = 4096, lanes: int = 2):
         _check_pos_int("rows", rows)
         _check_pos_int("acc_width", acc_width)
         _check_pos_int("vmem_depth", vmem_depth)
-        self._rows, self._acc_width, self._vmem_depth = rows, acc_width, vmem_depth
+        if lanes not in (1, 2, 4):
+            raise ValueError(f"lanes must be 1, 2 or 4, not {lanes!r}")
+        self._rows, self._acc_width, self._vmem_depth, self._lanes = rows, acc_width, vmem_depth, lanes
         self._vaw = max(1, (vmem_depth - 1).bit_length())
+        ports = {}
+        for k in range(lanes):
+            sfx = "" if k == 0 else str(k + 1)
+            ports[f"vmem_rd{sfx}"] = Out(MemReadSignature(self._vaw, signed(VMEM_BITS)))
+            ports[f"vmem_wr{sfx}"] = Out(MemWriteSignature(self._vaw, signed(VMEM_BITS)))
         super().__init__({
             "cmd": In(stream.Signature(UNIT_CMD_LAYOUT)),
             "i": In(stream.Signature(data.ArrayLayout(signed(acc_width), rows))),
-            "vmem_rd": Out(MemReadSignature(self._vaw, signed(VMEM_BITS))),
-            "vmem_rd2": Out(MemReadSignature(self._vaw, signed(VMEM_BITS))),
-            "vmem_wr": Out(MemWriteSignature(self._vaw, signed(VMEM_BITS))),
-            "vmem_wr2": Out(MemWriteSignature(self._vaw, signed(VMEM_BITS))),
+            **ports,
             "result": Out(UnitResultSignature()),
             "busy": Out(1),
         })
@@ -163,6 +174,15 @@ class GemvWriteback(wiring.Component):
     acc_width = property(lambda self: self._acc_width, doc="Accumulator width (bits, signed).")
     vmem_depth = property(lambda self: self._vmem_depth, doc="VMEM words.")
     addr_width = property(lambda self: self._vaw, doc="VMEM address width.")
+    lanes = property(lambda self: self._lanes, doc="Outputs per cycle.")
+    rd_ports = property(lambda self: [getattr(self, f"vmem_rd{'' if k == 0 else k + 1}") for k in range(self._lanes)],
+                        doc="The VMEM read ports, lane by lane.")
+    wr_ports = property(lambda self: [getattr(self, f"vmem_wr{'' if k == 0 else k + 1}") for k in range(self._lanes)],
+                        doc="The VMEM write ports, lane by lane.")
+
+    def cycles(self, groups: int) -> int:
+        """Accept to ``done`` of a command of ``groups`` full beats offered without gaps."""
+        return groups * -(-self._rows // self._lanes) + 10 + (self._lanes > 2)
     product_width = property(lambda self: self._acc_width + 18, doc="Width of acc * scale (P).")
 
     def elaborate(self, platform):
@@ -183,16 +203,17 @@ class GemvWriteback(wiring.Component):
         accept = self.cmd.valid & self.cmd.ready
         m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
 
+        L = self._lanes
         beats_left = Signal(20)
         beats_nz = Signal()         # beats_left != 0
         full = Signal()             # the beat buffer holds outputs to issue
         r = Signal(range(rows + 1)) # index of the next output in the buffered beat
-        r_last1 = Signal()          # r == rows - 1: one output of the beat left
-        r_last2 = Signal()          # r == rows - 2: two left
+        # Flags kept with the counters (registered, so the engine's handshake sees no adder):
+        # rem_gt[k]: more than k outputs of the beat left (rows - r > k), k = 1 .. L;
+        # left_gt[k]: more than k outputs of the command left (left > k), k = 0 .. L.
+        rem_gt = [None] + [Signal(name=f"rem_gt{k}") for k in range(1, L + 1)]
+        left_gt = [Signal(name=f"left_gt{k}") for k in range(L + 1)]
         left = Signal(17)           # outputs of the command not issued yet
-        left1 = Signal()            # left == 1
-        left2 = Signal()            # left == 2
-        left3 = Signal()            # left >= 3
         addr = Signal(self._vaw)    # a0 + index of the next output
         buf = Signal(data.ArrayLayout(signed(AW), rows))
         maxw = Signal(VB)           # running max |written|
@@ -225,58 +246,70 @@ class GemvWriteback(wiring.Component):
         m.d.comb += [lim_hi.eq(~hmask[:Y]), lim_lo.eq(hmask[:Y])]
 
         # ------------------------------------------------------------ input and issue
-        # Two outputs per cycle (lanes 0 and 1: outputs r and r + 1 of the beat, VMEM words
-        # a and a + 1, which lie in different VMEM banks); lane 1 idles on a beat's odd last
-        # output and on the command's last. Everything the engine's output handshake sees
-        # (``i.ready``) comes straight from registers: the flags beside ``r`` and ``left`` are
-        # kept with the counters, so no adder or wide compare lies between them and the FIFO.
+        # L outputs per cycle (lane k: output r + k of the beat, VMEM word a + k; the words of a
+        # cycle are consecutive, so in different VMEM banks); lane k idles when fewer than k + 1
+        # outputs of the beat or of the command are left. Everything the engine's output
+        # handshake sees (``i.ready``) comes straight from registers: the flags beside ``r`` and
+        # ``left`` are kept with the counters, so no adder or wide compare lies between them and
+        # the FIFO.
+        on = [Signal(name=f"lane{k}") for k in range(L)]       # lane k issues this cycle
+        issue = on[0]
         last_issue = Signal()
-        issue = Signal()
-        lane1 = Signal()
         take = Signal()
+        m.d.comb += on[0].eq(full)
+        for k in range(1, L):
+            m.d.comb += on[k].eq(full & rem_gt[k] & left_gt[k])
         m.d.comb += [
-            issue.eq(full),
-            lane1.eq(full & ~r_last1 & ~left1),
-            last_issue.eq(full & (r_last1 | r_last2 | left1 | left2)),
+            last_issue.eq(full & ~(rem_gt[L] & left_gt[L])),
             self.i.ready.eq(busy & beats_nz & (~full | last_issue)),
             take.eq(self.i.valid & self.i.ready),
         ]
-        step = Signal(2)
+        step = Signal(range(L + 1))
+        m.d.comb += step.eq(sum(on))
+        after = Signal()            # outputs of the command remain after this cycle's issue
+        m.d.comb += after.eq(left_gt[1])
+        for k in range(1, L):
+            with m.If(on[k]):
+                m.d.comb += after.eq(left_gt[k + 1])
         left_n = Signal(17)
-        r_n = Signal(range(rows + 2))
-        m.d.comb += [step.eq(Mux(lane1, 2, 1)), left_n.eq(left - step), r_n.eq(r + step)]
+        r_n = Signal(range(rows + L + 1))
+        m.d.comb += [left_n.eq(left - step), r_n.eq(r + step)]
+        shifted = Signal.like(buf.as_value())
+        with m.Switch(step):
+            for k in range(1, L + 1):
+                with m.Case(k):
+                    m.d.comb += shifted.eq(buf.as_value() >> (k * AW))
         with m.If(issue):
-            m.d.sync += [left.eq(left_n), left1.eq(left_n == 1), left2.eq(left_n == 2), left3.eq(left_n >= 3),
-                         addr.eq(addr + step), r.eq(r_n), r_last1.eq(r_n == rows - 1), r_last2.eq(r_n == rows - 2),
-                         buf.as_value().eq(Mux(lane1, buf.as_value() >> (2 * AW), buf.as_value() >> AW))]
+            m.d.sync += [left.eq(left_n), addr.eq(addr + step), r.eq(r_n), buf.as_value().eq(shifted)]
+            m.d.sync += [g.eq(left_n > k) for k, g in enumerate(left_gt)]
+            m.d.sync += [rem_gt[k].eq(r_n < rows - k) for k in range(1, L + 1)]
         with m.If(take):
-            # outputs remain after this cycle's issue: left - step > 0
             m.d.sync += [beats_left.eq(beats_left - 1), beats_nz.eq(beats_left != 1),
-                         buf.eq(self.i.payload), r.eq(0), r_last1.eq(rows == 1), r_last2.eq(rows == 2),
-                         full.eq(Mux(issue, left3 | (left2 & ~lane1), left1 | left2 | left3))]
+                         buf.eq(self.i.payload), r.eq(0),
+                         full.eq(Mux(issue, after, left_gt[0]))]
+            m.d.sync += [rem_gt[k].eq(rows > k) for k in range(1, L + 1)]
         with m.Elif(last_issue):
             m.d.sync += full.eq(0)
 
-        # ------------------------------------------------------------ pipeline (two lanes)
-        v = [[Signal(name=f"v{k}_{j}") for k in range(9)] for j in range(2)]   # stage k of lane j
-        a = [Signal(self._vaw, name=f"addr{k}") for k in range(8)]             # lane 0's; lane 1: + 1
-        m.d.sync += [v[0][1].eq(issue), v[1][1].eq(lane1), a[1].eq(addr)]
-        for j in range(2):
-            for k in range(2, 9):
+        # ------------------------------------------------------------ pipeline (L lanes)
+        NV = 9 + (L > 2)                                                       # stages tracked
+        v = [[Signal(name=f"v{k}_{j}") for k in range(NV)] for j in range(L)]  # stage k of lane j
+        m.d.sync += [v[j][1].eq(on[j]) for j in range(L)]
+        for j in range(L):
+            for k in range(2, NV):
                 m.d.sync += v[j][k].eq(v[j][k - 1])
-        for k in range(2, 8):
-            m.d.sync += a[k].eq(a[k - 1])
-        a1 = [Signal(self._vaw, name=f"addr{k}_1") for k in range(8)]
-        m.d.sync += a1[1].eq(addr + 1)
-        for k in range(2, 8):
-            m.d.sync += a1[k].eq(a1[k - 1])
+        # each lane's address chain, from its own register (no adder behind the chain)
+        al = [[Signal(self._vaw, name=f"addr{k}_{j}") for k in range(8)] for j in range(L)]
+        for j in range(L):
+            m.d.sync += al[j][1].eq(addr + j)
+            for k in range(2, 8):
+                m.d.sync += al[j][k].eq(al[j][k - 1])
 
         assert 5 - READ_LATENCY >= 1
-        rports = (self.vmem_rd, self.vmem_rd2)
-        wports = (self.vmem_wr, self.vmem_wr2)
+        rports, wports = self.rd_ports, self.wr_ports
         absw = []
-        for j in range(2):
-            aj = a if j == 0 else a1
+        for j in range(L):
+            aj = al[j]
             acc1 = Signal(signed(AW), name=f"acc1_{j}")
             m.d.sync += acc1.eq(buf[j] if j < rows else 0)
             # S1: multiply
@@ -313,9 +346,16 @@ class GemvWriteback(wiring.Component):
             abs8 = Signal(VB, name=f"abs8_{j}")
             m.d.sync += abs8.eq(Mux(wen, Mux(wdata < 0, -wdata, wdata), 0))
             absw.append(abs8)
+
+        def vmax(x, y):
+            return Mux(y > x, y, x)
+        if L > 2:           # S8: the larger of each pair of lanes, registered (S9: as S8 below)
+            pairs = [Signal(VB, name=f"pmax{i}") for i in range(L // 2)]
+            m.d.sync += [pr.eq(vmax(absw[2 * i], absw[2 * i + 1])) for i, pr in enumerate(pairs)]
+            absw = pairs
         # S8: running maximum
         big = Signal(VB)
-        m.d.comb += big.eq(Mux(absw[1] > absw[0], absw[1], absw[0]))
+        m.d.comb += big.eq(absw[0] if len(absw) == 1 else vmax(absw[0], absw[1]))
         with m.If(big > maxw):
             m.d.sync += maxw.eq(big)
 
@@ -335,10 +375,10 @@ class GemvWriteback(wiring.Component):
                 f_raw.eq(imm[_IMM_RAW]), f_res.eq(imm[_IMM_RESIDUAL]),
                 f_ra.eq(cmd.ra), f_rb.eq(cmd.rb),
                 beats_left.eq(_field(ins, "a2")), beats_nz.eq(_field(ins, "a2") != 0), full.eq(0), r.eq(0),
-                r_last1.eq(rows == 1), r_last2.eq(rows == 2), left.eq(_field(ins, "n")),
-                left1.eq(_field(ins, "n") == 1), left2.eq(_field(ins, "n") == 2), left3.eq(_field(ins, "n") >= 3),
-                addr.eq(_field(ins, "a0")), maxw.eq(0),
+                left.eq(_field(ins, "n")), addr.eq(_field(ins, "a0")), maxw.eq(0),
             ]
+            m.d.sync += [g.eq(_field(ins, "n") > k) for k, g in enumerate(left_gt)]
+            m.d.sync += [rem_gt[k].eq(rows > k) for k in range(1, L + 1)]
         with m.Elif(done):
             m.d.sync += busy.eq(0)
         return m

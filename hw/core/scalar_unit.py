@@ -192,6 +192,10 @@ class ScalarUnit(wiring.Component):
     write : ``In(RegisterWriteSignature())``
         Register write port (token ``r1``, vector reductions, GEMV maxima, ``SLDC``). A write by
         the unit's own instruction to the same register in the same cycle takes precedence.
+    clear : ``In(1)``
+        Every register reads 0 from the next cycle on (the live-value table is reset), except one
+        written in the same cycle (the token ``r1`` at the start of a step). Only while no
+        instruction executes.
     tmem_w : ``In(addr, data, en)``
         ``TMEM`` write port.
     tmem_r : ``In(addr, data)``
@@ -212,6 +216,7 @@ class ScalarUnit(wiring.Component):
             "instr": In(stream.Signature(unsigned(INSTR_BITS))),
             "result": Out(wiring.Signature({"valid": Out(1), "payload": Out(RESULT_LAYOUT)})),
             "write": In(RegisterWriteSignature()),
+            "clear": In(1),
             "tmem_w": In(wiring.Signature({"addr": Out(self._taw), "data": Out(TMEM_BITS), "en": Out(1)})),
             "tmem_r": In(wiring.Signature({"addr": Out(self._taw), "data": In(TMEM_BITS)})),
             "busy": Out(1),
@@ -286,6 +291,8 @@ class ScalarUnit(wiring.Component):
                 m.d.sync += lvt[i].eq(BANK_D)
             with m.Elif(self.write.en & (self.write.addr == i)):
                 m.d.sync += lvt[i].eq(BANK_E)
+            with m.Elif(self.clear):
+                m.d.sync += lvt[i].eq(ZERO)
 
         def reg_read(addr, name):
             """Asynchronous read of register ``addr``."""

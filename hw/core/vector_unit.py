@@ -80,7 +80,7 @@ testbench asserts it for every instruction)::
     VEMB      1                                9
     VADD      2  (two VMEM reads)              8
     VMAXABS   1                                5
-    VARGMAX   1                                4
+    VARGMAX   1 per group of 4 elements         6
     VNQA      2  (two CMEM reads: a2, a0)      20              1, 20                  4, 22  (a0 - a2 = 4 mod 8)
     VUMAX2    2  (two CMEM reads: a2, a0)      15              1, 14                  4, 16  (a0 - a2 = 4 mod 8)
     VQ        1 per group of 4 elements         24
@@ -146,7 +146,7 @@ __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "FA
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
-    Op.VSET: 3, Op.VEMB: 9, Op.VADD: 8, Op.VMAXABS: 5, Op.VARGMAX: 4,
+    Op.VSET: 3, Op.VEMB: 9, Op.VADD: 8, Op.VMAXABS: 5, Op.VARGMAX: 6,
     Op.VNQA: 20, Op.VUMAX2: 15, Op.VQ: 24, Op.VGLU: 35, Op.VREC: 41,
 }
 #: Cycles between the starts of consecutive elements (the step lists are modulo-scheduled: no
@@ -161,7 +161,7 @@ OVERHEAD = 2
 #: The opcodes whose loop elements are groups of this many vector elements (``4j .. 4j + 3``: one
 #: word of each of the four VMEM and CMEM banks), as many datapath lanes: their interval and
 #: element cycles are per group.
-GROUPED = {Op.VQ: 4}
+GROUPED = {Op.VQ: 4, Op.VARGMAX: 4}
 #: The opcodes with a two-read fast path: when their two streams lie in different banks (CMEM
 #: ``C[a2 + j]`` and ``C[a0 + j]`` of VNQA and VUMAX2, VMEM ``x[a1 + j]`` and ``x[a2 + j]`` of VGLU
 #: and VREC, with start addresses of different parity, which the compiler arranges), both are
@@ -633,10 +633,29 @@ class VectorUnit(wiring.Component):
         ax = reg(_abs(X), "ax")         # |x| of step RL, in step RL + 1
         prog[Op.VMAXABS] = sched(RL + 2, {0: lambda: vrd(a1 + j), RL + 1: lambda: track_abs(mx, ax)})
 
-        def argmax1():
-            with m.If((j == 0) | (X > best)):
-                m.d.sync += [best.eq(X), arg.eq(j)]
-        prog[Op.VARGMAX] = sched(RL + 1, {0: lambda: vrd(a1 + j), RL: argmax1})
+        # VARGMAX, four elements per step (group 4j .. 4j + 3, one word of each VMEM bank): the
+        # first index of the largest value (ties keep the lower index). The better of each pair in
+        # RL (registered), of the two pairs in RL + 1, the running maximum in RL + 2. Elements past
+        # n never win (element 4j is always valid).
+        jr = jp[RL]
+        ok = [None] + [Cat(Const(k, 2), jr) < n for k in (1, 2, 3)]            # 4j + k < n
+        b01 = ok[1] & (X2 > X)
+        b23 = ok[3] & (X4 > X3)
+        p01 = reg(Mux(b01, X2, X), "am01", signed(VMEM_BITS))
+        i01 = reg(b01, "am01i")
+        p23 = reg(Mux(b23, X4, X3), "am23", signed(VMEM_BITS))
+        i23 = reg(Cat(b23, Const(1, 1)), "am23i")
+        v23 = reg(ok[2], "am23v")
+        bq = v23 & (p23 > p01)
+        qv = reg(Mux(bq, p23, p01), "amq", signed(VMEM_BITS))
+        qi = reg(Mux(bq, i23, i01), "amqi", unsigned(2))
+
+        def argmax4():
+            with m.If((j == 0) | (qv > best)):
+                m.d.sync += [best.eq(qv), arg.eq(Cat(qi, j))]
+        prog[Op.VARGMAX] = sched(RL + 3, {0: lambda: (vrd(a1 + 4 * j), vrd2(a1 + 4 * j + 1), vrd3(a1 + 4 * j + 2),
+                                                       vrd4(a1 + 4 * j + 3)),
+                                          RL + 2: argmax4})
 
         # VNQA / VUMAX2, II = 2: x in step 0; z' = rshift(x, R[rb]) set in RL, valid in Z = RL + SL;
         # C[a2] read in Z - RL, C[a0] in Z + 1 - RL (distinct mod 2).
@@ -971,7 +990,7 @@ class VectorUnit(wiring.Component):
                 a0s = (a0 - VREC_S_LAG)[0:2]
                 wide_c = wide4_c | wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
                                               & ((a0s - a2)[0:2] != 0))
-                groups = Mux((op == Op.VQ) | wide4_c, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
+                groups = Mux((op == Op.VQ) | (op == Op.VARGMAX) | wide4_c, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),

@@ -35,4 +35,4 @@ def test_latency_is_the_cycle_model():
 
 
 def test_scalar_unit_cocotb():
-    assert run_cocotb(ScalarUnit(), toplevel="scalar_unit", test_module="sim.tb_scalar_unit") == 7
+    assert run_cocotb(ScalarUnit(), toplevel="scalar_unit", test_module="sim.tb_scalar_unit") == 8

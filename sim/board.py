@@ -80,6 +80,13 @@ def _source_key(extra: str) -> str:
     return h.hexdigest()[:16]
 
 
+# The sources are hashed when this module is imported, together with the core's modules, so that
+# a source edited later in the same process (whose old code is the one in memory) cannot give its
+# new key to an executable built from the old code.
+import hw.core.core  # noqa: E402,F401
+_ACCEL_KEY = _source_key("accel")
+
+
 def accel_board_model(**kwargs) -> "BoardModel":
     """``with accel_board_model() as url:`` -- the board model of the accelerator SoC.
 
@@ -87,7 +94,7 @@ def accel_board_model(**kwargs) -> "BoardModel":
     ``sim_build/``; a later call with the same sources starts the cached executable at once,
     without elaborating the SoC again.
     """
-    link = SIM_BUILD / f"accel-{_source_key('accel')}.exe"
+    link = SIM_BUILD / f"accel-{_ACCEL_KEY}.exe"
     if link.exists():
         exe = Path(link.read_text().strip())
         if exe.exists():

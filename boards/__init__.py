@@ -38,8 +38,9 @@ class Board:
         Link line rate.
     soc_clk_hz : int
         System clock of the accelerator SoC (``build.py --design soc``) on this board: the fastest
-        clock the PLL makes, that ``baud`` divides, at which its routed build meets timing
-        (docs/core.md, "On the ECP5"). Other designs run at ``sys_clk_hz``.
+        clock the PLL makes, that ``baud`` divides, at which its routed build met timing (45 MHz:
+        the core of commit 7015077; the current, larger core has not been routed yet: docs/core.md,
+        "On the ECP5"). Other designs run at ``sys_clk_hz``.
     lut4, ff, dp16kd, mult18 : int
         Resources of the part (for reports and for sizing memories).
     """

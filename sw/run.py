@@ -7,7 +7,7 @@ tables (each memory verified by CRC, progress on stderr), then feeds the prompt 
 generated text to stdout as the tokens arrive. Greedy decoding is the core's own argmax; with
 ``--temperature`` the host reads the logits after every token and samples (``--top-k``,
 ``--seed``). It ends with the core's cycles per token, the tokens/s they project at the
-bitstream's clock, the tokens/s measured on this device (link included) and the link traffic.
+board's SoC clock (the board model: the ULX3S-85F's ``soc_clk_hz``), the tokens/s measured on this device (link included) and the link traffic.
 
 ``--device sim`` starts the cycle-accurate board model of the accelerator SoC
 (``sim.board.accel_board_model``) and talks to it over its socket.
@@ -191,7 +191,7 @@ def run(args, out=sys.stdout, err=sys.stderr, open_client=_open_client) -> int:
         if args.device == "sim":
             from boards import get_board
             board = get_board("ulx3s")
-            out.write(f"projected on the {board.name} at its bitstream's {board.soc_clk_hz / 1e6:g} MHz system clock: "
+            out.write(f"projected on the {board.name} at its {board.soc_clk_hz / 1e6:g} MHz SoC clock: "
                       f"{board.soc_clk_hz / max(1, s.step_cycles):,.0f} tokens/s (the board model's "
                       f"{s.clk_hz / 1e6:g} MHz is a simulation clock)\n")
         else:

@@ -502,45 +502,43 @@ class VectorUnit(wiring.Component):
         best = Signal(signed(VMEM_BITS))
         arg = Signal(16)
 
-        def vwrite(v):
-            """Write v of two steps back, saturated, to x[a0 + j]; track max |written|. The clamp
-            comparisons are a stage of their own, the selection and |.| the next one."""
-            use("vmem_wr")
-            vr = reg(v, "wv")
-            hi = reg((sat != 0) & (v > sat_hi), "whi")
-            lo = reg((sat != 0) & (v < sat_lo), "wlo")
+        def saturated(v, name):
+            """``(w, |w|)``: v of two steps back saturated to ``sat`` bits (the clamp comparisons are
+            a stage of their own, the selection and |.| the next one)."""
+            vr = reg(v, f"wv{name}")
+            hi = reg((sat != 0) & (v > sat_hi), f"whi{name}")
+            lo = reg((sat != 0) & (v < sat_lo), f"wlo{name}")
             sel = Mux(hi, sat_hi, Mux(lo, sat_lo, vr))[:VMEM_BITS].as_signed()
-            w = reg(sel, "w", signed(VMEM_BITS))
-            aw = reg(_abs(sel), "aw", unsigned(VMEM_BITS))
+            return reg(sel, f"w{name}", signed(VMEM_BITS)), reg(_abs(sel), f"aw{name}", unsigned(VMEM_BITS))
+
+        def vwrite(v):
+            """Write v of two steps back, saturated, to x[a0 + j]; track max |written|."""
+            use("vmem_wr")
+            w, aw = saturated(v, "")
             m.d.comb += [self.vmem_wr.addr.eq(a0 + j), self.vmem_wr.data.eq(w), self.vmem_wr.en.eq(1)]
             with m.If(aw > mx):
                 m.d.sync += mx.eq(aw)
 
-        def vwrite2(va, vb):
-            """Two lanes of :func:`vwrite`: ``va`` to ``x[a0 + 2j]``, ``vb`` to ``x[a0 + 2j + 1]`` (if
-            ``2j + 1 < n``) in step k; returns the step ``k + 1`` callable that tracks max |written|
-            (the larger of the two |.| is registered first)."""
-            use("vmem_wr")
-            use("vmem_wr2")
-            ws, aws = [], []
-            for v, ln in ((va, "a"), (vb, "b")):
-                vr = reg(v, f"wv{ln}")
-                hi = reg((sat != 0) & (v > sat_hi), f"whi{ln}")
-                lo = reg((sat != 0) & (v < sat_lo), f"wlo{ln}")
-                sel = Mux(hi, sat_hi, Mux(lo, sat_lo, vr))[:VMEM_BITS].as_signed()
-                ws.append(reg(sel, f"w{ln}", signed(VMEM_BITS)))
-                aws.append(reg(_abs(sel), f"aw{ln}", unsigned(VMEM_BITS)))
-            second = Cat(Const(1, 1), j) < n
-            awb = Mux(second, aws[1], 0)
-            awm = reg(Mux(aws[0] > awb, aws[0], awb), "awm", unsigned(VMEM_BITS))
-            m.d.comb += [self.vmem_wr.addr.eq(a0 + 2 * j), self.vmem_wr.data.eq(ws[0]), self.vmem_wr.en.eq(1),
-                         self.vmem_wr2.addr.eq(a0 + 2 * j + 1), self.vmem_wr2.data.eq(ws[1]),
-                         self.vmem_wr2.en.eq(second)]
+        def vwrite2(va, vb, k):
+            """Two lanes of :func:`vwrite` for a step list whose step ``k`` writes ``va`` to
+            ``x[a0 + 2j]`` and ``vb`` to ``x[a0 + 2j + 1]`` (if ``2j + 1 < n``); returns the callables of
+            step ``k`` (the writes) and ``k + 1`` (max |written|: the larger |.| is registered first)."""
+            (wa, awa), (wb, awb) = saturated(va, "a"), saturated(vb, "b")
+            jk = jp[k]
+            second = Cat(Const(1, 1), jk) < n
+            awm = reg(Mux(awa > Mux(second, awb, 0), awa, Mux(second, awb, 0)), "awm", unsigned(VMEM_BITS))
+
+            def write():
+                use("vmem_wr")
+                use("vmem_wr2")
+                m.d.comb += [self.vmem_wr.addr.eq(a0 + 2 * jk), self.vmem_wr.data.eq(wa), self.vmem_wr.en.eq(1),
+                             self.vmem_wr2.addr.eq(a0 + 2 * jk + 1), self.vmem_wr2.data.eq(wb),
+                             self.vmem_wr2.en.eq(second)]
 
             def track():
                 with m.If(awm > mx):
                     m.d.sync += mx.eq(awm)
-            return track
+            return write, track
 
         # ------------------------------------------------------------ sigmoid units
         def sigmoid_unit(c):
@@ -769,16 +767,13 @@ class VectorUnit(wiring.Component):
             Z: wide_mul,
             Z + ML + 3: lambda: (track_abs(mx, mx4_z1), track_abs(mx_c, mx4_z2)),
         })
-        for o, steps in wide.items():
-            assert len(steps) == WIDE_ELEMENT_CYCLES[o], (o, len(steps))
 
         # VQ, II = 1, four codes per step (element group 4j .. 4j + 3: consecutive words, so the four
         # banks of VMEM and of CMEM): z' C[a2] (MZ1, MZ1b, MZ2, MZ2b), rshift(., R[rc]) (ST, STb,
         # STc, STd), times R[ra] (MW, MWb, MWc, MWd), rshift 25, clamp; the four codes into adjacent
         # byte lanes (those past n not written).
         STb, STc, STd = (shift_unit(f"st{x}", SHIFT_BITS) for x in "bcd")
-        VQL = [(SZ, MZ1, ST, MW, code), (SZb, MZ1b, STb, MWb, None), (SZc, MZ2, STc, MWc, None),
-               (SZd, MZ2b, STd, MWd, None)]
+        VQL = [(SZ, MZ1, ST, MW), (SZb, MZ1b, STb, MWb), (SZc, MZ2, STc, MWc), (SZd, MZ2b, STd, MWd)]
         codes = [code] + [reg(_clamp(cshift(L[3].p, 25, f"c25{x}"), -127, 127), f"code{x}", signed(8))
                           for L, x in zip(VQL[1:], "bcd")]
 
@@ -792,17 +787,13 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
             with m.Else():
                 m.d.sync += jl.eq(jl + 4)
-        vq_rd = (vrd, vrd2, vrd3, vrd4)
-        vq_crd = (crd, crd2, crd3, crd4)
-        vq_x = (X, X2, X3, X4)
-        vq_c = (Cd, Cd2, Cd3, Cd4)
 
         def each(f):
-            return lambda: [f(k, *L[:4]) for k, L in enumerate(VQL)]
+            return lambda: [f(k, *L) for k, L in enumerate(VQL)]
         prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
-            0: each(lambda k, *_: vq_rd[k](a1 + 4 * j + k)),
-            RL: each(lambda k, sz, *_: (sz.set(vq_x[k], shz), vq_crd[k](a2 + 4 * j + k))),
-            Z: each(lambda k, sz, mz, *_: mz.set(sz.r, vq_c[k])),
+            0: each(lambda k, *_: vrds[k](a1 + 4 * j + k)),
+            RL: each(lambda k, sz, *_: (sz.set(Xs[k], shz), crds[k](a2 + 4 * j + k))),
+            Z: each(lambda k, sz, mz, *_: mz.set(sz.r, Cs[k])),
             Z + ML: each(lambda k, sz, mz, st, *_: st.set(mz.p, shc)),
             Z + ML + SL: each(lambda k, sz, mz, st, mw: mw.set(st.r, rA)),
             Z + 2 * ML + SL + 2: vq_write,                     # c25 then the clamped codes
@@ -835,10 +826,7 @@ class VectorUnit(wiring.Component):
         c16z1b = cshift(MZ1b.p, 16, "c16z1b")
         gx = g + ML + 1
         gx += (gx - RL) % 2
-        w2 = {}
-
-        def glu_write():
-            w2["track"] = vwrite2(MW.p, MWb.p)
+        glu_write, glu_track = vwrite2(MW.p, MWb.p, gx + ML + 2)
         wide[Op.VGLU] = sched(gx + ML + 4, {
             0: lambda: (vrd(a1 + 2 * j), vrd2(a1 + 2 * j + 1)),
             RL: lambda: (SG0.start(X), SG1.start(X2), SZ.set(X, shz), SZb.set(X2, shz)),
@@ -849,10 +837,9 @@ class VectorUnit(wiring.Component):
             gx: lambda: (MW.set(dly(c16z1, gx - (g + ML + 1), "sywa"), X3),
                          MWb.set(dly(c16z1b, gx - (g + ML + 1), "sywb"), X4)),
             gx + ML + 2: glu_write,
-            gx + ML + 3: lambda: w2["track"](),
+            gx + ML + 3: glu_track,
         })
         assert SG1.LAT == SG0.LAT and SG1.RD0 == SG0.RD0
-        assert len(wide[Op.VGLU]) == WIDE_ELEMENT_CYCLES[Op.VGLU], len(wide[Op.VGLU])
 
         # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM (both
         # ports) for f in RL + RD0, for i two steps later; CMEM (1 - lb) once.

@@ -68,23 +68,30 @@ def accel_soc(**core_overrides):
     return model_soc(core=core, build_id=ACCEL_BUILD_ID, clk_freq=ACCEL_MODEL_CLK_FREQ)
 
 
-def _source_key(extra: str) -> str:
-    """Hash of every source file that goes into a board model, for the executable cache."""
-    import amaranth
+def _sources_digest() -> bytes:
+    """Hash of every source file that goes into a board model."""
     files = sorted((ROOT / "hw").rglob("*.py")) + [ROOT / "sim" / f for f in (
         "board.py", "cocotb_run.py", "toolchain.py", "waivers.py")] + [
         ROOT / "sw" / "protocol.py", ROOT / "sw" / "isa.py", MAIN_CPP]
-    h = hashlib.sha256("\0".join([extra, verilator_version(), amaranth.__version__]).encode())
+    h = hashlib.sha256()
     for f in files:
         h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return h.digest()
 
 
 # The sources are hashed when this module is imported, together with the core's modules, so that
 # a source edited later in the same process (whose old code is the one in memory) cannot give its
 # new key to an executable built from the old code.
 import hw.core.core  # noqa: E402,F401
-_ACCEL_KEY = _source_key("accel")
+_SOURCES_AT_IMPORT = _sources_digest()
+
+
+def _source_key(extra: str) -> str:
+    """Key of the board-model executable cache: the sources as imported, the tool versions."""
+    import amaranth
+    h = hashlib.sha256("\0".join([extra, verilator_version(), amaranth.__version__]).encode())
+    h.update(_SOURCES_AT_IMPORT)
+    return h.hexdigest()[:16]
 
 
 def accel_board_model(**kwargs) -> "BoardModel":
@@ -94,7 +101,7 @@ def accel_board_model(**kwargs) -> "BoardModel":
     ``sim_build/``; a later call with the same sources starts the cached executable at once,
     without elaborating the SoC again.
     """
-    link = SIM_BUILD / f"accel-{_ACCEL_KEY}.exe"
+    link = SIM_BUILD / f"accel-{_source_key('accel')}.exe"
     if link.exists():
         exe = Path(link.read_text().strip())
         if exe.exists():

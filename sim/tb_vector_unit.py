@@ -35,7 +35,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 
 from hw.core.ports import UNIT_CMD_LAYOUT, BankedMemory, MemReadSignature, MemWriteSignature, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, GROUPED,
+from hw.core.vector_unit import (ELEMENT_CYCLES, INTERVAL, OVERHEAD, GROUPED,
                                  WIDE_ELEMENT_CYCLES, WIDE_LANES, VREC_S_LAG, VectorUnit, cycles, path)
 from sim.tb import params, reset, to_signed
 from sw.isa import REG_BITS, VECTOR_OPS, Instr, Op, encode
@@ -310,8 +310,6 @@ class Bench:
         for (op, pth), v in sorted(self.stats.items()):
             if pth == "wide" and op in WIDE_ELEMENT_CYCLES:
                 ii, depth = 1, WIDE_ELEMENT_CYCLES[op]
-            elif pth == "fast" and op in FAST_INTERVAL:
-                ii, depth = FAST_INTERVAL[op], FAST_ELEMENT_CYCLES[op]
             else:
                 ii, depth = INTERVAL[op], ELEMENT_CYCLES[op]
             (n0, c0), (n1, c1) = min(v), max(v)
@@ -488,8 +486,8 @@ async def test_nqa_umax_q(dut):
             rq = rng.choice([0, 1, 65495, 128674, (1 << 17) - 1, -(1 << 17), (1 << 18) - 1, rng.randrange(1 << 17)])
             ok = await b.run(ins_(Op.VQ, n=n, a0=k % 2, a1=a1, a2=a2), ra=rq, rb=sz, rc=t)
         else:
-            # the three paths in turn: C[a0] 4 words after C[a2] modulo 8 (wide), an odd number
-            # (fast), 0, 2 or 6 (slow)
+            # C[a0] 4 words after C[a2] modulo 8 (the wide path), an odd number,
+            # 0, 2 or 6 (the slow path)
             a0 = rng.randrange(0, 8192 - n + 1 - 7)
             a0 += (a2 + (4, rng.choice([1, 3, 5, 7]), rng.choice([0, 2, 6]))[(k // 3) % 3] - a0) % 8
             ok = await b.run(ins_(op, n=n, a0=a0, a1=a1, a2=a2, rc=rng.choice([0, 7])), rb=sz)
@@ -497,7 +495,7 @@ async def test_nqa_umax_q(dut):
     await b.check_all_vmem()
     b.report()
     for op in (Op.VNQA, Op.VUMAX2):
-        assert {p for o, p in b.stats if o == op} == {"slow", "fast", "wide"}, f"{op.name}: a path not run"
+        assert {p for o, p in b.stats if o == op} == {"slow", "wide"}, f"{op.name}: a path not run"
 
 
 @cocotb.test()
@@ -564,4 +562,4 @@ async def test_rec_glu(dut):
     await b.check_all_vmem()
     b.report()
     for op in (Op.VREC, Op.VGLU):
-        assert {p for o, p in b.stats if o == op} == {"slow", "fast", "wide"}, f"{op.name}: a path not run"
+        assert {p for o, p in b.stats if o == op} == {"slow", "wide"}, f"{op.name}: a path not run"

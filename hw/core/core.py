@@ -83,8 +83,8 @@ class AcceleratorCore(wiring.Component):
         A run or a reset program is in progress.
     """
 
-    def __init__(self, *, lanes: int = 32, rows: int = 16, weight_format: str = "trits5",
-                 wmem_depth: int = 2048, k_max: int = 512, vmem_depth: int = 4096, cmem_depth: int = 65536,
+    def __init__(self, *, lanes: int = 32, rows: int = 8, weight_format: str = "trits5",
+                 wmem_depth: int = 4096, k_max: int = 512, vmem_depth: int = 4096, cmem_depth: int = 65536,
                  tmem_depth: int = 1024, sig_depth: int = 2048, pmem_depth: int = 512, tokmem_depth: int = 1024):
         depths = dict(wmem_depth=wmem_depth, vmem_depth=vmem_depth, cmem_depth=cmem_depth, tmem_depth=tmem_depth,
                       sig_depth=sig_depth, pmem_depth=pmem_depth, tokmem_depth=tokmem_depth)
@@ -108,9 +108,16 @@ class AcceleratorCore(wiring.Component):
         super().__init__({"mem": In(MemPortSignature(32)), "port": In(CorePortSignature()), "busy": Out(1)})
 
     @staticmethod
+    def writeback_lanes(rows: int) -> int:
+        """Lanes of the GEMV writeback for an engine of ``rows`` rows: one per four rows, at most one
+        per VMEM bank, so a beat of ``rows`` outputs takes 4 cycles (16 rows: 4 lanes, 8 rows: 2)
+        and the writeback keeps up with every GEMV of at least 4 chunks."""
+        return max(1, min(BANKS["vmem"], rows // 4))
+
+    @staticmethod
     def weight_depth_for(rows: int) -> int:
         """The weight memory's depth for an engine of ``rows`` rows in the same block RAM as the
-        default (32 lanes x 16 rows x 2048 words of trits5)."""
+        default (32 lanes x 8 rows x 4096 words of trits5)."""
         return 32768 // rows
 
     @property
@@ -156,7 +163,7 @@ class AcceleratorCore(wiring.Component):
         m.submodules.vu = vu = VectorUnit(vmem_depth=p["vmem_depth"], cmem_depth=p["cmem_depth"],
                                           sig_depth=p["sig_depth"], lanes=lanes, chunks_max=chunks_max)
         m.submodules.wb = wb = GemvWriteback(rows=rows, acc_width=acc_width(k_max), vmem_depth=p["vmem_depth"],
-                                             lanes=min(4, BANKS["vmem"]))
+                                             lanes=self.writeback_lanes(rows))
         wiring.connect(m, eng.o, wb.i)
         m.d.comb += [eng.a_wr.addr.eq(vu.a_wr.addr), eng.a_wr.data.eq(vu.a_wr.data), eng.a_wr.en.eq(vu.a_wr.en)]
 

@@ -47,9 +47,11 @@ ports alone. Units (all operands signed):
 * one 19 x 11 interpolation multiplier per sigmoid unit (``SIGMEM[k + 1] - SIGMEM[k]``, 19 bits
   signed, times the fraction, at most 10 bits): exact for any table contents.
 * rounding shifters (``round_shift`` half away from zero by a signed amount; ``<= 0`` is an exact
-  left shift, ``>= SHIFT_BITS`` gives 0): ``SZ`` (``z'``, ``VEMB``'s left shift, ``rshift(y,
-  R[rb])``), ``ST`` (``R[rc]`` shifts of ``VQ`` and ``VREC``), the input rescale (``F - 16``) of
-  each sigmoid unit, all ``SHIFT_BITS`` wide; a 30-bit interpolation shifter (by ``F - 6``) per
+  left shift, a shift beyond the operand gives 0), each as wide as its values: ``SZ`` (``z'``,
+  ``VEMB``'s left shift, ``rshift(y, R[rb])``: a 36-bit VMEM word in, 64 bits out) and
+  ``SZb``..``SZd`` (36 in, ``MUL_A`` out), ``ST``..``STd`` (``R[rc]`` shifts of ``VQ`` and
+  ``VREC``: the ``MUL_A + 18``-bit product in, ``MUL_A`` out), the input rescale (``F - 16``,
+  right shifts only) of each sigmoid unit, 36 bits; a 30-bit interpolation shifter (by ``F - 6``) per
   sigmoid unit; and registered rounding shifts by the constants 16, 17 and 25.
 
 Every multiplier is built from 18 x 18 tiles (unsigned 17-bit slices and a signed top slice of
@@ -75,19 +77,18 @@ Cycles, measured by ``sim/tb_vector_unit.py`` (accepted in cycle ``t``, ``done``
 ``t + cycles(op, n)`` = ``t + OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]``; the
 testbench asserts it for every instruction)::
 
-    opcode    cycles per element (II)          steps (depth)   fast path: II, depth   wide path: elements per cycle, depth
+    opcode    cycles per element (II)          steps (depth)   wide path: elements per cycle, depth
     VSET      1                                3
     VEMB      1                                9
     VADD      2  (two VMEM reads)              8
     VMAXABS   1                                5
     VARGMAX   1 per group of 4 elements         6
-    VNQA      2  (two CMEM reads: a2, a0)      20              1, 20                  4, 22  (a0 - a2 = 4 mod 8)
-    VUMAX2    2  (two CMEM reads: a2, a0)      15              1, 14                  4, 16  (a0 - a2 = 4 mod 8)
+    VNQA      2  (two CMEM reads: a2, a0)      20              4, 22  (a0 - a2 = 4 mod 8)
+    VUMAX2    2  (two CMEM reads: a2, a0)      15              4, 16  (a0 - a2 = 4 mod 8)
     VQ        1 per group of 4 elements         24
-    VGLU      2  (two VMEM reads)              35              1, 36                  2, 37  (a2 - a1 = 2 mod 4)
-    VREC      4  (three VMEM reads)            41              2, 41                  1, 39  (f, i, s: three banks)
+    VGLU      2  (two VMEM reads)              35              2, 37  (a2 - a1 = 2 mod 4)
+    VREC      4  (three VMEM reads)            41              1, 39  (f, i, s: three banks)
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
-    fast path: the two streams (FAST_PAIR) start on different parities
 
 The core's VMEM is four banks by address modulo 4, CMEM eight by address modulo 8, SIGMEM two
 copies of two banks by parity (``hw.core.ports.BankedMemory``); the unit has four read ports on
@@ -97,8 +98,7 @@ do, so each sigmoid reads both in one step. The slow intervals are the floors of
 memory and cycle: ``VNQA`` and ``VUMAX2`` read ``C[a2]`` and ``C[a0]`` per element (also for
 ``rc = 0``), ``VGLU`` reads ``x[a1]`` and ``x[a2]``, ``VREC`` three VMEM words and two sigmoids.
 The paths (:func:`path`): when an instruction's streams start on banks that keep its reads of one
-cycle apart, it runs faster. Fast: its two streams start on different parities, both are read in
-the same cycle and the interval halves (VREC: 2, its third VMEM read in the odd cycle). Wide: the
+cycle apart, it runs on its wide path, otherwise on the slow one (no layout is refused). Wide: the
 loop elements are groups of ``WIDE_LANES`` vector elements on as many datapath lanes, one group
 per cycle (VNQA, VUMAX2: four elements, their eight CMEM words in the eight banks when ``a0 - a2
 = 4`` modulo 8; VGLU: two, its four VMEM words in the four banks when ``a2 - a1 = 2`` modulo 4);
@@ -114,8 +114,10 @@ cycle after ``done``.
 Exactness domain: the results equal the executor's for every instruction it accepts whose
 intermediate values fit the datapath: multiplier operands within ``MUL_A`` (the vector-side
 value: ``z'``, ``rshift(u, R[rc])``, ``i``, ``target - s``, ``rshift(y, R[rb])``, the SiLU factor
-``sy``) and ``MUL_B`` bits signed (``VQ``'s ``R[ra]``, ``x[a2]`` of ``VGLU``), left shifts within
-``SHIFT_BITS``. The executor computes in int64 and silently wraps beyond it, so its own results are
+``sy``) and ``MUL_B`` bits signed (``VQ``'s ``R[ra]``, ``x[a2]`` of ``VGLU``), ``rshift(u, R[rc])``
+of ``VQ`` and ``VREC``'s target computed from the ``MUL_A + 18``-bit product ``u`` (a left shift
+keeps ``MUL_A`` bits), ``VEMB``'s result within 64 bits before the saturation (any shift the
+executor accepts, 0 .. 45, of an 18-bit word). The executor computes in int64 and silently wraps beyond it, so its own results are
 meaningful only in a narrower domain. Source and destination ranges must not overlap with the
 destination ahead of a source (``a_src < a0 < a_src + n``): the executor reads all sources before
 writing, this unit may read a word after an earlier element of the same instruction wrote it (a
@@ -140,9 +142,9 @@ from sw.isa import REG_BITS, VMEM_BITS, Op
 
 from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSignature, UnitResultSignature
 
-__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles", "FAST_INTERVAL",
-           "FAST_ELEMENT_CYCLES", "FAST_PAIR", "GROUPED", "WIDE_ELEMENT_CYCLES", "WIDE_LANES", "WIDE_PAIR", "VREC_S_LAG", "path", "is_fast",
-           "MUL_A", "MUL_B", "SHIFT_BITS", "MUL_LATENCY", "SHIFT_LATENCY"]
+__all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles",
+           "GROUPED", "WIDE_ELEMENT_CYCLES", "WIDE_LANES", "WIDE_PAIR", "VREC_S_LAG", "path",
+           "MUL_A", "MUL_B", "MUL_LATENCY", "SHIFT_LATENCY"]
 
 #: Steps (cycles) of one element of each vector opcode.
 ELEMENT_CYCLES = {
@@ -162,17 +164,6 @@ OVERHEAD = 2
 #: word of each of the four VMEM and CMEM banks), as many datapath lanes: their interval and
 #: element cycles are per group.
 GROUPED = {Op.VQ: 4, Op.VARGMAX: 4}
-#: The opcodes with a two-read fast path: when their two streams lie in different banks (CMEM
-#: ``C[a2 + j]`` and ``C[a0 + j]`` of VNQA and VUMAX2, VMEM ``x[a1 + j]`` and ``x[a2 + j]`` of VGLU
-#: and VREC, with start addresses of different parity, which the compiler arranges), both are
-#: read in one cycle, through the unit's two read ports of that memory, at this interval and
-#: element depth.
-FAST_INTERVAL = {Op.VNQA: 1, Op.VUMAX2: 1, Op.VGLU: 1, Op.VREC: 2}
-FAST_ELEMENT_CYCLES = {Op.VNQA: 20, Op.VUMAX2: 14, Op.VGLU: 36, Op.VREC: 41}
-#: The two streams that must start on different parities for the fast path.
-FAST_PAIR = {Op.VNQA: ("a0", "a2"), Op.VUMAX2: ("a0", "a2"), Op.VGLU: ("a1", "a2"), Op.VREC: ("a1", "a2")}
-
-
 #: The opcodes with a two-lane path: when their constant streams ``C[a2 + j]`` and ``C[a0 + j]``
 #: start two words apart modulo 4 (CMEM is four banks by address modulo 4, and the compiler places
 #: them so), the loop elements are pairs of vector elements (``2j``, ``2j + 1``), the four CMEM
@@ -195,9 +186,9 @@ VREC_S_LAG = 25
 
 
 def path(op, a0: int, a1: int, a2: int) -> str:
-    """The path the instruction runs on: ``"wide"`` (two lanes, :data:`WIDE_ELEMENT_CYCLES`),
-    ``"fast"`` (two reads per memory and cycle, :data:`FAST_INTERVAL`) or ``"slow"``; it depends on
-    the opcode and the start addresses alone."""
+    """The path the instruction runs on: ``"wide"`` (:data:`WIDE_LANES` elements per cycle,
+    :data:`WIDE_ELEMENT_CYCLES`) or ``"slow"`` (:data:`INTERVAL`); it depends on the opcode and the
+    start addresses alone."""
     op = Op(op)
     f = {"a0": a0, "a1": a1, "a2": a2}
     if op in WIDE_PAIR:
@@ -206,37 +197,27 @@ def path(op, a0: int, a1: int, a2: int) -> str:
             return "wide"
     if op == Op.VREC and (a1 ^ a2) & 1 and (a0 - VREC_S_LAG - a1) % 4 and (a0 - VREC_S_LAG - a2) % 4:
         return "wide"
-    if op in FAST_PAIR:
-        x, y = FAST_PAIR[op]
-        if (f[x] ^ f[y]) & 1:
-            return "fast"
     return "slow"
-
-
-def is_fast(op, a0: int, a1: int, a2: int) -> bool:
-    """The instruction runs on the two-read fast path (see :data:`FAST_INTERVAL`)."""
-    return path(op, a0, a1, a2) == "fast"
 
 
 def cycles(op, n: int, path: str = "slow") -> int:
     """Cycles from accepting a vector instruction (cycle ``t``) to its ``done`` (cycle ``t + cycles``)
     on the given :func:`path`."""
     op = Op(op)
-    if path not in ("slow", "fast", "wide"):
-        raise ValueError(f"path must be 'slow', 'fast' or 'wide', not {path!r}")
+    if path not in ("slow", "wide"):
+        raise ValueError(f"path must be 'slow' or 'wide', not {path!r}")
     if op not in ELEMENT_CYCLES or n == 0:
         return 1
     if path == "wide" and op in WIDE_ELEMENT_CYCLES:
         return OVERHEAD + (n + WIDE_LANES[op] - 1) // WIDE_LANES[op] - 1 + WIDE_ELEMENT_CYCLES[op]
     if op in GROUPED:
         n = (n + GROUPED[op] - 1) // GROUPED[op]
-    if path == "fast" and op in FAST_INTERVAL:
-        return OVERHEAD + (n - 1) * FAST_INTERVAL[op] + FAST_ELEMENT_CYCLES[op]
     return OVERHEAD + (n - 1) * INTERVAL[op] + ELEMENT_CYCLES[op]
 
 MUL_A = 44        #: multiplier operand A, signed bits
 MUL_B = 37        #: multiplier operand B, signed bits
-SHIFT_BITS = 82   #: rounding shifter operand and result, signed bits
+_PROD_Z = MUL_A + 18   #: bits of a product z' x C (MZ1, MZ2: the ST shifters' input)
+_VEMB_BITS = 64   #: the SZ shifter's result: VEMB's 18-bit word shifted left by up to 45, to saturate
 MUL_LATENCY = 6   #: steps from setting the operands of MZ1, MZ2, MW to their product
 SHIFT_LATENCY = 3  #: steps from setting a variable rounding shifter to its result
 _SH = 8           #: shift amounts are clamped to [-127, 127] (signed 8 bits)
@@ -437,33 +418,40 @@ class VectorUnit(wiring.Component):
         MW = mul_unit("mw", MUL_A, MUL_B, MUL_LATENCY)          # v v; rshift(u, t) R[ra]; sy x; om (target - s)
 
         # ------------------------------------------------------------ rounding shifters
-        def shift_unit(name, bits):
-            """round_shift by a signed amount (``<= 0``: exact left shift) in three stages: input and
-            amount registered; barrel shifts and sticky bit; rounding add. Set in step k, result in
-            step k + SHIFT_LATENCY."""
+        def shift_unit(name, bits, out_bits=None, left=True):
+            """round_shift of a ``bits``-bit signed value by a signed amount (``<= 0``: exact left
+            shift; with ``left=False`` the amount is never negative) to ``out_bits`` (default
+            ``bits``; a left shift keeps the low ``out_bits`` bits) in three stages: input and
+            amount registered; barrel shifts and sticky bit; rounding add. Set in step k, result
+            in step k + SHIFT_LATENCY."""
+            out_bits = bits if out_bits is None else out_bits
             x, s = Signal(signed(bits), name=f"{name}_x"), Signal(signed(_SH), name=f"{name}_s")
             xr = reg(x, f"{name}_xr")
             rs = reg((s - 1)[:7], f"{name}_rs", 7)
-            ls = reg((-s)[:7], f"{name}_ls", 7)
             pos = reg(s > 0, f"{name}_pos")
             t = reg(xr >> rs, f"{name}_t", signed(bits))
             sticky = reg((xr.as_unsigned() & Cat(*[rs > i for i in range(bits)])).any(), f"{name}_sticky")
-            left = reg((xr << ls)[:bits], f"{name}_left", signed(bits))
+            if left:
+                ls = reg((-s)[:7], f"{name}_ls", 7)
+                lv = reg((xr << ls)[:out_bits], f"{name}_left", signed(out_bits))
+            else:
+                lv = reg(xr, f"{name}_left")      # amount 0
             inc = reg(~xr[-1], f"{name}_inc")
             pos2 = reg(pos, f"{name}_pos2")
-            r = reg(Mux(pos2, (t + (inc | sticky)) >> 1, left), f"{name}_r", signed(bits))
+            r = reg(Mux(pos2, (t + (inc | sticky)) >> 1, lv), f"{name}_r", signed(out_bits))
 
             def set_(v, a):
                 use(name)
                 m.d.comb += [x.eq(v), s.eq(a)]
             return SimpleNamespace(set=set_, r=r, x=x, s=s)
 
-        SZ = shift_unit("sz", SHIFT_BITS)   # z' = rshift(x, R[rb]); VEMB's left shift; rshift(y, R[rb])
-        ST = shift_unit("st", SHIFT_BITS)   # rshift(u, R[rc]) (VQ); target shift (VREC)
+        # z' = rshift(x, R[rb]); VEMB's left shift (an 18-bit word by up to 45); rshift(y, R[rb])
+        SZ = shift_unit("sz", VMEM_BITS, _VEMB_BITS)
+        ST = shift_unit("st", _PROD_Z, MUL_A)    # rshift(u, R[rc]) (VQ); target shift (VREC)
 
         def cshift(v, s, name):
             """Registered round_shift by the constant s (result one step after v)."""
-            return reg(_round_shift_const(v, s), name, signed(SHIFT_BITS))
+            return reg(_round_shift_const(v, s), name)
 
         c17 = cshift(MZ1.p, 17, "c17")      # VNQA: v = rshift(z' C[a2], 17)
         c16z1 = cshift(MZ1.p, 16, "c16z1")  # VGLU: sy
@@ -496,8 +484,8 @@ class VectorUnit(wiring.Component):
             return c[:VMEM_BITS].as_signed()
 
         # ------------------------------------------------------------ reductions
-        mx = Signal(MUL_A + MUL_B + 1)      # max |written| / max |x| / max |z' C[a2]|
-        mx_c = Signal(MUL_A + MUL_B + 1)    # max |z' C[a0]|
+        mx = Signal(_PROD_Z)      # max |written| / max |x| / max |z' C[a2]|
+        mx_c = Signal(_PROD_Z)    # max |z' C[a0]|
         acc = Signal(64)                    # sum of squares
         best = Signal(signed(VMEM_BITS))
         arg = Signal(16)
@@ -548,10 +536,10 @@ class VectorUnit(wiring.Component):
             (the second copy of SIGMEM) for unit 1: consecutive words, so always the two banks of
             a copy); the result ``out`` (uQ0.16, 17 bits) is valid in step s + LAT."""
             rdk, rdk1, Dk, Dk1 = (srd, srd2, Sd, Sd2) if c == 0 else (srd3, srd4, Sd3, Sd4)
-            SH = shift_unit(f"sg{c}_in", SHIFT_BITS)                 # s: rshift(y, F - 16)
+            SH = shift_unit(f"sg{c}_in", VMEM_BITS, left=False)      # s: rshift(y, F - 16)
             m.d.comb += SH.s.eq(fsh[c])
             S1 = SHIFT_LATENCY
-            ay = reg(_abs(SH.r), f"sg{c}_ay", unsigned(SHIFT_BITS))  # s + S1 + 1: |y|, sign
+            ay = reg(_abs(SH.r), f"sg{c}_ay", unsigned(VMEM_BITS))   # s + S1 + 1: |y|, sign
             neg = reg(SH.r < 0, f"sg{c}_neg")
             lim = reg((Const(1, 22) << (fb[c] + 10)) - 1, f"sg{c}_lim", 21)   # per instruction
             fmask = reg((Const(1, 11) << fb[c]) - 1, f"sg{c}_fmask", 10)
@@ -602,7 +590,7 @@ class VectorUnit(wiring.Component):
 
         def absreg(v, name):
             """|v|, registered (read one step after v)."""
-            return reg(_abs(v), name, unsigned(MUL_A + MUL_B + 1))
+            return reg(_abs(v), name, unsigned(_PROD_Z))
 
         # ------------------------------------------------------------ step lists
         # Step k of an element runs in cycle e * II + k. Each unit (multiplier, shifter, sigmoid
@@ -686,24 +674,6 @@ class VectorUnit(wiring.Component):
             Z + ML + 2: lambda: track_abs(mx_c, absreg(MZ2.p, "amz2u")),
         })
 
-        # The fast paths (II = 1): C[a2 + j] and C[a0 + j] from the two banks in the same step.
-        def zstart2():
-            zstart()
-            crd2(a0 + j)
-        fast = {}
-        fast[Op.VNQA] = sched(Z + 2 * ML + 2, {
-            0: lambda: vrd(a1 + j),
-            RL: zstart2,
-            Z: lambda: (MZ1.set(SZ.r, Cd), MZ2.set(SZ.r, Cd2)),
-            Z + ML + 1: lambda: (MW.set(c17, c17), track_abs(mx_c, absreg(MZ2.p, "amz2nf"))),
-            Z + 2 * ML + 1: sq_acc,
-        })
-        fast[Op.VUMAX2] = sched(Z + ML + 2, {
-            0: lambda: vrd(a1 + j),
-            RL: zstart2,
-            Z: lambda: (MZ1.set(SZ.r, Cd), MZ2.set(SZ.r, Cd2)),
-            Z + ML + 1: lambda: (track_abs(mx, absreg(MZ1.p, "amz1uf")), track_abs(mx_c, absreg(MZ2.p, "amz2uf"))),
-        })
         code = reg(_clamp(c25, -127, 127), "code", signed(8))   # c25 of MW.p, clamped
 
         # The four-lane paths of VNQA and VUMAX2 (II = 1 per group of elements 4j .. 4j + 3): x on the
@@ -713,7 +683,7 @@ class VectorUnit(wiring.Component):
         # squares and leave the maxima.
         Xs, Cs = [X, X2, X3, X4], [Cd, Cd2, Cd3, Cd4, Cd5, Cd6, Cd7, Cd8]
         vrds = [vrd, vrd2, vrd3, vrd4]
-        SZs = [SZ] + [shift_unit(f"sz{x}", SHIFT_BITS) for x in "bcd"]
+        SZs = [SZ] + [shift_unit(f"sz{x}", VMEM_BITS, MUL_A) for x in "bcd"]
         MZ1s = [MZ1] + [mul_unit(f"mz1{x}", MUL_A, _CMEM_BITS, MUL_LATENCY) for x in "bcd"]
         MZ2s = [MZ2] + [mul_unit(f"mz2{x}", MUL_A, _CMEM_BITS, MUL_LATENCY) for x in "bcd"]
         MWs = [MW] + [mul_unit(f"mw{x}", MUL_A, MUL_B, MUL_LATENCY) for x in "bcd"]
@@ -721,7 +691,7 @@ class VectorUnit(wiring.Component):
         MZ1b, MZ2b = MZ1s[1], MZ2s[1]
         MWb, MWc, MWd = MWs[1:]
         c17s = [c17] + [cshift(M_.p, 17, f"c17{x}") for M_, x in zip(MZ1s[1:], "bcd")]
-        AW = MUL_A + MUL_B + 1
+        AW = _PROD_Z
 
         def max4(ps, name):
             """max |p| over the four lanes' products valid in step k, in step k + 3 (|.|, then a
@@ -730,9 +700,10 @@ class VectorUnit(wiring.Component):
             b = [reg(Mux(a[i] > a[i + 1], a[i], a[i + 1]), f"{name}b{i}", unsigned(AW)) for i in (0, 2)]
             return reg(Mux(b[0] > b[1], b[0], b[1]), name, unsigned(AW))
         mx4_z1, mx4_z2 = max4([M_.p for M_ in MZ1s], "mx4z1"), max4([M_.p for M_ in MZ2s], "mx4z2")
-        sq_ab = reg(MW.p + MWb.p, "sqab", signed(AW))          # the four lanes' squares, two steps later
-        sq_cd = reg(MWc.p + MWd.p, "sqcd", signed(AW))
-        sq4 = reg(sq_ab + sq_cd, "sq4", signed(AW + 1))
+        # the four lanes' squares, two steps later, modulo 2**64 like the sum ``acc``
+        sq_ab = reg(MW.p + MWb.p, "sqab", signed(64))
+        sq_cd = reg(MWc.p + MWd.p, "sqcd", signed(64))
+        sq4 = reg(sq_ab + sq_cd, "sq4", signed(64))
 
         def wide_z():
             for k in range(4):
@@ -772,7 +743,7 @@ class VectorUnit(wiring.Component):
         # banks of VMEM and of CMEM): z' C[a2] (MZ1, MZ1b, MZ2, MZ2b), rshift(., R[rc]) (ST, STb,
         # STc, STd), times R[ra] (MW, MWb, MWc, MWd), rshift 25, clamp; the four codes into adjacent
         # byte lanes (those past n not written).
-        STb, STc, STd = (shift_unit(f"st{x}", SHIFT_BITS) for x in "bcd")
+        STb, STc, STd = (shift_unit(f"st{x}", _PROD_Z, MUL_A) for x in "bcd")
         VQL = [(SZ, MZ1, ST, MW), (SZb, MZ1b, STb, MWb), (SZc, MZ2, STc, MWc), (SZd, MZ2b, STd, MWd)]
         codes = [code] + [reg(_clamp(cshift(L[3].p, 25, f"c25{x}"), -127, 127), f"code{x}", signed(8))
                           for L, x in zip(VQL[1:], "bcd")]
@@ -801,24 +772,18 @@ class VectorUnit(wiring.Component):
 
         # VGLU, II = 2: y in step 0; sigmoid(y) (SG0) and rshift(y, R[rb]) (SZ) from step RL;
         # x[a2] read in an odd step so that it arrives with sy = rshift(.. sigmoid, 16).
-        # Fast (II = 1, y and x in different banks): x[a2] on the second port, D steps after y,
-        # D even so that the two reads of one cycle (elements D apart) are in different banks.
         g = RL + LS                                             # sigmoid(y) valid
-        for fast_ in (False, True):
-            gx = g + ML + 1                                     # sy valid (c16z1)
-            gx += (gx - RL) % 2 == (1 if fast_ else 0)
-            xr = (lambda a: vrd2(a)) if fast_ else (lambda a: vrd(a))
-            xv = X2 if fast_ else X
-            steps = sched(gx + ML + 3, {
-                0: lambda: vrd(a1 + j),
-                RL: lambda: (SG0.start(X), SZ.set(X, shz)),
-                RL + SG0.RD0: SG0.rd,
-                g: lambda: MZ1.set(dly(SZ.r, g - RL - SL, "ya"), SG0.out),
-                gx - RL: (lambda xr: lambda: xr(a2 + j))(xr),
-                gx: (lambda xv, gx: lambda: MW.set(dly(c16z1, gx - (g + ML + 1), "syd"), xv))(xv, gx),
-                gx + ML + 2: lambda: vwrite(MW.p),
-            })
-            (fast if fast_ else prog)[Op.VGLU] = steps
+        gx = g + ML + 1                                         # sy valid (c16z1)
+        gx += (gx - RL) % 2 == 0
+        prog[Op.VGLU] = sched(gx + ML + 3, {
+            0: lambda: vrd(a1 + j),
+            RL: lambda: (SG0.start(X), SZ.set(X, shz)),
+            RL + SG0.RD0: SG0.rd,
+            g: lambda: MZ1.set(dly(SZ.r, g - RL - SL, "ya"), SG0.out),
+            gx - RL: lambda: vrd(a2 + j),
+            gx: lambda gx=gx: MW.set(dly(c16z1, gx - (g + ML + 1), "syd"), X),   # (gx of this path)
+            gx + ML + 2: lambda: vwrite(MW.p),
+        })
 
         # VGLU two-lane path (a pair per cycle; x[a1 + 2j], x[a1 + 2j + 1] on VMEM ports 1, 2 and
         # x[a2 + 2j], x[a2 + 2j + 1] of the pair D steps behind on ports 3, 4: four banks when
@@ -843,41 +808,33 @@ class VectorUnit(wiring.Component):
 
         # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM (both
         # ports) for f in RL + RD0, for i two steps later; CMEM (1 - lb) once.
-        # Fast (II = 2, f and i in different banks): f and i both in step 0 (the second port for
-        # i), sigmoid(i) one step after sigmoid(f) (its SIGMEM reads on the other residue), s in
-        # an odd step.
-        sv = Signal(signed(SHIFT_BITS + 1), name="snew")
+        sv = Signal(signed(max(VMEM_BITS, len(c16w)) + 1), name="snew")
 
         def rec_sum():                                          # s + rshift(om (target - s), 16)
             m.d.sync += sv.eq(dly(X, ML + 1, "sv") + c16w)
-        for fast_ in (False, True):
-            di = 1 if fast_ else 2                              # sigmoid(i) starts di steps after f's
-            ii = 2 if fast_ else 4
-            gf, gi = RL + LS, RL + di + LS                      # sigmoid(f), sigmoid(i) valid
-            tg = gi + ML + SL                                   # target = rshift(i sigmoid(i), R[rc])
-            ts = tg
-            while (ts - RL) % ii in ((0,) if fast_ else (0, 2)):
-                ts += 1                                         # s arrives (its read is in step ts - RL)
-            iv = (lambda gi=gi: dly(X2, gi - RL, "ivf")) if fast_ else (lambda gi=gi: dly(X, gi - RL - 2, "iv"))
-            at = _Steps({
-                0: (lambda: (vrd(a2 + j), vrd2(a1 + j))) if fast_ else (lambda: vrd(a2 + j)),   # f (, i)
-                RL: lambda: SG1.start(X),
-                RL + di: (lambda: SG0.start(dly(X2, 1, "if1"))) if fast_ else (lambda: SG0.start(X)),
-                RL + SG1.RD0: SG1.rd,
-                RL + di + SG0.RD0: SG0.rd,
-                gf - RL: lambda: crd(imm + j),                  # 1 - lb
-                gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),   # om = c16z2 in step gf + ML + 1
-                gi: (lambda iv: lambda: MZ1.set(iv(), SG0.out))(iv),   # i sigmoid(i)
-                gi + ML: lambda: ST.set(MZ1.p, shc),            # target in step tg
-                ts: (lambda ts, tg, gf: lambda: MW.set(dly(ST.r, ts - tg, "tg") - X,
-                                                      dly(c16z2, ts - (gf + ML + 1), "om")))(ts, tg, gf),
-                ts + ML + 1: rec_sum,                           # c16w of MW.p
-                ts + ML + 4: lambda: vwrite(sv),
-            })
-            if not fast_:
-                at[2] = lambda: vrd(a1 + j)                     # i
-            at.add(ts - RL, lambda: vrd(a0 + j))                # s (may share a step with the target shift)
-            (fast if fast_ else prog)[Op.VREC] = sched(ts + ML + 5, at)
+        gf, gi = RL + LS, RL + 2 + LS                           # sigmoid(f), sigmoid(i) valid
+        tg = gi + ML + SL                                       # target = rshift(i sigmoid(i), R[rc])
+        ts = tg
+        while (ts - RL) % 4 in (0, 2):
+            ts += 1                                             # s arrives (its read is in step ts - RL)
+        at = _Steps({
+            0: lambda: vrd(a2 + j),                             # f
+            2: lambda: vrd(a1 + j),                             # i
+            RL: lambda: SG1.start(X),
+            RL + 2: lambda: SG0.start(X),
+            RL + SG1.RD0: SG1.rd,
+            RL + 2 + SG0.RD0: SG0.rd,
+            gf - RL: lambda: crd(imm + j),                      # 1 - lb
+            gf: lambda: MZ2.set((1 << 16) - SG1.out, Cd),       # om = c16z2 in step gf + ML + 1
+            gi: lambda gi=gi: MZ1.set(dly(X, gi - RL - 2, "iv"), SG0.out),   # i sigmoid(i)
+            gi + ML: lambda: ST.set(MZ1.p, shc),                # target in step tg
+            ts: lambda ts=ts, tg=tg, gf=gf: MW.set(dly(ST.r, ts - tg, "tg") - X,
+                                                   dly(c16z2, ts - (gf + ML + 1), "om")),   # (this path's steps)
+            ts + ML + 1: rec_sum,                               # c16w of MW.p
+            ts + ML + 4: lambda: vwrite(sv),
+        })
+        at.add(ts - RL, lambda: vrd(a0 + j))                    # s (may share a step with the target shift)
+        prog[Op.VREC] = sched(ts + ML + 5, at)
 
         # VREC wide (II = 1): f, i in step 0 (ports 1, 2), both sigmoids in RL (SG1: f, SG0: i, on
         # the two SIGMEM copies), s on port 3 in step ts - RL = VREC_S_LAG.
@@ -901,8 +858,6 @@ class VectorUnit(wiring.Component):
         wide[Op.VREC] = sched(ts + ML + 5, at)
         for o, steps in wide.items():
             assert len(steps) == WIDE_ELEMENT_CYCLES[o], (o, len(steps))
-        for o, steps in fast.items():
-            assert len(steps) == FAST_ELEMENT_CYCLES[o], (o, len(steps))
 
         for o, steps in prog.items():
             assert len(steps) == ELEMENT_CYCLES[o] and 1 <= INTERVAL[o] <= len(steps), \
@@ -919,7 +874,6 @@ class VectorUnit(wiring.Component):
 
         # The steps: step k of the current opcode runs while vp[k] is set, for element jp[k].
         last = Signal()
-        fast_on = Signal()      # this instruction runs its fast path (is_fast), set in SETUP
         wide_on = Signal()      # ... its two-lane path (path() == "wide"), set in SETUP
         variants = {}           # (op, path) -> (steps, interval)
 
@@ -942,13 +896,6 @@ class VectorUnit(wiring.Component):
                     if o in wide:
                         with m.If(wide_on):
                             build(o, wide[o], 1, "wide")
-                        with m.Elif(fast_on):
-                            build(o, fast[o], FAST_INTERVAL[o], "fast")
-                        with m.Else():
-                            build(o, steps, INTERVAL[o], "slow")
-                    elif o in fast:
-                        with m.If(fast_on):
-                            build(o, fast[o], FAST_INTERVAL[o], "fast")
                         with m.Else():
                             build(o, steps, INTERVAL[o], "slow")
                     else:
@@ -983,9 +930,7 @@ class VectorUnit(wiring.Component):
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),
                              ph.eq(0), e_new.eq(0), more.eq(1), jl.eq(0), jw.eq(0),
                              ne.eq(groups), nm1.eq(groups - 1),
-                             wide_on.eq(wide_c),
-                             fast_on.eq((((op == Op.VNQA) | (op == Op.VUMAX2)) & (a0[0] ^ a2[0]))
-                                        | (((op == Op.VGLU) | (op == Op.VREC)) & (a1[0] ^ a2[0])))]
+                             wide_on.eq(wide_c)]
                 for k, F in enumerate((rA, Mux(op == Op.VGLU, rA, rB))):
                     m.d.sync += [fsh[k].eq(_clamp(F - 16, 0, 127)), fb[k].eq(_clamp(F, 6, 16) - 6)]
                 m.next = "RUN"
@@ -996,10 +941,7 @@ class VectorUnit(wiring.Component):
                     for o in prog:
                         with m.Case(int(o)):
                             if o in wide:
-                                m.d.comb += ii_last.eq(Mux(wide_on, 1, Mux(fast_on, ph == FAST_INTERVAL[o] - 1,
-                                                                             ph == INTERVAL[o] - 1)))
-                            elif o in fast:
-                                m.d.comb += ii_last.eq(Mux(fast_on, ph == FAST_INTERVAL[o] - 1, ph == INTERVAL[o] - 1))
+                                m.d.comb += ii_last.eq(wide_on | (ph == INTERVAL[o] - 1))
                             else:
                                 m.d.comb += ii_last.eq(ph == INTERVAL[o] - 1)
                 with m.If(ii_last):

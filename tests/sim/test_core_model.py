@@ -103,7 +103,7 @@ def run_and_compare(dev: Device, ref: IntRefModel, cm, tokens, probe_tokens=2):
 def test_manifest_and_info(board):
     info = board.info()
     m = board.manifest
-    assert m.pe_kind == P.PEKind.ADDER_TREE and m.lanes == info.lanes == 32 and info.rows == 16
+    assert m.pe_kind == P.PEKind.ADDER_TREE and m.lanes == info.lanes == 32 and info.rows == 8
     assert board.format_name(info) == "trits5" and info.vector_width == 1
     assert tuple(m.mem_sizes) == info.mem_bytes()
     # INFO and CTRL are read-only

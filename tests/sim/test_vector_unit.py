@@ -3,8 +3,8 @@ import pytest
 from amaranth import signed, unsigned
 
 from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, FAST_ELEMENT_CYCLES, FAST_INTERVAL, INTERVAL, OVERHEAD, GROUPED,
-                                 VREC_S_LAG, WIDE_ELEMENT_CYCLES, VectorUnit, cycles, is_fast, path)
+from hw.core.vector_unit import (ELEMENT_CYCLES, INTERVAL, OVERHEAD, GROUPED,
+                                 VREC_S_LAG, WIDE_ELEMENT_CYCLES, VectorUnit, cycles, path)
 from sim.cocotb_run import run_cocotb
 from sim.tb_vector_unit import VectorUnitHarness
 from sw.isa import VECTOR_OPS, Op
@@ -42,23 +42,20 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert cycles(Op.VSET, 0) == cycles(Op.NOP, 5) == 1
     assert cycles(Op.VNQA, 1) == 2 + ELEMENT_CYCLES[Op.VNQA]
     assert cycles(Op.VNQA, 10) == 2 + 9 * INTERVAL[Op.VNQA] + ELEMENT_CYCLES[Op.VNQA]
-    # the fast path: two CMEM streams of different parity, one element per cycle
-    assert is_fast(Op.VNQA, 3, 0, 8) and is_fast(Op.VUMAX2, 0, 0, 1) and not is_fast(Op.VNQA, 2, 1, 8)
-    assert is_fast(Op.VGLU, 0, 1, 2) and is_fast(Op.VREC, 0, 2, 7) and not is_fast(Op.VGLU, 1, 2, 4)
-    assert not is_fast(Op.VQ, 1, 2, 2) and set(FAST_INTERVAL) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
-    assert cycles(Op.VNQA, 10, "fast") == 2 + 9 + FAST_ELEMENT_CYCLES[Op.VNQA]
-    assert cycles(Op.VQ, 10, "fast") == cycles(Op.VQ, 10)
+    # no path but the wide and the slow one
+    with pytest.raises(ValueError, match="path"):
+        cycles(Op.VNQA, 10, "fast")
     # the four-lane path: C[a0] four words after C[a2] modulo 8 (eight CMEM banks), four per cycle
     assert path(Op.VNQA, 8, 0, 4) == path(Op.VUMAX2, 3, 9, 7) == path(Op.VNQA, 0, 0, 4) == "wide"
     assert path(Op.VNQA, 6, 0, 4) == path(Op.VNQA, 2, 0, 4) == "slow"
-    assert path(Op.VNQA, 3, 0, 8) == "fast" and path(Op.VNQA, 2, 0, 8) == "slow" and path(Op.VQ, 2, 0, 0) == "slow"
+    assert path(Op.VNQA, 3, 0, 8) == "slow" and path(Op.VNQA, 2, 0, 8) == "slow" and path(Op.VQ, 2, 0, 0) == "slow"
     assert path(Op.VGLU, 2, 0, 0) == "slow" and set(WIDE_ELEMENT_CYCLES) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
-    assert path(Op.VGLU, 0, 1, 3) == path(Op.VGLU, 0, 5, 3) == "wide" and path(Op.VGLU, 0, 1, 2) == "fast"
+    assert path(Op.VGLU, 0, 1, 3) == path(Op.VGLU, 0, 5, 3) == "wide" and path(Op.VGLU, 0, 1, 2) == "slow"
     assert cycles(Op.VNQA, 12, "wide") == cycles(Op.VNQA, 9, "wide") == 2 + 2 + WIDE_ELEMENT_CYCLES[Op.VNQA]
     assert cycles(Op.VGLU, 10, "wide") == cycles(Op.VGLU, 9, "wide") == 2 + 4 + WIDE_ELEMENT_CYCLES[Op.VGLU]
     # VREC wide: one element per cycle, s (a0) read VREC_S_LAG elements behind f and i, in another bank
     assert path(Op.VREC, 0, 0, 1) == "wide" and path(Op.VREC, VREC_S_LAG + 2, 0, 1) == "wide"
-    assert path(Op.VREC, VREC_S_LAG, 0, 1) == path(Op.VREC, VREC_S_LAG + 1, 0, 1) == "fast"
+    assert path(Op.VREC, VREC_S_LAG, 0, 1) == path(Op.VREC, VREC_S_LAG + 1, 0, 1) == "slow"
     assert path(Op.VREC, 0, 0, 2) == "slow"
     assert cycles(Op.VREC, 10, "wide") == 2 + 9 + WIDE_ELEMENT_CYCLES[Op.VREC]
     assert cycles(Op.VEMB, 10, "wide") == cycles(Op.VEMB, 10)

@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
     parser.add_argument("--engine-rows", type=int, choices=(4, 8, 16),
-                        help="soc design: output rows of the GEMV engine's PE array (default: the core's, 16); "
+                        help="soc design: output rows of the GEMV engine's PE array (default: the core's, 8; 16 is "
+                             "faster but does not fit the 85F with room to route); "
                              "the weight memory keeps its block RAM: its depth is 32768 / rows words")
     parser.add_argument("--sys-clock-mhz", type=float,
                         help="system clock made by the PLL, in MHz (default: the board's clock for the design: "

@@ -7,6 +7,7 @@ available, Fmax of every clock against its constraint, tool versions, wall time 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from sim.toolchain import yowasp_tool
 
-__all__ = ["FlowError", "FlowResult", "run_flow", "parse_nextpnr_report", "tool_version"]
+__all__ = ["FlowError", "FlowResult", "run_flow", "parse_nextpnr_report", "tool_version", "nextpnr_progress"]
 
 # nextpnr cell types and the names reports use for them.
 RESOURCES = {"TRELLIS_COMB": "LUT4", "TRELLIS_FF": "FF", "DP16KD": "DP16KD",
@@ -58,14 +59,71 @@ def parse_nextpnr_report(path: Path) -> dict:
     return {"resources": util, "clocks": clocks}
 
 
-def _run(step: str, cmd: list[str], cwd: Path, log: Path, progress, timeout: float) -> float:
+_FMAX = re.compile(r"Info: Max frequency for clock '([^']*)': ([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+_ROUTE_ROW = re.compile(r"Info:\s+\d+ \|.*\|\s*(\d+)\|\s*[\d.]+\s+([\d.]+)\|")
+
+
+def nextpnr_progress(line: str) -> tuple[str, str] | None:
+    """``(kind, note)`` for a line of nextpnr-ecp5's log worth showing while it runs, else None.
+
+    ``kind`` is ``"route"`` for the router's progress rows (many: show them now and then) and
+    ``"phase"`` for the rest (packed size, placement, timing estimates, routing start).
+    """
+    line = line.rstrip()
+    if m := re.match(r"Info:\s+TRELLIS_COMB:\s+(\d+)/\s*(\d+)\s+(\d+)%", line):
+        return "phase", f"  packed: {int(m[1]):,} of {int(m[2]):,} LUTs ({m[3]} %)"
+    if line.startswith("Info: Running simulated annealing placer"):
+        return "phase", "  placement: refining (simulated annealing)"
+    if m := re.match(r"Info: HeAP Placer Time: ([\d.]+)s", line):
+        return "phase", f"  placement: analytic placer done in {float(m[1]):.0f} s"
+    if m := _FMAX.match(line):
+        return "phase", f"  timing estimate: {m[2]} MHz ({m[3]} at {m[4]} MHz)"
+    if m := re.match(r"Info: Routing (\d+) arcs", line):
+        return "phase", f"  routing {int(m[1]):,} arcs"
+    if m := _ROUTE_ROW.match(line):
+        return "route", f"  routing: {int(m[1]):,} arcs left after {float(m[2]):.0f} s"
+    return None
+
+
+def _run(step: str, cmd: list[str], cwd: Path, log: Path, progress, timeout: float,
+         watch: Path | None = None, every: float = 60.0) -> float:
+    """Run one tool; with ``watch`` (the tool's own log file), show its progress while it runs
+    (:func:`nextpnr_progress`: every phase note, a router row at most every ``every`` seconds)."""
     progress(f"{step} ...")
     t0 = time.monotonic()
     with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        pos, last_route, buf = 0, t0, ""
         try:
-            proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+            while True:
+                try:
+                    proc.wait(timeout=2)
+                    done = True
+                except subprocess.TimeoutExpired:
+                    done = False
+                if watch is not None and watch.exists():
+                    with open(watch, errors="replace") as w:
+                        w.seek(pos)
+                        buf += w.read()
+                        pos = w.tell()
+                    *lines, buf = buf.split("\n")
+                    for line in lines:
+                        note = nextpnr_progress(line)
+                        if note and (note[0] == "phase" or time.monotonic() - last_route >= every):
+                            progress(note[1])
+                            last_route = time.monotonic() if note[0] == "route" else last_route
+                if done:
+                    break
+                if time.monotonic() - t0 > timeout:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             raise FlowError(f"{step} took longer than {timeout:.0f} s (log: {log})") from None
+        except BaseException:
+            proc.kill()     # Ctrl-C: leave no tool running behind
+            proc.wait()
+            raise
     dt = time.monotonic() - t0
     if proc.returncode != 0:
         tail = [l for l in log.read_text(errors="replace").splitlines() if "ERROR" in l or "rror:" in l]
@@ -121,7 +179,7 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
                            "--package", board.package, "--speed", board.speed, "--seed", str(seed),
                            "--json", f"{name}.json", "--lpf", f"{name}.lpf", "--textcfg", f"{name}.config",
                            "--report", "nextpnr-report.json"],
-                          build_dir, build_dir / "nextpnr.log", progress, timeout)
+                          build_dir, build_dir / "nextpnr.log", progress, timeout, watch=build_dir / f"{name}.tim")
     bit = None
     if bitstream:
         steps["pack_s"] = _run("bitstream (yowasp-ecppack)",

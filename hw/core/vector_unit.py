@@ -127,9 +127,10 @@ reads an element's sources before it writes the element).
 Timing (aimed at 75 MHz on the ECP5; measured standalone in the harness of ``bench/pe_sweep.py``,
 ``bench/vector_build.py``): at most one wide operation per stage -- a tile product, one add of
 the product tree, a barrel shift with its sticky OR, a rounding add, the clamp comparisons of a
-written value (its selection and absolute value are the next stage). Multipliers: three 44 x 18,
-two 44 x 37, two 19 x 11 (``MULT18X18D`` count: ``bench/results/vector_build.json``; the smallest
-tiles go to LUTs).
+written value (its selection and absolute value are the next stage). Multipliers: eight 44 x 18
+(``MZ1``, ``MZ2`` and their lanes b-d), four 44 x 37 (``MW``, ``MWb``-``MWd``), two 19 x 11: 64
+``MULT18X18D`` after synthesis, the smallest tiles in LUTs (``python bench/core_blocks.py --only
+vector``, which also counts the unit's LUT4 and flip-flops).
 """
 
 from types import SimpleNamespace

@@ -361,7 +361,10 @@ class VectorUnit(wiring.Component):
         free = []
 
         def reg(v, name, shape=None):
-            r = Signal(Value.cast(v).shape() if shape is None else shape, name=name)
+            # No reset: the register is rewritten every cycle and read only by steps of a valid
+            # element (the start token's valid bits, the reductions and the control state keep
+            # their reset), so the reset net need not reach these 16,000 flip-flops.
+            r = Signal(Value.cast(v).shape() if shape is None else shape, name=name, reset_less=True)
             free.append(r.eq(v))
             return r
 

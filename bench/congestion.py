@@ -29,9 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from boards.flow import ROUTER2_PASS  # noqa: E402
 from sim.toolchain import yowasp_tool  # noqa: E402
-
-_PASS = re.compile(r"Info:\s+iter=(\d+) wires=(\d+) overused=(\d+)")
 
 
 def block_of(net: str) -> str:
@@ -91,7 +90,7 @@ def route(build: Path, passes: int, timeout: float) -> None:
             seen = 0
             while proc.poll() is None:
                 time.sleep(5)
-                found = [int(m[1]) for m in _PASS.finditer(log.read_text(errors="replace"))] if log.exists() else []
+                found = [int(m[1]) for m in ROUTER2_PASS.finditer(log.read_text(errors="replace"))] if log.exists() else []
                 if found and max(found) > seen:
                     seen = max(found)
                     print(f"  pass {seen} done after {time.monotonic() - t0:.0f} s", flush=True)

@@ -60,6 +60,8 @@ def parse_nextpnr_report(path: Path) -> dict:
 
 
 _FMAX = re.compile(r"Info: Max frequency for clock '([^']*)': ([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+#: a router2 pass in nextpnr's log: pass number, wires, overused wires
+ROUTER2_PASS = re.compile(r"Info:\s+iter=(\d+) wires=(\d+) overused=(\d+)")
 _ROUTE_ROW = re.compile(r"Info:\s+\d+ \|.*\|\s*(\d+)\|\s*[\d.]+\s+([\d.]+)\|")
 
 
@@ -82,7 +84,7 @@ def nextpnr_progress(line: str) -> tuple[str, str] | None:
         return "phase", f"  routing {int(m[1]):,} arcs"
     if m := _ROUTE_ROW.match(line):
         return "route", f"  routing: {int(m[1]):,} arcs left after {float(m[2]):.0f} s"
-    if m := re.match(r"Info:\s+iter=(\d+) wires=(\d+) overused=(\d+)", line):     # router2's passes
+    if m := ROUTER2_PASS.match(line):
         return "route", f"  routing (router2): pass {m[1]}, {int(m[3]):,} of {int(m[2]):,} wires overused"
     return None
 

@@ -153,8 +153,8 @@ class GemvEngine(wiring.Component):
         issue = Signal()
         s1_valid, s1_last = Signal(), Signal()
         s2_valid, s2_last = Signal(), Signal()
-        s2_x = Signal.like(a_rd.data)
-        s2_w = Signal.like(w_rd.data)
+        s2_x = Signal.like(a_rd.data, reset_less=True)  # operands: no reset (read only with valid)
+        s2_w = Signal.like(w_rd.data, reset_less=True)
 
         last_chunk = chunk == chunks - 1
         room = (fifo.level + inflight) < depth

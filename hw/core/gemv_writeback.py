@@ -193,12 +193,15 @@ class GemvWriteback(wiring.Component):
         SMIN, SMAX = -Y, P + 1      # clamped shift range
 
         # ------------------------------------------------------------ command latch
+        # Datapath registers have no reset (reset_less): they are rewritten before they are read
+        # (command fields on accept, pipeline stages every cycle, read only where their valid bit
+        # is set), and a reset on them would route the synchronous reset to every slice.
         busy = Signal()
-        f_sat = Signal(6)
-        f_raw = Signal()
-        f_res = Signal()
-        f_ra = Signal(signed(REG_BITS))
-        f_rb = Signal(signed(REG_BITS))
+        f_sat = Signal(6, reset_less=True)
+        f_raw = Signal(reset_less=True)
+        f_res = Signal(reset_less=True)
+        f_ra = Signal(signed(REG_BITS), reset_less=True)
+        f_rb = Signal(signed(REG_BITS), reset_less=True)
         cmd = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
         m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
@@ -214,26 +217,26 @@ class GemvWriteback(wiring.Component):
         rem_gt = [None] + [Signal(name=f"rem_gt{k}") for k in range(1, L + 1)]
         left_gt = [Signal(name=f"left_gt{k}") for k in range(L + 1)]
         left = Signal(17)           # outputs of the command not issued yet
-        addr = Signal(self._vaw)    # a0 + index of the next output
-        buf = Signal(data.ArrayLayout(signed(AW), rows))
+        addr = Signal(self._vaw, reset_less=True)    # a0 + index of the next output
+        buf = Signal(data.ArrayLayout(signed(AW), rows), reset_less=True)
         maxw = Signal(VB)           # running max |written|
 
         # ------------------------------------------------------------ decoded constants
         # cycle c + 1 (c: accept): scale, clamped shift, saturation width
-        scale = Signal(signed(18))
-        sh = Signal(range(SMIN, SMAX + 1))
-        wsat = Signal(range(Y + 1))          # clip width: sat, or Y when sat = 0
+        scale = Signal(signed(18), reset_less=True)
+        sh = Signal(range(SMIN, SMAX + 1), reset_less=True)
+        wsat = Signal(range(Y + 1), reset_less=True)          # clip width: sat, or Y when sat = 0
         m.d.sync += [
             scale.eq(Mux(f_raw, 1, f_ra[:18].as_signed())),
             sh.eq(Mux(f_raw, 0, Mux(f_rb < SMIN, SMIN, Mux(f_rb > SMAX, SMAX, f_rb)))),
             wsat.eq(Mux(f_sat == 0, Y, f_sat)),
         ]
         # cycle c + 2: shifter amount, sticky mask, clip masks and limits
-        sv = Signal(range(TW + 1))           # right shift of p << (Y + 1): shift + Y
-        smask = Signal(TW)                   # bits of p << (Y + 1) below position sv
-        hmask = Signal(P + Y)                # bits >= wsat - 1: must equal the sign to fit
-        hmask_z = Signal(VB + 3)             # the same for the residual sum, against sat
-        zsat = Signal(range(VB + 1))
+        sv = Signal(range(TW + 1), reset_less=True)           # right shift of p << (Y + 1): shift + Y
+        smask = Signal(TW, reset_less=True)                   # bits of p << (Y + 1) below position sv
+        hmask = Signal(P + Y, reset_less=True)                # bits >= wsat - 1: must equal the sign to fit
+        hmask_z = Signal(VB + 3, reset_less=True)             # the same for the residual sum, against sat
+        zsat = Signal(range(VB + 1), reset_less=True)
         m.d.sync += [
             sv.eq(sh + Y),
             smask.eq(Cat(*[sv > k for k in range(TW)])),
@@ -299,7 +302,7 @@ class GemvWriteback(wiring.Component):
             for k in range(2, NV):
                 m.d.sync += v[j][k].eq(v[j][k - 1])
         # each lane's address chain, from its own register (no adder behind the chain)
-        al = [[Signal(self._vaw, name=f"addr{k}_{j}") for k in range(8)] for j in range(L)]
+        al = [[Signal(self._vaw, name=f"addr{k}_{j}", reset_less=True) for k in range(8)] for j in range(L)]
         for j in range(L):
             m.d.sync += al[j][1].eq(addr + j)
             for k in range(2, 8):
@@ -310,33 +313,33 @@ class GemvWriteback(wiring.Component):
         absw = []
         for j in range(L):
             aj = al[j]
-            acc1 = Signal(signed(AW), name=f"acc1_{j}")
+            acc1 = Signal(signed(AW), name=f"acc1_{j}", reset_less=True)
             m.d.sync += acc1.eq(buf[j] if j < rows else 0)
             # S1: multiply
-            p2 = Signal(signed(P), name=f"p2_{j}")
+            p2 = Signal(signed(P), name=f"p2_{j}", reset_less=True)
             m.d.sync += p2.eq(acc1 * scale)
             # S2: one variable arithmetic shifter, sticky bit
             x2 = Signal(signed(TW), name=f"x2_{j}")
             m.d.comb += x2.eq(p2 << (Y + 1))
-            t3 = Signal(signed(TW), name=f"t3_{j}")
-            c3 = Signal(name=f"c3_{j}")
+            t3 = Signal(signed(TW), name=f"t3_{j}", reset_less=True)
+            c3 = Signal(name=f"c3_{j}", reset_less=True)
             m.d.sync += [t3.eq(x2 >> sv),
                          c3.eq(~p2[-1] | (x2.as_unsigned() & smask).any())]
             # S3: rounding increment, halve
-            y4 = Signal(signed(P + Y), name=f"y4_{j}")
+            y4 = Signal(signed(P + Y), name=f"y4_{j}", reset_less=True)
             m.d.sync += y4.eq((t3 + c3) >> 1)
             # S4: clip to wsat bits (sat, or Y); the residual read went out earlier
-            ys5 = Signal(signed(Y), name=f"ys5_{j}")
+            ys5 = Signal(signed(Y), name=f"ys5_{j}", reset_less=True)
             m.d.sync += ys5.eq(Mux(_fits_mask(y4, hmask), y4[:Y].as_signed(), Mux(y4[-1], lim_lo, lim_hi)))
             rp = rports[j]
             m.d.comb += [rp.addr.eq(aj[5 - READ_LATENCY]), rp.en.eq(v[j][5 - READ_LATENCY] & f_res)]
             # S5: residual add
-            z6 = Signal(signed(VB + 3), name=f"z6_{j}")
+            z6 = Signal(signed(VB + 3), name=f"z6_{j}", reset_less=True)
             m.d.sync += z6.eq(Mux(f_res, rp.data + ys5, ys5))
             # S6: clip to sat, register the write
-            wdata = Signal(signed(VB), name=f"wdata_{j}")
+            wdata = Signal(signed(VB), name=f"wdata_{j}", reset_less=True)
             wen = Signal(name=f"wen_{j}")
-            waddr = Signal(self._vaw, name=f"waddr_{j}")
+            waddr = Signal(self._vaw, name=f"waddr_{j}", reset_less=True)
             zc = Signal(signed(VB + 3), name=f"zc_{j}")
             m.d.comb += zc.eq(Mux((zsat == 0) | _fits_mask(z6, hmask_z), z6, Mux(z6[-1], lim_lo, lim_hi)))
             m.d.sync += [wdata.eq(zc[:VB].as_signed()), wen.eq(v[j][6]), waddr.eq(aj[6])]

@@ -269,12 +269,18 @@ class ScalarUnit(wiring.Component):
             """The instruction is in its step ``k``."""
             return ex & (step == k)
 
+        # Datapath registers (operands, shifter and multiplier stages, results) have no reset:
+        # each is written before an instruction reads it, and a reset on them would only route
+        # the synchronous reset to more slices. Control (ex, step, last, the write enables and
+        # the live-value table) keeps it.
+        NR = {"reset_less": True}
+
         # ---------------------------------------------------------------- register file
         # Three LUT-RAM banks, one per writer (so that the unit's rd, its rc and the external
         # port can all write in one cycle), and a live-value table: per register, the bank that
         # holds its value, or ZERO (r0, and every register after reset). rc values (exponents,
         # k) fit 8 bits signed, so that bank is 8 bits wide.
-        res_d, res_c = Signal(signed(W)), Signal(signed(W))
+        res_d, res_c = Signal(signed(W), **NR), Signal(signed(W), **NR)
         BANK_D, BANK_C, BANK_E, ZERO = 0, 1, 2, 3     # (the read multiplexer relies on these codes)
         lvt = Array(Signal(2, init=ZERO, name=f"lvt{i}") for i in range(N_REGS))
         m.submodules.bank_d = bank_d = memory.Memory(shape=signed(W), depth=N_REGS, init=[])
@@ -310,9 +316,9 @@ class ScalarUnit(wiring.Component):
         for k, port in enumerate(self.read if self._read_ports else []):
             m.d.comb += port.data.eq(reg_read(port.addr, f"read{k}"))
         # operand stage: the registers of ra, rb, rc as they are in step 0
-        A, B, C = Signal(signed(W), name="A"), Signal(signed(W), name="B"), Signal(signed(W), name="C")
-        is_shi, is_rsq, is_norm = Signal(), Signal(), Signal()  # opcode decodes, registered in step 0
-        tbase = Signal(self._taw)                       # TMEM index base (imm - 256 / imm - 128)
+        A, B, C = (Signal(signed(W), name=n, **NR) for n in "ABC")
+        is_shi, is_rsq, is_norm = Signal(**NR), Signal(**NR), Signal(**NR)  # opcode decodes, registered in step 0
+        tbase = Signal(self._taw, **NR)                       # TMEM index base (imm - 256 / imm - 128)
         ra_d, rb_d, rc_d = reg_read(ra, "ra"), reg_read(rb, "rb"), reg_read(rc, "rc")
         with m.If(at(0)):
             m.d.sync += [A.eq(ra_d), B.eq(rb_d), C.eq(rc_d),
@@ -328,8 +334,8 @@ class ScalarUnit(wiring.Component):
         # Leading-zero counter (bit length of the non-negative operand A) and zero flag,
         # registered: valid from step 2.
         # be_r: bit_length rounded up to even (twice the bit length of the ORed bit pairs).
-        bl_r, be_r = Signal(range(W + 1)), Signal(range(W + 2))
-        az_r = Signal()
+        bl_r, be_r = Signal(range(W + 1), **NR), Signal(range(W + 2), **NR)
+        az_r = Signal(**NR)
         pairs = Cat(*[A[i] | A[i + 1] for i in range(0, W, 2)])
         m.d.sync += [bl_r.eq(_bit_length(A.as_unsigned())), be_r.eq(_bit_length(pairs) << 1),
                      az_r.eq(A == 0)]
@@ -345,7 +351,8 @@ class ScalarUnit(wiring.Component):
         #   stage c: shift by the rest (0..7), sticky bit and rounding increment;
         #   then sh_out = (t + inc) >> 1 (right) or the left-shifted value, one wide adder.
         SH = 64                             # sign-extended operand width of the shifter
-        sa_x, sa_pos, sa_rs, sa_ls, sa_rnd = Signal(signed(W)), Signal(), Signal(6), Signal(7), Signal()
+        sa_x, sa_pos, sa_rs, sa_ls, sa_rnd = (Signal(s, name=n, **NR) for s, n in
+                                              [(signed(W), "sa_x"), (1, "sa_pos"), (6, "sa_rs"), (7, "sa_ls"), (1, "sa_rnd")])
 
         def shifter_load(x, base, off, rnd):
             """Statements loading stage a with x and the shift amount base - off (base unsigned,
@@ -363,8 +370,8 @@ class ScalarUnit(wiring.Component):
 
         xe = Signal(signed(SH))
         m.d.comb += xe.eq(sa_x)
-        sb_t, sb_st, sb_l = Signal(signed(SH)), Signal(), Signal(signed(W))
-        sb_pos, sb_rf, sb_lf, sb_rnd = Signal(), Signal(3), Signal(3), Signal()
+        sb_t, sb_st, sb_l = Signal(signed(SH), **NR), Signal(**NR), Signal(signed(W), **NR)
+        sb_pos, sb_rf, sb_lf, sb_rnd = Signal(**NR), Signal(3, **NR), Signal(3, **NR), Signal(**NR)
         kq, kl = sa_rs[3:6], sa_ls[3:7]
         with m.Switch(kq):
             for j in range(8):
@@ -380,7 +387,7 @@ class ScalarUnit(wiring.Component):
             with m.Default():
                 m.d.sync += sb_l.eq(0)
 
-        sc_t, sc_inc, sc_l, sc_pos = Signal(signed(W)), Signal(), Signal(signed(W)), Signal()
+        sc_t, sc_inc, sc_l, sc_pos = Signal(signed(W), **NR), Signal(**NR), Signal(signed(W), **NR), Signal(**NR)
         t_f = Signal(signed(SH))
         with m.Switch(sb_rf):
             for j in range(8):
@@ -397,8 +404,8 @@ class ScalarUnit(wiring.Component):
                      sh_trunc.eq(Mux(sc_pos, sc_t >> 1, sc_l))]   # rnd = 0: no adder
 
         # One signed 18 x 18 multiplier, operands from registers; its product registered (P).
-        mul_a, mul_b = Signal(signed(18)), Signal(signed(18))
-        P = Signal(signed(37))
+        mul_a, mul_b = Signal(signed(18), **NR), Signal(signed(18), **NR)
+        P = Signal(signed(37), **NR)
         m.d.sync += P.eq(mul_a * mul_b)
 
         # Seed tables.
@@ -409,12 +416,12 @@ class ScalarUnit(wiring.Component):
         seed = t_rd.data.as_signed()        # entries < 2**17
 
         # Multi-cycle registers.
-        e_r = Signal(signed(8))             # SNORM / SMANT16 exponent, SRSQ k
-        ms_r = Signal(17)
-        seed_r = Signal(signed(18))
-        u_r, v_r = Signal(signed(18)), Signal(signed(18))   # SMUL: the cross partial products
-        hh_r = Signal(signed(2))
-        corr = Signal(signed(37))           # SMUL: the partial products beside a_lo * b_lo
+        e_r = Signal(signed(8), **NR)             # SNORM / SMANT16 exponent, SRSQ k
+        ms_r = Signal(17, **NR)
+        seed_r = Signal(signed(18), **NR)
+        u_r, v_r = Signal(signed(18), **NR), Signal(signed(18), **NR)   # SMUL: the cross partial products
+        hh_r = Signal(signed(2), **NR)
+        corr = Signal(signed(37), **NR)           # SMUL: the partial products beside a_lo * b_lo
         m.d.sync += corr.eq(((u_r + v_r) << 17) + (hh_r << 34))
 
         ms = Signal(17)                     # SRSQ mantissa (from shifter stage c)

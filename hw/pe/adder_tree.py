@@ -137,8 +137,8 @@ class Trits5Decoder(wiring.Component):
                 byte_codes.append(p[8:10])
                 s = p[0:8]
                 if n in splits:
-                    s_reg = Signal(8, name=f"b{b}_s{n + 1}")
-                    c_reg = Signal(2 * (n + 1), name=f"b{b}_t{n}")
+                    s_reg = Signal(8, name=f"b{b}_s{n + 1}", reset_less=True)
+                    c_reg = Signal(2 * (n + 1), name=f"b{b}_t{n}", reset_less=True)
                     with m.If(self.en):
                         m.d.sync += [s_reg.eq(s), c_reg.eq(Cat(*byte_codes))]
                     s = s_reg
@@ -387,10 +387,12 @@ class TernaryAdderTree(wiring.Component):
 
         def stage(values, name):
             # One pipeline register for a list of values, clocked while the pipeline advances.
+            # values[0:2] are valid and last and keep their reset; the data registers have
+            # none (rewritten every cycle the pipeline advances, read only with valid): a
+            # reset on them would route the synchronous reset to every slice of the array.
             regs = []
             for k, v in enumerate(values):
-                r = Signal.like(v, name=f"{name}_{k}") if isinstance(v, Signal) else \
-                    Signal(v.shape(), name=f"{name}_{k}")
+                r = Signal(v.shape(), name=f"{name}_{k}", reset_less=k >= 2)
                 regs.append(r)
             with m.If(en):
                 m.d.sync += [r.eq(v) for r, v in zip(regs, values)]

@@ -211,8 +211,8 @@ class AcceleratorCore(wiring.Component):
         core_cycles = Signal(32)
         clr = Signal()
         token_in = Signal(16)
-        v_res = Signal.like(vu.result.rd_data)
-        v_res2 = Signal.like(vu.result.rc_data)
+        v_res = Signal.like(vu.result.rd_data, reset_less=True)
+        v_res2 = Signal.like(vu.result.rc_data, reset_less=True)
         v_we = Signal()
         v_we2 = Signal()
 
@@ -223,7 +223,7 @@ class AcceleratorCore(wiring.Component):
         # needed: the registers an instruction reads are written before it reaches ISSUE (the
         # sequencer waits for every scalar, vector and SLDC result), except a GEMV's max, which the
         # programs read only after a SYNC that waits for it (``sw.isa_sim`` rejects others).
-        A, B, C = (Signal(signed(54), name=n) for n in ("opnd_a", "opnd_b", "opnd_c"))
+        A, B, C = (Signal(signed(54), name=n, reset_less=True) for n in ("opnd_a", "opnd_b", "opnd_c"))
         m.d.sync += [A.eq(su.read[0].data), B.eq(su.read[1].data), C.eq(su.read[2].data)]
         opnd = Signal()          # A, B, C hold the sources of the instruction in ISSUE
         needs_opnd = Signal()
@@ -308,7 +308,7 @@ class AcceleratorCore(wiring.Component):
         g_rd = Signal(5)
         g_bank = Signal()
         g_residual = Signal()
-        g_max = Signal.like(wb.result.rd_data)
+        g_max = Signal.like(wb.result.rd_data, reset_less=True)
         g_max_pending = Signal()
         gemv_idle = ~g_busy & ~g_max_pending
         with m.If(wb.result.done):
@@ -473,13 +473,13 @@ class AcceleratorCore(wiring.Component):
         top = {M.PMEM: INSTR_BITS, M.WMEM: word_bits, M.CMEM: CMEM_BITS, M.TMEM: TMEM_BITS,
                M.SIGMEM: TMEM_BITS, M.VMEM: VMEM_BITS, M.TOKMEM: 16}
         shift = {mid: (info.stride(mid) - 1).bit_length() for mid in M}
-        stage = Array(Signal(8, name=f"stage{i}") for i in range((word_bits + 7) // 8))
+        stage = Array(Signal(8, name=f"stage{i}", reset_less=True) for i in range((word_bits + 7) // 8))
         # A one-entry request register between the link and the memories: the link's request is
         # taken whenever the register is empty (``ready`` is a register bit, not a function of the
         # request) and served from it, so no path runs from the link's state machine through the
         # memory decode and back.
         q_valid, q_we, q_re = Signal(), Signal(), Signal()
-        q_mid, q_addr, q_wdata = Signal.like(lp.mem), Signal.like(lp.addr), Signal.like(lp.wdata)
+        q_mid, q_addr, q_wdata = (Signal.like(v, reset_less=True) for v in (lp.mem, lp.addr, lp.wdata))
         m.d.comb += lp.ready.eq(~q_valid)
         with m.If(~q_valid & (lp.we | lp.re)):
             m.d.sync += [q_valid.eq(1), q_mid.eq(lp.mem), q_addr.eq(lp.addr), q_wdata.eq(lp.wdata),
@@ -516,9 +516,13 @@ class AcceleratorCore(wiring.Component):
         # write ports: the link when idle, the units while running
         # (PMEM, WMEM and TMEM are written by the link alone, while the core is idle: registered, so
         # the byte staging and the enable decode do not share a cycle with WMEM's 100-odd block RAMs)
-        m.d.sync += [pm_w.addr.eq(waddr), pm_w.data.eq(word_data(INSTR_BITS)), pm_w.en.eq(wr_en[M.PMEM]),
-                     eng.w_wr.addr.eq(waddr), eng.w_wr.data.eq(word_data(word_bits)), eng.w_wr.en.eq(wr_en[M.WMEM]),
-                     su.tmem_w.addr.eq(waddr), su.tmem_w.data.eq(word_data(TMEM_BITS)), su.tmem_w.en.eq(wr_en[M.TMEM])]
+        # (address and data registers without reset: they matter only with their enable)
+        for port, bits, mid_w in ((pm_w, INSTR_BITS, M.PMEM), (eng.w_wr, word_bits, M.WMEM),
+                                  (su.tmem_w, TMEM_BITS, M.TMEM)):
+            w_addr = Signal.like(port.addr, name=f"link_w_addr_{mid_w.name.lower()}", reset_less=True)
+            w_data = Signal.like(port.data, name=f"link_w_data_{mid_w.name.lower()}", reset_less=True)
+            m.d.sync += [w_addr.eq(waddr), w_data.eq(word_data(bits)), port.en.eq(wr_en[mid_w])]
+            m.d.comb += [port.addr.eq(w_addr), port.data.eq(w_data)]
         cmem.write([(waddr[:_bits(p["cmem_depth"])], word_data(CMEM_BITS), wr_en[M.CMEM])])
         for sm in (sigmem, sigmem_b):      # the link writes both copies
             sm.write([(waddr[:_bits(p["sig_depth"])], word_data(TMEM_BITS), wr_en[M.SIGMEM])])
@@ -577,18 +581,18 @@ class AcceleratorCore(wiring.Component):
         # INFO's, CTRL's) registered at t + 3; t + 2 the data of WMEM (the engine registers its
         # address), registered whole at t + 3; t + 3 the data of VMEM, CMEM, SIGMEM
         # (READ_LATENCY); t + 4 the selected byte with rvalid.
-        r_mid = Signal(8)
-        r_byte = Signal(8)
-        r_addr = Signal(8)
+        r_mid = Signal(8, reset_less=True)
+        r_byte = Signal(8, reset_less=True)
+        r_addr = Signal(8, reset_less=True)
         r_pend = Signal(READ_LATENCY)
         m.d.sync += r_pend.eq(Cat(take_r, r_pend[:-1]))
         with m.If(take_r):
             m.d.sync += [r_mid.eq(mid), r_byte.eq(byte_i), r_addr.eq(q_addr[:8])]
         sel_a = Signal(8)           # t + 2: the latency-1 memories (registered words) and the records
-        pm_q = Signal.like(pm_r.data, name="pm_q")
-        w_q = Signal.like(eng.w_rd.data, name="w_q")
-        tm_q = Signal.like(su.tmem_r.data, name="tm_q")
-        tk_q = Signal.like(tk_lr.data, name="tk_q")
+        pm_q = Signal.like(pm_r.data, name="pm_q", reset_less=True)
+        w_q = Signal.like(eng.w_rd.data, name="w_q", reset_less=True)
+        tm_q = Signal.like(su.tmem_r.data, name="tm_q", reset_less=True)
+        tk_q = Signal.like(tk_lr.data, name="tk_q", reset_less=True)
         m.d.sync += [pm_q.eq(pm_r.data), w_q.eq(eng.w_rd.data), tm_q.eq(su.tmem_r.data), tk_q.eq(tk_lr.data)]
         sel_b = Signal(8)           # t + 3: the registered-port memories
 

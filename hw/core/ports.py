@@ -85,8 +85,10 @@ def pipelined_read(m, port, name: str):
     from amaranth import Signal
     addr = Signal.like(port.addr, name=f"{name}_addr")
     en = Signal(name=f"{name}_en")
-    data = Signal.like(port.data, name=f"{name}_data")
-    m.d.sync += [port.addr.eq(addr), port.en.eq(en), data.eq(port.data)]
+    data = Signal.like(port.data, name=f"{name}_data", reset_less=True)
+    addr_q = Signal.like(port.addr, name=f"{name}_addr_q", reset_less=True)
+    m.d.sync += [addr_q.eq(addr), port.en.eq(en), data.eq(port.data)]
+    m.d.comb += port.addr.eq(addr_q)
     return addr, en, data
 
 
@@ -101,7 +103,8 @@ class BankedMemory:
     read port each (``docs/core.md``). Words of different parity are in different banks whatever
     the number of banks. Each bank has the registered read port of :func:`pipelined_read`
     (``READ_LATENCY``) and a write port with registered address, data and enable; :meth:`write`
-    serves up to one request per bank per cycle.
+    serves up to one request per bank per cycle. Address and data registers have no reset (only
+    the enables do): they matter only with their enable.
 
     :meth:`read` takes requests ``(addr, en)`` in priority order: each bank serves the first
     enabled request that addresses it; a lower request to a bank taken in the same cycle is not
@@ -163,13 +166,16 @@ class BankedMemory:
         """Connect the write requests ``[(addr, data, en), ...]`` in priority order: each bank takes
         the first enabled request that addresses it (one per bank per cycle, so requests to
         different banks are all served); the write reaches the bank one cycle later."""
-        from amaranth import Cat
+        from amaranth import Cat, Signal
         m, bb = self._m, self._bb
         for b, w in enumerate(self._wr):
             sel = [e & (self._bank(a) == b) for a, _, e in requests]
             m.d.sync += w.en.eq(Cat(*sel).any())
+            w_addr = Signal.like(w.addr, name=f"{self._name}{b}_w_addr", reset_less=True)
+            w_data = Signal.like(w.data, name=f"{self._name}{b}_w_data", reset_less=True)
+            m.d.comb += [w.addr.eq(w_addr), w.data.eq(w_data)]
             first = True
             for (a, d, _), c in zip(requests, sel):
                 with (m.If(c) if first else m.Elif(c)):
-                    m.d.sync += [w.addr.eq(a[bb:]), w.data.eq(d)]
+                    m.d.sync += [w_addr.eq(a[bb:]), w_data.eq(d)]
                 first = False

@@ -346,7 +346,7 @@ class VectorUnit(wiring.Component):
         ne = Signal(16)                     # elements of the loop: n, or n / 2 rounded up (PAIRED)
         nm1 = Signal(16)                    # ne - 1
         start = Signal()
-        jp = [e_new[:16]] + [Signal(16, name=f"jp{k}") for k in range(1, LMAX)]
+        jp = [e_new[:16]] + [Signal(16, name=f"jp{k}", reset_less=True) for k in range(1, LMAX)]
         vp = [start] + [Signal(name=f"vp{k}") for k in range(1, LMAX)]
         for k in range(1, LMAX):
             m.d.sync += [jp[k].eq(jp[k - 1]), vp[k].eq(vp[k - 1])]

@@ -293,8 +293,10 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
                 raise ValueError(f"{lin} must write the residual format ({h_bits} bits) for the in-place residual add")
 
     def consumer(lin, z, k, m_reg, dst, m_out, out_frac, out_bits, raw=False, track=0, split=None,
-                 residual=False):
-        """Codes of one consumer into the next activation bank, its output scale, its GEMV(s)."""
+                 residual=False, after_vq=None):
+        """Codes of one consumer into the next activation bank, its output scale, its GEMV(s).
+        ``after_vq`` emits scalar instructions that the output scale needs but the codes do not
+        (the group's rsqrt): placed after VQ, they run while it runs."""
         b = bank[0]
         bank[0] ^= 1
         E(Instr(Op.SMANT16, rd=R_MN, rc=R_T, ra=m_reg, comment=f"{lin}: mn, t of max|u|"))
@@ -302,6 +304,8 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         E(Instr(Op.SMULI, rd=R_RQ, ra=R_RQ, imm=127))
         E(Instr(Op.SRSHI, rd=R_RQ, ra=R_RQ, imm=7, comment="Rq"))
         E(Instr(Op.VQ, a0=b, a1=z, a2=cm[f"{lin}.wc"], rb=R_SZ, rc=R_T, ra=R_RQ, n=k, comment=f"{lin} codes"))
+        if after_vq is not None:
+            after_vq()
         if not raw:
             cmant, cexp = int(c[f"{lin}.scale_mant"]), int(c[f"{lin}.scale_exp"])
             E(Instr(Op.SMUL, rd=R_P, ra=R_MN, rb=R_Q))
@@ -354,10 +358,10 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         # token mixer
         wcs = [cm[p + "attn.i_proj.wc"], cm[p + "attn.f_proj.wc"], cm[p + "attn.g_proj.wc"]]
         group_pass(H, d, R_HMAX, cm[p + "attn_in.wp"], wcs)
-        rsq()
         for lin, mreg, dst, raw in (("attn.i_proj", R_M[0], I_, False), ("attn.f_proj", R_M[1], F_, False),
                                     ("attn.g_proj", R_M[2], G_, True)):
-            consumer(p + lin, H, d, mreg, dst, d, int(c[f"{p}{lin}.out_frac"]), int(c[f"{p}{lin}.out_bits"]), raw=raw)
+            consumer(p + lin, H, d, mreg, dst, d, int(c[f"{p}{lin}.out_frac"]), int(c[f"{p}{lin}.out_bits"]), raw=raw,
+                     after_vq=rsq if lin == "attn.i_proj" else None)
             if lin == "attn.i_proj":
                 more_maxima(H, d, wcs)
         E(Instr(Op.SLI, rd=R_FI, imm=fi))
@@ -371,22 +375,20 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         E(Instr(Op.VGLU, a0=Z, a1=S[n], a2=G_, ra=R_T0, rb=R_YSH, rd=R_ZMAX, n=d, imm=1,
                 comment="z = silu_block(s) acc_g, chained on g's GEMV"))
         group_pass(Z, d, R_ZMAX, cm[p + "attn.o_in.wp"], [cm[p + "attn.o_proj.wc"]])
-        rsq()
         # h_mid = h + o in the GEMV's writeback, in place (o and down write the residual format)
         consumer(p + "attn.o_proj", Z, d, R_M[0], H, d, int(c[p + "attn.o_proj.out_frac"]), h_bits,
-                 residual=True, track=R_HMAX)
+                 residual=True, track=R_HMAX, after_vq=rsq)
         E(Instr(Op.SYNC, comment="h_mid written"))
         # channel mixer
         fgu, gbits = int(c[p + "mlp.gate_proj.out_frac"]), int(c[p + "mlp.gate_proj.out_bits"])
         group_pass(H, d, R_HMAX, cm[p + "mlp_in.wp"], [cm[p + "mlp.gate_proj.wc"]])
-        rsq()
         if d_ff % rows == 0:
             consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, d_ff, fgu, gbits,
-                     split=((GATE, R_GMAX), (UP, 0)))
+                     split=((GATE, R_GMAX), (UP, 0)), after_vq=rsq)
             E(Instr(Op.SYNC, imm=1, comment="gate written (up may still run)"))
             chain = 1
         else:
-            consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, 2 * d_ff, fgu, gbits)
+            consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, 2 * d_ff, fgu, gbits, after_vq=rsq)
             E(Instr(Op.SYNC))
             E(Instr(Op.VMAXABS, rd=R_GMAX, a1=GATE, n=d_ff))
             chain = 0
@@ -396,24 +398,25 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
                 comment="z = silu_block(gate) up" + (", chained on up's GEMV" if chain else "")))
         group_pass(Z, d_ff, R_ZMAX, cm[p + "mlp.down_in.wp"], [cm[p + "mlp.down_proj.wc"]])
         eps_mant = int(c.get(p + "mlp.down_in.eps_mant", 0))
-        if eps_mant:
-            eps_exp = int(c[p + "mlp.down_in.eps_exp"])
-            # ss += round_shift(eps_mant, max(2 sz - 2 z_frac - eps_exp, -33)), z_frac = 2 f_gu - ysh
-            E(Instr(Op.SADD, rd=R_T0, ra=R_SZ, rb=R_YSH))
-            E(Instr(Op.SADD, rd=R_T0, ra=R_T0, rb=R_T0, imm=-4 * fgu - eps_exp))
-            E(Instr(Op.SMAXI, rd=R_T0, ra=R_T0, imm=-33))
-            E(Instr(Op.SLI, rd=R_T1, imm=eps_mant))
-            E(Instr(Op.SRSHR, rd=R_T1, ra=R_T1, rb=R_T0))
-            E(Instr(Op.SADD, rd=R_SS, ra=R_SS, rb=R_T1, comment="ss += eps"))
-        rsq()
+
+        def eps_rsq(eps_mant=eps_mant, fgu=fgu, p=p):
+            if eps_mant:
+                eps_exp = int(c[p + "mlp.down_in.eps_exp"])
+                # ss += round_shift(eps_mant, max(2 sz - 2 z_frac - eps_exp, -33)), z_frac = 2 f_gu - ysh
+                E(Instr(Op.SADD, rd=R_T0, ra=R_SZ, rb=R_YSH))
+                E(Instr(Op.SADD, rd=R_T0, ra=R_T0, rb=R_T0, imm=-4 * fgu - eps_exp))
+                E(Instr(Op.SMAXI, rd=R_T0, ra=R_T0, imm=-33))
+                E(Instr(Op.SLI, rd=R_T1, imm=eps_mant))
+                E(Instr(Op.SRSHR, rd=R_T1, ra=R_T1, rb=R_T0))
+                E(Instr(Op.SADD, rd=R_SS, ra=R_SS, rb=R_T1, comment="ss += eps"))
+            rsq()
         consumer(p + "mlp.down_proj", Z, d_ff, R_M[0], H, d, int(c[p + "mlp.down_proj.out_frac"]), h_bits,
-                 residual=True, track=R_HMAX)
+                 residual=True, track=R_HMAX, after_vq=eps_rsq)
         E(Instr(Op.SYNC, comment=f"h after layer {n} written"))
         probes.append((len(prog) - 1, f"h{n + 1}"))
     # LM head
     group_pass(H, d, R_HMAX, cm["model.final_in.wp"], [cm["lm_head.wc"]])
-    rsq()
-    consumer("lm_head", H, d, R_M[0], LOG, V, int(c["lm_head.out_frac"]), int(c["lm_head.out_bits"]))
+    consumer("lm_head", H, d, R_M[0], LOG, V, int(c["lm_head.out_frac"]), int(c["lm_head.out_bits"]), after_vq=rsq)
     E(Instr(Op.SYNC))
     E(Instr(Op.VARGMAX, rd=REG_NEXT, a1=LOG, n=V, comment="next token"))
     E(Instr(Op.HALT))

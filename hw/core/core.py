@@ -17,6 +17,9 @@ token after token and answers the link's LOAD / RUN / RESET commands and memory 
   ``VUMAX2``, ``VMAXABS``, ``VARGMAX``, and ``VQ`` into the other activation bank) go on, unless
   the GEMV is a residual one (its writeback reads VMEM); ``SYNC 0`` and ``HALT`` wait for it, a
   second GEMV waits for the first, and its ``max|written|`` goes into ``R[rd]`` when it finishes.
+  A vector instruction that writes no register (``VQ``, ``VSET``) also runs in the background:
+  scalar instructions go on beside it; ``SLDC``, ``GEMV``, the next vector instruction and
+  ``HALT`` wait for it.
   The compiled programs access a GEMV's outputs and its register only after a ``SYNC`` (``sw.isa_sim``
   rejects any other program), so this order gives the executor's results. The cycle model of
   ``sw.isa_sim`` projects a wider, more overlapped design; this sequencer's cycles are measured
@@ -318,6 +321,15 @@ class AcceleratorCore(wiring.Component):
         with m.Elif(g_max_pending):
             m.d.comb += [su.write.en.eq(1), su.write.addr.eq(g_rd), su.write.data.eq(g_max)]
             m.d.sync += g_max_pending.eq(0)
+        # A vector instruction that writes no register (VQ, VSET, or any with rd = 0 and no rc
+        # result) runs in the background too: the sequencer goes on with scalar instructions
+        # (which touch neither the unit's memories nor its registers) while it runs; SLDC, GEMV,
+        # the next vector instruction, HALT and the end of a run wait for the vector unit.
+        vec_writes = Signal()
+        m.d.comb += vec_writes.eq((op.matches(Op.VEMB, Op.VADD, Op.VMAXABS, Op.VNQA, Op.VUMAX2, Op.VREC, Op.VGLU,
+                                              Op.VARGMAX) & (rd != 0))
+                                  | (op.matches(Op.VNQA, Op.VUMAX2) & (rc != 0)))
+        vu_idle = ~vu.busy
         reads_only = ((op == Op.VNQA) | (op == Op.VUMAX2) | (op == Op.VMAXABS) | (op == Op.VARGMAX)
                       | ((op == Op.VQ) & (ir[48:68] != g_bank)))
         vector_ok = ~g_busy | (~g_residual & reads_only)
@@ -382,22 +394,23 @@ class AcceleratorCore(wiring.Component):
                 with m.Elif(needs_opnd & ~opnd):
                     pass                      # the operand registers load in this cycle
                 with m.Elif(op == Op.HALT):
-                    with m.If(~gemv_idle):
-                        pass                  # every GEMV's results are written first
+                    with m.If(~gemv_idle | ~vu_idle):
+                        pass                  # every GEMV's and vector instruction's results are written first
                     with m.Elif(resetting):
                         m.next = "END"
                     with m.Else():
                         m.d.sync += last_token.eq(A[:16])
                         m.next = "STEP_END"
                 with m.Elif(op == Op.SLDC):
-                    m.d.sync += [cm_seq_addr.eq(A + imm), cm_seq_en.eq(1), sldc_wait.eq(READ_LATENCY)]
-                    m.next = "SLDC"
+                    with m.If(vu_idle):       # (its CMEM read would compete with the unit's)
+                        m.d.sync += [cm_seq_addr.eq(A + imm), cm_seq_en.eq(1), sldc_wait.eq(READ_LATENCY)]
+                        m.next = "SLDC"
                 with m.Elif(op == Op.GEMV):
                     m.d.comb += [eng.cmd.payload.base.eq(a1), eng.cmd.payload.groups.eq(a2),
                                  eng.cmd.payload.chunks.eq(imm[0:15]), eng.cmd.payload.bank.eq(imm[15]),
                                  wb.cmd.payload.instr.eq(ir), wb.cmd.payload.ra.eq(A), wb.cmd.payload.rb.eq(B),
                                  wb.cmd.payload.rc.eq(C)]
-                    with m.If(gemv_idle & eng.cmd.ready & wb.cmd.ready):
+                    with m.If(gemv_idle & vu_idle & eng.cmd.ready & wb.cmd.ready):
                         m.d.comb += [eng.cmd.valid.eq(1), wb.cmd.valid.eq(1)]
                         m.d.sync += [g_busy.eq(1), g_rd.eq(rd), g_bank.eq(imm[15]), g_residual.eq(imm[17])]
                         next_instr()
@@ -408,7 +421,10 @@ class AcceleratorCore(wiring.Component):
                     m.d.comb += [vu.cmd.valid.eq(vector_ok), vu.cmd.payload.instr.eq(ir), vu.cmd.payload.ra.eq(A),
                                  vu.cmd.payload.rb.eq(B), vu.cmd.payload.rc.eq(C)]
                     with m.If(vu.cmd.ready & vector_ok):
-                        m.next = "VECTOR"
+                        with m.If(vec_writes):
+                            m.next = "VECTOR"
+                        with m.Else():
+                            next_instr()      # in the background
                 with m.Elif((op >= min(SCALAR_OPS)) & (op <= max(SCALAR_OPS))):
                     m.d.comb += [su.instr.valid.eq(1), su.instr.payload.eq(ir)]
                     with m.If(su.instr.ready):
@@ -456,7 +472,9 @@ class AcceleratorCore(wiring.Component):
                 with m.Else():
                     m.next = "STEP"
             with m.State("END"):
-                with m.If(abort):       # a RESET came during the last instruction of a run
+                with m.If(~vu_idle):
+                    pass                # a background vector instruction finishes first
+                with m.Elif(abort):       # a RESET came during the last instruction of a run
                     m.d.sync += run_error.eq(P.RunError.ABORTED)
                     begin_reset()
                 with m.Else():

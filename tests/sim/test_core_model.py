@@ -280,3 +280,50 @@ def test_core_errors_abort_and_recovery(board, tmp_path):
     assert st.state == P.RunState.IDLE and st.error == P.RunError.NO_HALT and st.steps_done == 0
     c.reset()      # its "reset program" at 0 has no HALT either: RESET still ends
     assert board.status().state == P.RunState.IDLE
+
+
+def test_background_vector_instruction(board, tmp_path):
+    """A vector instruction that writes no register runs in the background: here a VEMB with
+    rd = 0 (embedding constants into ``z``) while a scalar chain runs beside it, then eight SLDCs
+    of consecutive CMEM words (they wait: their reads would compete with the unit's in some
+    bank), a VMAXABS of the VEMB's output (waits), a VSET (background; HALT waits for it) and
+    HALT. r2 (the next token: every result summed) and VMEM equal the executor's; the tokens
+    move the SLDCs' words through all eight CMEM banks."""
+    import dataclasses
+
+    from sw.isa_sim import Core
+    ref = IntRefModel(tiny_checkpoint(tmp_path / "tiny.safetensors"))
+    cm = compile_for(board, ref)
+    d = cm.d_model
+    h, _ = cm.vmem_map["h"]
+    z, nz = cm.vmem_map["z"]
+    emb, _ = cm.cmem_map["emb.mant"]
+    prog = [
+        Instr(Op.SMULI, rd=21, ra=1, imm=d),
+        Instr(Op.SADD, rd=21, ra=21, rb=0, imm=emb),             # the token's embedding row
+        Instr(Op.SLI, rd=22, imm=3),                            # shift
+        Instr(Op.VEMB, a0=z, n=nz, ra=21, rb=22, sat=12, rd=0),   # background
+        Instr(Op.SLI, rd=23, imm=7),                            # scalar chain beside it
+        Instr(Op.SADD, rd=24, ra=23, rb=1, imm=5),
+        Instr(Op.SMULI, rd=24, ra=24, imm=3),
+        Instr(Op.SRSHI, rd=24, ra=24, imm=1),
+        Instr(Op.SADD, rd=27, ra=21, rb=1),                     # row + token: moves the banks
+        *[Instr(Op.SLDC, rd=10 + k, ra=27, imm=k) for k in range(8)],
+        Instr(Op.VMAXABS, rd=26, a1=z, n=nz),                    # reads the VEMB's output
+        Instr(Op.VSET, a0=h, n=d, imm=-5),                      # background
+        *[Instr(Op.SADD, rd=24, ra=24, rb=10 + k) for k in range(8)],
+        Instr(Op.SADD, rd=2, ra=26, rb=24),
+        Instr(Op.HALT),
+    ]
+    cm2 = dataclasses.replace(cm, program=prog, probes=[])
+    assert emb + 200 * d + nz + 8 <= len(cm2.cmem)
+    board.load(cm2)
+    for tok in (*range(8), 200):
+        sim = Core(cm2)
+        _, want_next = sim.step(tok)
+        st = step(board, tok)
+        assert st.last_token == want_next & 0xFFFF, (tok, st.last_token, want_next)
+        got_z = decode_words(board.client.read(M.VMEM, 8 * z, 8 * nz), 36, 8, signed=True)
+        assert np.array_equal(got_z, sim.vmem[z:z + nz]), tok
+        assert np.array_equal(vread(board, cm2, "h"), sim.region("h")) and (sim.region("h") == -5).all(), tok
+        assert sim.regs[26] > 0 and sim.regs[10 + 7] == int(cm2.cmem[emb + tok * d + tok + 7]), tok

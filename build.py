@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--router", choices=ROUTERS, default="router1",
                         help="nextpnr router (default router1; router2 negotiates congestion, often faster "
                              "on a full chip)")
+    parser.add_argument("--placer-density", type=float, metavar="D",
+                        help="maximum placement density of nextpnr's analytic placer, 0.3 to 1 (default "
+                             "nextpnr's 0.9); lower spreads the logic, for a design that congests the router")
     parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
     parser.add_argument("--engine-rows", type=int, choices=(4, 8, 16),
@@ -132,6 +135,8 @@ def main(argv=None) -> int:
         parser.exit(2, f"error: {exc}\n")
     if args.design not in DESIGNS:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
+    if args.placer_density is not None and not 0.3 <= args.placer_density <= 1.0:
+        parser.exit(2, f"error: --placer-density must lie in [0.3, 1], not {args.placer_density}\n")
     mhz = args.sys_clock_mhz
     if mhz is None and args.design == "soc":
         mhz = board.soc_clk_hz / 1e6
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
     except DoesNotFit as exc:
         parser.exit(2, f"error: {args.design} on {board.name}: {exc}\n")
     try:
-        result = run_flow(design, board, out, seed=args.seed, router=args.router,
+        result = run_flow(design, board, out, seed=args.seed, router=args.router, placer_density=args.placer_density,
                           progress=lambda msg: print(msg, flush=True))
     except FlowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -142,7 +142,7 @@ ROUTERS = ("router1", "router2")
 
 def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1, router: str = "router1",
              bitstream: bool = True, synth_opts: str = "-abc9", progress=print,
-             timeout: float = 7200) -> FlowResult:
+             timeout: float = 7200, placer_density: float | None = None) -> FlowResult:
     """Synthesise, place and route ``design`` for ``board``; optionally pack a bitstream.
 
     Parameters
@@ -153,6 +153,11 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
     build_dir : Path
         Created if needed; holds every intermediate file and ``report.json``.
 
+    placer_density : float, optional
+        The analytic placer's maximum placement density (nextpnr's ``--placer-heap-beta``, 0.9
+        when not given): lower spreads the logic, which leaves more wires per cell to a
+        congested design.
+
     Raises
     ------
     FlowError
@@ -160,6 +165,9 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
     """
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    if placer_density is not None and not 0.3 <= placer_density <= 1.0:
+        raise ValueError(f"placer_density must lie in [0.3, 1.0], not {placer_density!r}")
+    density_args = [] if placer_density is None else ["--placer-heap-beta", f"{placer_density:g}"]
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = board.make_platform()
@@ -187,7 +195,7 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
                           [yowasp_tool("nextpnr-ecp5"), "--quiet", "--log", f"{name}.tim", board.nextpnr_device,
                            "--package", board.package, "--speed", board.speed, "--seed", str(seed), "--router", router,
                            "--json", f"{name}.json", "--lpf", f"{name}.lpf", "--textcfg", f"{name}.config",
-                           "--report", "nextpnr-report.json"],
+                           "--report", "nextpnr-report.json", *density_args],
                           build_dir, build_dir / "nextpnr.log", progress, timeout, watch=build_dir / f"{name}.tim")
     bit = None
     if bitstream:
@@ -202,7 +210,8 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
         **parsed,
         "timing_met": all(c["met"] for c in parsed["clocks"].values()),
         "tools": {t: tool_version(t) for t in ("yosys", "nextpnr-ecp5")},
-        "python": sys.version.split()[0], "seed": seed, "router": router, "synth_opts": synth_opts,
+        "python": sys.version.split()[0], "seed": seed, "router": router,
+        "placer_density": placer_density, "synth_opts": synth_opts,
         "wall_time_s": steps,
     }
     return FlowResult(report=report, bitstream=bit, build_dir=build_dir, steps=steps)

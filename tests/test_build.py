@@ -221,6 +221,38 @@ def test_flow_refuses_an_unknown_router(tmp_path):
     assert r.returncode == 2 and "invalid choice: 'router3'" in r.stderr
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")     # elaborated in-process, as build.py does
+def test_placer_density_reaches_nextpnr(tmp_path, monkeypatch):
+    """--placer-density D becomes nextpnr's --placer-heap-beta D (and nothing when not given);
+    densities outside [0.3, 1] are refused by the flow and by build.py."""
+    from boards import flow
+    from hw.demo_top import DemoTop
+    board = get_board("ulx3s")
+    cmds = []
+
+    def fake_run(what, cmd, cwd, log, progress, timeout, **kw):
+        cmds.append(cmd)
+        if "nextpnr" in what:
+            raise flow.FlowError("stopped here")
+        return 0.0
+    monkeypatch.setattr(flow, "_run", fake_run)
+    for density, want in ((0.7, ["--placer-heap-beta", "0.7"]), (None, [])):
+        cmds.clear()
+        design = DemoTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, lanes=4, rows=1)
+        with pytest.raises(flow.FlowError, match="stopped here"):
+            flow.run_flow(design, board, tmp_path / "b", bitstream=False, progress=lambda msg: None,
+                          placer_density=density)
+        pnr = cmds[-1]
+        got = pnr[pnr.index("--placer-heap-beta"):pnr.index("--placer-heap-beta") + 2] \
+            if "--placer-heap-beta" in pnr else []
+        assert got == want
+    with pytest.raises(ValueError, match="placer_density"):
+        flow.run_flow(None, board, tmp_path, placer_density=0.1)
+    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "--placer-density", "1.5"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--placer-density must lie in [0.3, 1]" in r.stderr
+
+
 def test_engine_shapes_share_the_weight_block_ram():
     """Every --engine-rows keeps the weight memory in the same 100 DP16KD, and the writeback has
     one lane per four rows (at most one per VMEM bank), so a beat takes 4 cycles at any shape."""

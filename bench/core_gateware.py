@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     result = {
         "model": SHIPPED.name,
         "core": {"lanes": info.lanes, "rows": info.rows, "weight_format": dev.format_name(info),
-                 "vector_width": info.vector_width, "sequencer": "in order; a GEMV runs in the background"},
+                 "vector_width": info.vector_width,
+                 "sequencer": "in order; a GEMV, and a vector instruction that writes no register, run in the "
+                              "background"},
         "measured_on": "board model (Verilator, cycle-accurate gateware of the SoC)",
         "cycles_per_token": cyc, "engine_cycles": eng, "other_cycles": cyc - eng,
         "useful_mac_cycles": macs, "pe_utilisation": macs / cyc,

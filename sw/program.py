@@ -158,7 +158,8 @@ class _Alloc:
         return a
 
 
-def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: MemorySizes | None = None) -> CompiledModel:
+def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: MemorySizes | None = None,
+                  rsqrt_after_vq: bool = True) -> CompiledModel:
     """Compile ``model`` for an engine of ``lanes`` x ``rows`` and the given memory sizes.
 
     Parameters
@@ -171,6 +172,11 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         Weight packing, ``"2bit"`` or ``"trits5"``.
     sizes : MemorySizes, optional
         The bitstream's memories; default: no limits.
+    rsqrt_after_vq : bool
+        Where each normalisation group's rsqrt goes: after the group's first ``VQ`` (default: the
+        gateware's sequencer runs it beside that ``VQ``, docs/core.md) or before it, right after
+        the group's ``VNQA`` (the order the cycle model of ``sw.isa_sim`` schedules best). The
+        results are the same either way.
 
     Raises
     ------
@@ -345,6 +351,13 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
     def rsq():
         E(Instr(Op.SRSQ, rd=R_Q, rc=R_K, ra=R_SS, imm=TAB_RSQRT, comment="q, k = rsqrt(ss)"))
 
+    def placed(emit):
+        """``emit`` for the next consumer's ``after_vq``, or emitted here (``rsqrt_after_vq`` off)."""
+        if rsqrt_after_vq:
+            return emit
+        emit()
+        return None
+
     # embedding
     E(Instr(Op.SLDC, rd=R_ESH, ra=REG_TOKEN, imm=EMBSH, comment="embedding shift"))
     E(Instr(Op.SMULI, rd=R_EROW, ra=REG_TOKEN, imm=d))
@@ -361,7 +374,7 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         for lin, mreg, dst, raw in (("attn.i_proj", R_M[0], I_, False), ("attn.f_proj", R_M[1], F_, False),
                                     ("attn.g_proj", R_M[2], G_, True)):
             consumer(p + lin, H, d, mreg, dst, d, int(c[f"{p}{lin}.out_frac"]), int(c[f"{p}{lin}.out_bits"]), raw=raw,
-                     after_vq=rsq if lin == "attn.i_proj" else None)
+                     after_vq=placed(rsq) if lin == "attn.i_proj" else None)
             if lin == "attn.i_proj":
                 more_maxima(H, d, wcs)
         E(Instr(Op.SLI, rd=R_FI, imm=fi))
@@ -377,18 +390,18 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
         group_pass(Z, d, R_ZMAX, cm[p + "attn.o_in.wp"], [cm[p + "attn.o_proj.wc"]])
         # h_mid = h + o in the GEMV's writeback, in place (o and down write the residual format)
         consumer(p + "attn.o_proj", Z, d, R_M[0], H, d, int(c[p + "attn.o_proj.out_frac"]), h_bits,
-                 residual=True, track=R_HMAX, after_vq=rsq)
+                 residual=True, track=R_HMAX, after_vq=placed(rsq))
         E(Instr(Op.SYNC, comment="h_mid written"))
         # channel mixer
         fgu, gbits = int(c[p + "mlp.gate_proj.out_frac"]), int(c[p + "mlp.gate_proj.out_bits"])
         group_pass(H, d, R_HMAX, cm[p + "mlp_in.wp"], [cm[p + "mlp.gate_proj.wc"]])
         if d_ff % rows == 0:
             consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, d_ff, fgu, gbits,
-                     split=((GATE, R_GMAX), (UP, 0)), after_vq=rsq)
+                     split=((GATE, R_GMAX), (UP, 0)), after_vq=placed(rsq))
             E(Instr(Op.SYNC, imm=1, comment="gate written (up may still run)"))
             chain = 1
         else:
-            consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, 2 * d_ff, fgu, gbits, after_vq=rsq)
+            consumer(p + "mlp.gate_proj", H, d, R_M[0], GATE, 2 * d_ff, fgu, gbits, after_vq=placed(rsq))
             E(Instr(Op.SYNC))
             E(Instr(Op.VMAXABS, rd=R_GMAX, a1=GATE, n=d_ff))
             chain = 0
@@ -411,12 +424,13 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
                 E(Instr(Op.SADD, rd=R_SS, ra=R_SS, rb=R_T1, comment="ss += eps"))
             rsq()
         consumer(p + "mlp.down_proj", Z, d_ff, R_M[0], H, d, int(c[p + "mlp.down_proj.out_frac"]), h_bits,
-                 residual=True, track=R_HMAX, after_vq=eps_rsq)
+                 residual=True, track=R_HMAX, after_vq=placed(eps_rsq))
         E(Instr(Op.SYNC, comment=f"h after layer {n} written"))
         probes.append((len(prog) - 1, f"h{n + 1}"))
     # LM head
     group_pass(H, d, R_HMAX, cm["model.final_in.wp"], [cm["lm_head.wc"]])
-    consumer("lm_head", H, d, R_M[0], LOG, V, int(c["lm_head.out_frac"]), int(c["lm_head.out_bits"]), after_vq=rsq)
+    consumer("lm_head", H, d, R_M[0], LOG, V, int(c["lm_head.out_frac"]), int(c["lm_head.out_bits"]),
+             after_vq=placed(rsq))
     E(Instr(Op.SYNC))
     E(Instr(Op.VARGMAX, rd=REG_NEXT, a1=LOG, n=V, comment="next token"))
     E(Instr(Op.HALT))

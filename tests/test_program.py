@@ -66,6 +66,20 @@ def test_tiny_model_equals_intref(tiny, lanes, rows, fmt):
         _run_both(tiny, core, seq, probes)
 
 
+def test_rsqrt_placement_keeps_the_results(tiny):
+    """Each group's SRSQ goes right after its first VQ by default (the sequencer runs it beside the
+    VQ) or right after VNQA (rsqrt_after_vq=False); both programs equal intref."""
+    for after in (True, False):
+        cm = compile_model(tiny, 16, 8, "trits5", rsqrt_after_vq=after)
+        ops = [ins.op for ins in cm.program]
+        for k, op in enumerate(ops):
+            if op == Op.SRSQ:
+                prev = [o for o in ops[:k] if o in (Op.VNQA, Op.VQ)][-1]
+                assert prev == (Op.VQ if after else Op.VNQA), (after, k)
+        assert ops.count(Op.SRSQ) == 4 * tiny.config.n_layers + 1     # four groups per layer, the head
+        _run_both(tiny, Core(cm, width=8), [HUGE_TOK, 3, ZERO_TOK, NEG_TOK], dict(cm.probes))
+
+
 def test_other_formats_equal_intref(tiny_ckpt):
     """Formats are compiled into the program, not assumed: a different residual, state and logit format."""
     fm = IntFormats(h_frac=18, state_bits=30, logit_frac=14, act_headroom_bits=2)

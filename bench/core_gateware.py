@@ -85,11 +85,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "core_gateware.json")
     ap.add_argument("--report", type=Path, default=ROOT / "build" / "ulx3s-85f" / "report.json",
                     help="build report of the SoC bitstream (default: that of python build.py --board ulx3s)")
+    ap.add_argument("--engine-rows", type=int, choices=(4, 8, 16),
+                    help="measure the core with this GEMV engine shape (build.py --engine-rows; default: the "
+                         "core's 8); results go to bench/results/core_gateware_rows<N>.json unless --out")
     args = ap.parse_args(argv)
+    if args.engine_rows is not None and args.out == ap.get_default("out"):
+        args.out = args.out.with_name(f"core_gateware_rows{args.engine_rows}.json")
 
     ref = IntRefModel(SHIPPED)
     print("building / starting the board model (cached after the first build) ...", flush=True)
-    with accel_board_model() as url, Client.open(url, timeout=10.0) as client:
+    with accel_board_model(engine_rows=args.engine_rows) as url, Client.open(url, timeout=10.0) as client:
         dev = Device(client, run_timeout=300.0)
         info = dev.info()
         sizes = MemorySizes(weight_words=info.wmem_words, k_max=info.k_max, vmem_words=info.vmem_words,

@@ -94,19 +94,24 @@ def _source_key(extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def accel_board_model(**kwargs) -> "BoardModel":
+def accel_board_model(engine_rows: int | None = None, **kwargs) -> "BoardModel":
     """``with accel_board_model() as url:`` -- the board model of the accelerator SoC.
 
     Built on first use (about 4 minutes: elaboration and a Verilator build) and cached under
     ``sim_build/``; a later call with the same sources starts the cached executable at once,
-    without elaborating the SoC again.
+    without elaborating the SoC again. ``engine_rows`` builds the core with another GEMV engine
+    shape, as ``build.py --engine-rows`` does (default: the core's own, 8 rows).
     """
-    link = SIM_BUILD / f"accel-{_source_key('accel')}.exe"
+    from hw.core.core import AcceleratorCore
+    key = "accel" if engine_rows is None else f"accel-rows{engine_rows}"
+    link = SIM_BUILD / f"accel-{_source_key(key)}.exe"
     if link.exists():
         exe = Path(link.read_text().strip())
         if exe.exists():
             return BoardModel(exe=exe, divisor=ACCEL_MODEL_CLK_FREQ // MODEL_BAUD, **kwargs)
-    exe = build_board_model(accel_soc())
+    overrides = {} if engine_rows is None else {
+        "rows": engine_rows, "wmem_depth": AcceleratorCore.weight_depth_for(engine_rows)}
+    exe = build_board_model(accel_soc(**overrides))
     SIM_BUILD.mkdir(parents=True, exist_ok=True)
     link.write_text(str(exe) + "\n")
     return BoardModel(exe=exe, divisor=ACCEL_MODEL_CLK_FREQ // MODEL_BAUD, **kwargs)

@@ -351,8 +351,9 @@ class ScalarUnit(wiring.Component):
         #   stage c: shift by the rest (0..7), sticky bit and rounding increment;
         #   then sh_out = (t + inc) >> 1 (right) or the left-shifted value, one wide adder.
         SH = 64                             # sign-extended operand width of the shifter
-        sa_x, sa_pos, sa_rs, sa_ls, sa_rnd = (Signal(s, name=n, **NR) for s, n in
-                                              [(signed(W), "sa_x"), (1, "sa_pos"), (6, "sa_rs"), (7, "sa_ls"), (1, "sa_rnd")])
+        sa_x, sa_pos, sa_rs, sa_ls, sa_rnd = (
+            Signal(s, name=n, **NR)
+            for s, n in [(signed(W), "sa_x"), (1, "sa_pos"), (6, "sa_rs"), (7, "sa_ls"), (1, "sa_rnd")])
 
         def shifter_load(x, base, off, rnd):
             """Statements loading stage a with x and the shift amount base - off (base unsigned,

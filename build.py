@@ -62,8 +62,7 @@ def make_design(name: str, board, args):
         from boards.fit import check_fit
         from hw.core.core import AcceleratorCore
         from hw.link_top import LinkTop
-        core = AcceleratorCore() if args.engine_rows is None else AcceleratorCore(
-            rows=args.engine_rows, wmem_depth=AcceleratorCore.weight_depth_for(args.engine_rows))
+        core = AcceleratorCore(**AcceleratorCore.shape_for(args.engine_rows))
         check_fit(core.block_memories, board.dp16kd, board.device)    # DoesNotFit before any tool runs
         return LinkTop(sys_clk_hz=board.sys_clk_hz, clk_in_hz=board.clk_in_hz, baud=board.baud, core=core)
     raise ValueError(name)

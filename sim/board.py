@@ -109,9 +109,7 @@ def accel_board_model(engine_rows: int | None = None, **kwargs) -> "BoardModel":
         exe = Path(link.read_text().strip())
         if exe.exists():
             return BoardModel(exe=exe, divisor=ACCEL_MODEL_CLK_FREQ // MODEL_BAUD, **kwargs)
-    overrides = {} if engine_rows is None else {
-        "rows": engine_rows, "wmem_depth": AcceleratorCore.weight_depth_for(engine_rows)}
-    exe = build_board_model(accel_soc(**overrides))
+    exe = build_board_model(accel_soc(**AcceleratorCore.shape_for(engine_rows)))
     SIM_BUILD.mkdir(parents=True, exist_ok=True)
     link.write_text(str(exe) + "\n")
     return BoardModel(exe=exe, divisor=ACCEL_MODEL_CLK_FREQ // MODEL_BAUD, **kwargs)

@@ -118,6 +118,12 @@ class AcceleratorCore(wiring.Component):
         return max(1, min(BANKS["vmem"], rows // 4))
 
     @staticmethod
+    def shape_for(rows: int | None) -> dict:
+        """Constructor arguments of the core with an engine of ``rows`` rows and the default's weight
+        block RAM (``build.py --engine-rows``); ``None``: the default core (no arguments)."""
+        return {} if rows is None else {"rows": rows, "wmem_depth": AcceleratorCore.weight_depth_for(rows)}
+
+    @staticmethod
     def weight_depth_for(rows: int) -> int:
         """The weight memory's depth for an engine of ``rows`` rows in the same block RAM as the
         default (32 lanes x 8 rows x 4096 words of trits5)."""

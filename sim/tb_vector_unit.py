@@ -35,7 +35,7 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge, First, ReadOnly, RisingEdge, Timer
 
 from hw.core.ports import UNIT_CMD_LAYOUT, BankedMemory, MemReadSignature, MemWriteSignature, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, INTERVAL, OVERHEAD, GROUPED,
+from hw.core.vector_unit import (CMEM_BANKS, CMEM_PORT_REACH, ELEMENT_CYCLES, INTERVAL, OVERHEAD, GROUPED,
                                  WIDE_ELEMENT_CYCLES, WIDE_LANES, VREC_S_LAG, VectorUnit, cycles, path)
 from sim.tb import params, reset, to_signed
 from sw.isa import REG_BITS, VECTOR_OPS, Instr, Op, encode
@@ -96,10 +96,11 @@ class VectorUnitHarness(wiring.Component):
         wr(vmem, u.vmem_wr)
         wr(vmem, u.vmem_wr2)
         wr(vmem, self.vm_w)
-        # CMEM as in the core: eight banks by address modulo 8, the unit's eight read ports
-        cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth, 8)
+        # CMEM as in the core: eight banks by address modulo 8, the unit's eight read ports, each
+        # wired to the banks it may address (a read outside them reads a wrong word: caught here)
+        cmem = BankedMemory(m, "cmem", signed(18), u.cmem_depth, CMEM_BANKS)
         ports = [getattr(u, f"cmem_rd{k}") for k in ("", "2", "3", "4", "5", "6", "7", "8")]
-        for p, d in zip(ports, cmem.read([(p.addr, p.en) for p in ports])):
+        for p, d in zip(ports, cmem.read([(p.addr, p.en, r) for p, r in zip(ports, CMEM_PORT_REACH)])):
             m.d.comb += p.data.eq(d)
         cmem.write([(self.cm_w.addr, self.cm_w.data, self.cm_w.en)])
         # SIGMEM as in the core: two copies of two banks, ports 1, 2 on the first, 3, 4 on the second
@@ -285,10 +286,13 @@ class Bench:
         want = cycles(ins.op, ins.n, pth)
         assert lat == want, f"{ins}: done after {lat} cycles, expected {want}"
         assert nvw == (ins.n if ins.op in WRITES_VMEM else 0), f"{ins}: {nvw} VMEM writes"
-        assert naw == ((ins.n + 3) // 4 if ins.op == Op.VQ else 0), f"{ins}: {naw} activation writes (4 codes each)"
+        if ins.op == Op.VQ:     # four codes per write on the wide path, one on the slow one
+            assert naw == ((ins.n + 3) // 4 if pth == "wide" else ins.n), f"{ins} ({pth}): {naw} activation writes"
+        else:
+            assert naw == 0, f"{ins}: {naw} activation writes"
         if vec:
             g = GROUPED.get(ins.op, WIDE_LANES[ins.op] if pth == "wide" and ins.op in WIDE_LANES else 1)
-            elems = (ins.n + g - 1) // g      # loop elements (groups of 4 for VQ, pairs on the wide path)
+            elems = (ins.n + g - 1) // g      # loop elements (groups or pairs on the wide paths)
             self.stats.setdefault((ins.op, pth), []).append((elems, lat))
         if check and ins.op in WRITES_VMEM and ins.n:
             got = np.asarray(await self.read_vmem(ins.a0, ins.n), np.int64)
@@ -481,20 +485,25 @@ async def test_nqa_umax_q(dut):
             bits = 36 if sz > 0 else 1
         await b.put_vmem(a1, vec(rng, n, bits, 0.2))
         a2 = rng.randrange(0, 8192 - n + 1)
+        mode = (k // 3) % 4
+        if mode == 0:
+            a2 -= a2 % 4        # the lanes' CMEM ports reach their banks: the four-lane paths
+        elif mode == 1 and a2 % 4 == 0:
+            a2 += 1 if a2 + n < 8192 else -1     # they do not: the slow paths
         if op == Op.VQ:
             t = rng.choice([-2, 0, 1, 16, 17, 20, 34, 40, 70, 1 << 30])
             rq = rng.choice([0, 1, 65495, 128674, (1 << 17) - 1, -(1 << 17), (1 << 18) - 1, rng.randrange(1 << 17)])
             ok = await b.run(ins_(Op.VQ, n=n, a0=k % 2, a1=a1, a2=a2), ra=rq, rb=sz, rc=t)
         else:
-            # C[a0] 4 words after C[a2] modulo 8 (the wide path), an odd number,
-            # 0, 2 or 6 (the slow path)
+            # C[a0] 4 words after C[a2] modulo 8 (the wide path when a2 = 0 modulo 4), an odd
+            # number, 0, 2 or 6 (the slow path)
             a0 = rng.randrange(0, 8192 - n + 1 - 7)
-            a0 += (a2 + (4, rng.choice([1, 3, 5, 7]), rng.choice([0, 2, 6]))[(k // 3) % 3] - a0) % 8
+            a0 += (a2 + (4, 4, rng.choice([1, 3, 5, 7]), rng.choice([0, 2, 6]))[mode] - a0) % 8
             ok = await b.run(ins_(op, n=n, a0=a0, a1=a1, a2=a2, rc=rng.choice([0, 7])), rb=sz)
         assert ok or n == 0, f"rejected: {op.name} n={n} shift={sz}"
     await b.check_all_vmem()
     b.report()
-    for op in (Op.VNQA, Op.VUMAX2):
+    for op in (Op.VNQA, Op.VUMAX2, Op.VQ):
         assert {p for o, p in b.stats if o == op} == {"slow", "wide"}, f"{op.name}: a path not run"
 
 

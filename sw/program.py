@@ -234,9 +234,10 @@ def compile_model(model, lanes: int, rows: int, fmt: str = "2bit", sizes: Memory
     EMB = put("emb.mant", emb)
     EMBSH = put("emb.shift", c["emb.shift"])
     # The two constant streams of a VNQA (wp, the first wc) and of a VUMAX2 (the second and third
-    # wc, or the second and word 0) start four words apart modulo 8: CMEM is eight banks by address
-    # modulo 8, and the vector unit reads four words of each stream per cycle then, one per bank
-    # (hw/core/vector_unit.py, the four-lane path).
+    # wc, or the second and word 0) start four words apart modulo 8, every stream at 0 modulo 4 (a
+    # VQ's wc too): CMEM is eight banks by address modulo 8, and the vector unit reads four words of
+    # each stream per cycle then, one per bank, lane k from bank k or k + 4
+    # (hw/core/vector_unit.py, the four-lane paths).
     residue = {"attn_in.wp": 0, "attn.i_proj.wc": 4, "attn.f_proj.wc": 0, "attn.g_proj.wc": 4, "attn.o_in.wp": 0,
                "attn.o_proj.wc": 4, "mlp_in.wp": 0, "mlp.gate_proj.wc": 4, "mlp.down_in.wp": 0,
                "mlp.down_proj.wc": 4, "om_lb": None}

@@ -159,14 +159,14 @@ def test_shipped_model_equals_intref():
 
 def test_paired_streams_lie_in_different_banks(tiny):
     """Every VNQA and VUMAX2 reads its two CMEM streams four words apart modulo 8 (CMEM is eight
-    banks), and every VGLU its two VMEM streams two apart modulo 4 (VMEM is four banks), so the
+    banks), starting at 0 modulo 4 like every VQ's (the lanes' CMEM ports reach two banks each), and every VGLU its two VMEM streams two apart modulo 4 (VMEM is four banks), so the
     core runs them on its wide paths (hw/core/vector_unit.py: path), a pair of elements per cycle; every VREC reads
     its three VMEM streams i, f and the state from three different banks (its wide path). The pad words that arrange it do not change the results (the other tests of
     this file run the same programs)."""
     from hw.core.vector_unit import path
     for model in (tiny, str(SHIPPED)):
         cm = compile_model(model, 32, 8, "trits5")
-        want = {Op.VNQA: "wide", Op.VUMAX2: "wide", Op.VGLU: "wide", Op.VREC: "wide"}
+        want = {Op.VNQA: "wide", Op.VUMAX2: "wide", Op.VQ: "wide", Op.VGLU: "wide", Op.VREC: "wide"}
         paired = [i for i in cm.program if i.op in want]
         assert {i.op for i in paired} == set(want)
         slow = [str(i) for i in paired if path(i.op, i.a0, i.a1, i.a2) != want[i.op]]

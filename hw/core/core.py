@@ -49,7 +49,7 @@ from ..pe.adder_tree import acc_width
 from .gemv_writeback import GemvWriteback
 from .ports import READ_LATENCY, BankedMemory
 from .scalar_unit import ScalarUnit
-from .vector_unit import VectorUnit
+from .vector_unit import CMEM_BANKS, CMEM_PORT_REACH, VectorUnit
 
 __all__ = ["AcceleratorCore"]
 
@@ -57,7 +57,7 @@ __all__ = ["AcceleratorCore"]
 #: VMEM has four and CMEM eight, so that the vector unit reads four words of VMEM and four of each
 #: of two constant streams per cycle (its wide paths); SIGMEM is two banks, and two copies of it
 #: (a sigmoid unit each).
-BANKS = {"vmem": 4, "cmem": 8, "sigmem": 2}
+BANKS = {"vmem": 4, "cmem": CMEM_BANKS, "sigmem": 2}
 
 _FORMAT_IDS = {"2bit": P.WeightFormat.TWO_BIT, "trits5": P.WeightFormat.TRITS5}
 
@@ -184,7 +184,7 @@ class AcceleratorCore(wiring.Component):
         # the block-RAM output multiplexers and the requesters' address logic get cycles of their own
         vmem = BankedMemory(m, "vmem", signed(VMEM_BITS), p["vmem_depth"], BANKS["vmem"])
         # CMEM: eight banks by address modulo 8 (hw.core.ports.BankedMemory), so the vector unit reads
-        # four words of each of two constant streams per cycle (VNQA, VUMAX2 four-lane path)
+        # four words of each of two constant streams per cycle (VNQA, VUMAX2, VQ four-lane paths)
         cmem = BankedMemory(m, "cmem", signed(CMEM_BITS), p["cmem_depth"], BANKS["cmem"])
         cm_seq_data = Signal(signed(CMEM_BITS))
         cm_link_data = Signal(signed(CMEM_BITS))
@@ -570,11 +570,20 @@ class AcceleratorCore(wiring.Component):
         vm_data = vmem.read([(r.addr, r.en) for r in vm_ports] + [(waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
         vm_link_data = vm_data[-1]
         m.d.comb += [r.data.eq(d) for r, d in zip(vm_ports, vm_data)]
+        # CMEM: the vector unit's first port, SLDC and the link share one requester (they never read
+        # in the same cycle: SLDC issues only while the unit is idle and holds the sequencer until
+        # its word is back, the link reads only while the core is idle), which reaches every bank;
+        # the unit's other seven ports are its four-lane paths' lanes, each wired to the two banks
+        # it can address (CMEM_PORT_REACH): three requesters per bank.
         vu_cm = [getattr(vu, f"cmem_rd{k}") for k in ("", "2", "3", "4", "5", "6", "7", "8")]
-        cm_data = cmem.read([(r.addr, r.en) for r in vu_cm]
-                            + [(cm_seq_addr, cm_seq_en), (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
+        cm0_addr, cm0_en = Signal.like(vu.cmem_rd.addr), Signal()
+        m.d.comb += [cm0_en.eq(vu.cmem_rd.en | cm_seq_en | link_re[M.CMEM]),
+                     cm0_addr.eq(Mux(vu.cmem_rd.en, vu.cmem_rd.addr,
+                                     Mux(cm_seq_en, cm_seq_addr, waddr[:_bits(p["cmem_depth"])])))]
+        cm_data = cmem.read([(cm0_addr, cm0_en, CMEM_PORT_REACH[0])]
+                            + [(r.addr, r.en, reach) for r, reach in zip(vu_cm[1:], CMEM_PORT_REACH[1:])])
         m.d.comb += [r.data.eq(d) for r, d in zip(vu_cm, cm_data)]
-        m.d.comb += [cm_seq_data.eq(cm_data[8]), cm_link_data.eq(cm_data[9])]
+        m.d.comb += [cm_seq_data.eq(cm_data[0]), cm_link_data.eq(cm_data[0])]
         sg_data = sigmem.read([(vu.sig_rd.addr, vu.sig_rd.en), (vu.sig_rd2.addr, vu.sig_rd2.en),
                                (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])])
         sg_link_data = sg_data[2]

@@ -15,7 +15,7 @@
   numbers are the instruction's ``rd`` and ``rc`` fields).
 """
 
-from amaranth import signed, unsigned
+from amaranth import Cat, Mux, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -106,11 +106,16 @@ class BankedMemory:
     serves up to one request per bank per cycle. Address and data registers have no reset (only
     the enables do): they matter only with their enable.
 
-    :meth:`read` takes requests ``(addr, en)`` in priority order: each bank serves the first
-    enabled request that addresses it; a lower request to a bank taken in the same cycle is not
-    served (the requesters never issue one: the vector unit pairs reads of different banks only,
-    the others read one word at a time). The data of request ``i`` is valid ``READ_LATENCY``
-    cycles after it and holds until that request's bank serves another read.
+    :meth:`read` takes requests ``(addr, en)`` or ``(addr, en, reach)`` in priority order: each
+    bank serves the first enabled request that addresses it; a lower request to a bank taken in the
+    same cycle is not served (the requesters never issue one: the vector unit pairs reads of
+    different banks only, the others read one word at a time). ``reach``, a tuple of bank numbers,
+    is the requester's promise that it addresses only those banks: the request is wired to those
+    banks' address multiplexers alone and its data multiplexer selects among their outputs alone
+    (a fixed lane of the vector unit's wide path reaches two banks of eight, so each bank's
+    multiplexers see a few requesters, not all). An address outside ``reach`` reads a word of the
+    wrong bank; the requester must not issue one. The data of request ``i`` is valid
+    ``READ_LATENCY`` cycles after it and holds until that request's bank serves another read.
     """
 
     def __init__(self, m, name: str, shape, depth: int, banks: int = 2):
@@ -135,31 +140,58 @@ class BankedMemory:
         return a[:self._bb] if self._bb else 0
 
     def read(self, requests):
-        """Connect the read requests ``[(addr, en), ...]``; return their data values."""
+        """Connect the read requests ``[(addr, en[, reach]), ...]``; return their data values."""
         from amaranth import Array, Signal
         assert not self._read_done, "read() connects all requests at once"
         self._read_done = True
         m, bb = self._m, self._bb
-        outs = []
+        every = tuple(range(self.nbanks))
+        reqs = []
+        for r in requests:
+            a, e, reach = (*r, every) if len(r) == 2 else r
+            reach = tuple(sorted(set(reach)))
+            if not reach or not set(reach) <= set(every):
+                raise ValueError(f"{self._name}: reach {reach!r} must be banks of 0 .. {self.nbanks - 1}")
+            reqs.append((a, e, reach))
+        def bits_of(reach):
+            """The address bits that tell the banks of ``reach`` apart, and each bank's value of them."""
+            bits = [k for k in range(bb) if len({(b >> k) & 1 for b in reach}) > 1]
+            return bits, {b: sum(((b >> k) & 1) << n for n, k in enumerate(bits)) for b in reach}
+
         for b, (addr, en, _data) in enumerate(self._rd):
             first = True
-            for a, e in requests:
-                cond = e & (self._bank(a) == b)
+            for a, e, reach in reqs:
+                if b not in reach:
+                    continue
+                bits, key = bits_of(reach)
+                cond = e & (Cat(*[a[k] for k in bits]) == key[b]) if bits else e
                 with (m.If(cond) if first else m.Elif(cond)):
                     m.d.comb += [addr.eq(a[bb:]), en.eq(1)]
                 first = False
-        datas = Array(d for _a, _e, d in self._rd)
-        for i, (a, e) in enumerate(requests):
-            sel = Signal(max(1, bb), name=f"{self._name}_q{i}_sel0")
+        outs = []
+        for i, (a, e, reach) in enumerate(reqs):
+            d = Signal.like(self._rd[0][2], name=f"{self._name}_q{i}_data")
+            outs.append(d)
+            bits, key = bits_of(reach)
+            if not bits:
+                m.d.comb += d.eq(self._rd[reach[0]][2])
+                continue
+            # the bits that tell the reachable banks apart, delayed with the read
+            sel = Signal(len(bits), name=f"{self._name}_q{i}_sel0")
             with m.If(e):
-                m.d.sync += sel.eq(self._bank(a))
+                m.d.sync += sel.eq(Cat(*[a[k] for k in bits]))
             for k in range(1, READ_LATENCY):
                 r = Signal.like(sel, name=f"{self._name}_q{i}_sel{k}")
                 m.d.sync += r.eq(sel)
                 sel = r
-            d = Signal.like(self._rd[0][2], name=f"{self._name}_q{i}_data")
-            m.d.comb += d.eq(datas[sel] if bb else self._rd[0][2])
-            outs.append(d)
+            by_key = {v: b for b, v in key.items()}
+            if len(by_key) == 1 << len(bits):       # every value names a bank: a balanced multiplexer
+                m.d.comb += d.eq(Array(self._rd[by_key[v]][2] for v in range(len(by_key)))[sel])
+            else:
+                out = self._rd[reach[0]][2]
+                for b in reach[1:]:
+                    out = Mux(sel == key[b], self._rd[b][2], out)
+                m.d.comb += d.eq(out)
         return outs
 
     def write(self, requests):

@@ -38,9 +38,9 @@ ports alone. Units (all operands signed):
 * ``MW`` -- ``MUL_A`` x ``MUL_B``: ``v * v`` (``VNQA``), ``rshift(u, R[rc]) * R[ra]`` (``VQ``),
   ``sy * x[a2]`` (``VGLU``), ``om * (target - s)`` (``VREC``).
 * lanes b, c, d of the wide paths: ``SZb``..``SZd``, ``MZ1b``..``MZ1d``, ``MZ2b``..``MZ2d``,
-  ``MWb``..``MWd`` (``VNQA``, ``VUMAX2``: four lanes; ``VGLU``: lane b), ``STb``..``STd`` (``VQ``, which
-  takes its elements in groups of four, ``4j .. 4j + 3``, one word of each VMEM and CMEM bank,
-  :data:`GROUPED`, and writes four codes into adjacent byte lanes per cycle).
+  ``MWb``..``MWd`` (``VNQA``, ``VUMAX2``: four lanes; ``VGLU``: lane b), ``STb``..``STd`` (``VQ``, whose
+  wide path takes its elements in groups of four, ``4j .. 4j + 3``, one word of each VMEM bank and
+  of four CMEM banks, and writes four codes into adjacent byte lanes per cycle).
 * ``MUL_A`` (44) and ``MUL_B`` (37) are not narrowed further: they bound the exactness domain
   (below), which the bench exercises with full 36-bit words (``z'`` of a 36-bit word shifted by
   0, ``v`` of 37 bits squared, ``om`` and ``target - s`` of ``VREC``).
@@ -83,9 +83,9 @@ testbench asserts it for every instruction)::
     VADD      2  (two VMEM reads)              8
     VMAXABS   1                                5
     VARGMAX   1 per group of 4 elements         6
-    VNQA      2  (two CMEM reads: a2, a0)      20              4, 22  (a0 - a2 = 4 mod 8)
-    VUMAX2    2  (two CMEM reads: a2, a0)      15              4, 16  (a0 - a2 = 4 mod 8)
-    VQ        1 per group of 4 elements         24
+    VNQA      2  (two CMEM reads: a2, a0)      20              4, 22  (a2 = 0 mod 4, a0 - a2 = 4 mod 8)
+    VUMAX2    2  (two CMEM reads: a2, a0)      15              4, 16  (a2 = 0 mod 4, a0 - a2 = 4 mod 8)
+    VQ        1                                24              4, 24  (a2 = 0 mod 4)
     VGLU      2  (two VMEM reads)              35              2, 37  (a2 - a1 = 2 mod 4)
     VREC      4  (three VMEM reads)            41              1, 39  (f, i, s: three banks)
     fixed: OVERHEAD = 2 cycles (one set-up cycle and the done cycle)
@@ -100,11 +100,12 @@ memory and cycle: ``VNQA`` and ``VUMAX2`` read ``C[a2]`` and ``C[a0]`` per eleme
 The paths (:func:`path`): when an instruction's streams start on banks that keep its reads of one
 cycle apart, it runs on its wide path, otherwise on the slow one (no layout is refused). Wide: the
 loop elements are groups of ``WIDE_LANES`` vector elements on as many datapath lanes, one group
-per cycle (VNQA, VUMAX2: four elements, their eight CMEM words in the eight banks when ``a0 - a2
-= 4`` modulo 8; VGLU: two, its four VMEM words in the four banks when ``a2 - a1 = 2`` modulo 4);
+per cycle (VNQA, VUMAX2: four elements, their eight CMEM words in the eight banks when ``a2`` is
+0 modulo 4 and ``a0 - a2 = 4`` modulo 8; VQ: four elements when ``a2`` is 0 modulo 4, as each
+lane's CMEM port reaches two banks, :data:`CMEM_PORT_REACH`; VGLU: two, its four VMEM words in the four banks when ``a2 - a1 = 2`` modulo 4);
 VREC's wide path is one element per cycle, reading ``s[j]`` :data:`VREC_S_LAG` elements behind
 ``f`` and ``i`` from a third bank. The compiler lays VMEM and CMEM out so that the shipped
-programs run every ``VNQA``, ``VUMAX2``, ``VGLU`` and ``VREC`` on its wide path. The path
+programs run every ``VNQA``, ``VUMAX2``, ``VQ``, ``VGLU`` and ``VREC`` on its wide path. The path
 depends on the instruction's fields, never on the data.
 
 ``n = 0`` and non-vector opcodes: ``done`` in cycle ``t + 1``. ``busy`` (and ``cmd.ready`` low)
@@ -145,6 +146,7 @@ from .ports import READ_LATENCY, UNIT_CMD_LAYOUT, MemReadSignature, MemWriteSign
 
 __all__ = ["VectorUnit", "ELEMENT_CYCLES", "INTERVAL", "OVERHEAD", "cycles",
            "GROUPED", "WIDE_ELEMENT_CYCLES", "WIDE_LANES", "WIDE_PAIR", "VREC_S_LAG", "path",
+           "CMEM_BANKS", "CMEM_PORT_REACH", "CMEM_ALIGNED",
            "MUL_A", "MUL_B", "MUL_LATENCY", "SHIFT_LATENCY"]
 
 #: Steps (cycles) of one element of each vector opcode.
@@ -164,7 +166,7 @@ OVERHEAD = 2
 #: The opcodes whose loop elements are groups of this many vector elements (``4j .. 4j + 3``: one
 #: word of each of the four VMEM and CMEM banks), as many datapath lanes: their interval and
 #: element cycles are per group.
-GROUPED = {Op.VQ: 4, Op.VARGMAX: 4}
+GROUPED = {Op.VARGMAX: 4}
 #: The opcodes with a two-lane path: when their constant streams ``C[a2 + j]`` and ``C[a0 + j]``
 #: start two words apart modulo 4 (CMEM is four banks by address modulo 4, and the compiler places
 #: them so), the loop elements are pairs of vector elements (``2j``, ``2j + 1``), the four CMEM
@@ -175,12 +177,25 @@ GROUPED = {Op.VQ: 4, Op.VARGMAX: 4}
 #: VREC's wide path is one lane at one element per cycle: its three VMEM streams ``f`` (``a2``),
 #: ``i`` (``a1``) and the state ``s`` (``a0``, read :data:`VREC_S_LAG` steps later) in three
 #: different banks (:func:`path`), its two sigmoids on the two copies of SIGMEM.
-WIDE_ELEMENT_CYCLES = {Op.VNQA: 22, Op.VUMAX2: 16, Op.VGLU: 37, Op.VREC: 39}
+WIDE_ELEMENT_CYCLES = {Op.VNQA: 22, Op.VUMAX2: 16, Op.VQ: 24, Op.VGLU: 37, Op.VREC: 39}
 #: Vector elements per loop element on the wide path (datapath lanes).
-WIDE_LANES = {Op.VNQA: 4, Op.VUMAX2: 4, Op.VGLU: 2, Op.VREC: 1}
+WIDE_LANES = {Op.VNQA: 4, Op.VUMAX2: 4, Op.VQ: 4, Op.VGLU: 2, Op.VREC: 1}
 #: The two streams (first, second) whose start addresses must differ by ``lanes`` modulo
 #: ``2 * lanes`` for it (the two streams' words of one loop element in different banks).
 WIDE_PAIR = {Op.VNQA: ("a2", "a0"), Op.VUMAX2: ("a2", "a0"), Op.VGLU: ("a1", "a2")}
+#: CMEM's banks (by address modulo 8) and the banks each of the unit's CMEM read ports reads
+#: (``cmem_rd``, ``cmem_rd2`` .. ``cmem_rd8``): the first serves every one-element path and lane 0
+#: of the four-lane paths, any bank; lane k of a four-lane path reads ``C[a2 + 4j + k]`` on port
+#: ``k + 1`` and ``C[a0 + 4j + k]`` on port ``k + 5``, and as those paths run only when the
+#: streams start at 0 modulo 4 (:data:`CMEM_ALIGNED`), always in bank ``k`` or ``k + 4``. The core
+#: wires each port to those banks alone (``hw.core.ports.BankedMemory``: a 2:1 data multiplexer
+#: instead of 8:1, three requesters per bank instead of ten).
+CMEM_BANKS = 8
+CMEM_PORT_REACH = ([tuple(range(CMEM_BANKS))] + [(k, k + 4) for k in range(1, 4)]
+                   + [(k, k + 4) for k in range(4)])
+#: The opcodes whose four-lane path reads CMEM and needs ``a2`` at 0 modulo 4 (and ``a0`` too, which
+#: :data:`WIDE_PAIR` puts 4 modulo 8 from it).
+CMEM_ALIGNED = (Op.VNQA, Op.VUMAX2, Op.VQ)
 #: Steps between VREC's reads of ``f``, ``i`` of an element and of its ``s`` on the wide path: the
 #: read of ``s[j]`` shares a cycle with those of ``f[j + VREC_S_LAG]`` and ``i[j + VREC_S_LAG]``.
 VREC_S_LAG = 25
@@ -192,6 +207,10 @@ def path(op, a0: int, a1: int, a2: int) -> str:
     start addresses alone."""
     op = Op(op)
     f = {"a0": a0, "a1": a1, "a2": a2}
+    if op in CMEM_ALIGNED and a2 % 4:
+        return "slow"
+    if op == Op.VQ:
+        return "wide"
     if op in WIDE_PAIR:
         x, y = WIDE_PAIR[op]
         if (f[y] - f[x]) % (2 * WIDE_LANES[op]) == WIDE_LANES[op]:
@@ -765,13 +784,33 @@ class VectorUnit(wiring.Component):
 
         def each(f):
             return lambda: [f(k, *L) for k, L in enumerate(VQL)]
-        prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
+        wide[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
             0: each(lambda k, *_: vrds[k](a1 + 4 * j + k)),
             RL: each(lambda k, sz, *_: (sz.set(Xs[k], shz), crds[k](a2 + 4 * j + k))),
             Z: each(lambda k, sz, mz, *_: mz.set(sz.r, Cs[k])),
             Z + ML: each(lambda k, sz, mz, st, *_: st.set(mz.p, shc)),
             Z + ML + SL: each(lambda k, sz, mz, st, mw: mw.set(st.r, rA)),
             Z + 2 * ML + SL + 2: vq_write,                     # c25 then the clamped codes
+        })
+
+        # VQ's one-lane path (C[a2] not at 0 modulo 4, so not in the banks of the lanes' ports):
+        # II = 1, one code per step on lane 0 (C on port 1, which reads any bank).
+        def vq_write1():
+            use("a_wr")
+            m.d.comb += [self.a_wr.addr.eq(Mux(a0[0], chunks_max, 0) + jw),
+                         self.a_wr.data.eq(Cat(*([code] * lanes))),
+                         self.a_wr.en.eq(Const(1, lanes) << jl)]
+            with m.If(jl == lanes - 1):
+                m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+            with m.Else():
+                m.d.sync += jl.eq(jl + 1)
+        prog[Op.VQ] = sched(Z + 2 * ML + SL + 3, {
+            0: lambda: vrd(a1 + j),
+            RL: lambda: (SZ.set(X, shz), crd(a2 + j)),
+            Z: lambda: MZ1.set(SZ.r, Cd),
+            Z + ML: lambda: ST.set(MZ1.p, shc),
+            Z + ML + SL: lambda: MW.set(ST.r, rA),
+            Z + 2 * ML + SL + 2: vq_write1,
         })
 
         # VGLU, II = 2: y in step 0; sigmoid(y) (SG0) and rshift(y, R[rb]) (SZ) from step RL;
@@ -923,12 +962,14 @@ class VectorUnit(wiring.Component):
                         m.next = "DONE"
             with m.State("SETUP"):
                 m.d.comb += self.busy.eq(1)
-                wide4_c = ((op == Op.VNQA) | (op == Op.VUMAX2)) & ((a0 - a2)[0:3] == 4)   # four lanes
+                c_al = a2[0:2] == 0                     # CMEM_ALIGNED: lanes wired to their banks
+                wide4_c = ((op == Op.VNQA) | (op == Op.VUMAX2)) & ((a0 - a2)[0:3] == 4) & c_al  # four lanes
+                wideq_c = (op == Op.VQ) & c_al
                 wide2_c = (op == Op.VGLU) & ((a2 - a1)[0:2] == 2)                          # two lanes
                 a0s = (a0 - VREC_S_LAG)[0:2]
-                wide_c = wide4_c | wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
+                wide_c = wide4_c | wideq_c | wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
                                               & ((a0s - a2)[0:2] != 0))
-                groups = Mux((op == Op.VQ) | (op == Op.VARGMAX) | wide4_c, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
+                groups = Mux((op == Op.VARGMAX) | wide4_c | wideq_c, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),

@@ -3,7 +3,7 @@ import pytest
 from amaranth import signed, unsigned
 
 from hw.core.ports import MemReadSignature, MemWriteSignature, UNIT_CMD_LAYOUT, UnitResultSignature
-from hw.core.vector_unit import (ELEMENT_CYCLES, INTERVAL, OVERHEAD, GROUPED,
+from hw.core.vector_unit import (CMEM_PORT_REACH, ELEMENT_CYCLES, INTERVAL, OVERHEAD, GROUPED,
                                  VREC_S_LAG, WIDE_ELEMENT_CYCLES, VectorUnit, cycles, path)
 from sim.cocotb_run import run_cocotb
 from sim.tb_vector_unit import VectorUnitHarness
@@ -45,11 +45,19 @@ def test_cycle_table_covers_the_vector_opcodes():
     # no path but the wide and the slow one
     with pytest.raises(ValueError, match="path"):
         cycles(Op.VNQA, 10, "fast")
-    # the four-lane path: C[a0] four words after C[a2] modulo 8 (eight CMEM banks), four per cycle
-    assert path(Op.VNQA, 8, 0, 4) == path(Op.VUMAX2, 3, 9, 7) == path(Op.VNQA, 0, 0, 4) == "wide"
+    # the four-lane paths: C[a2] at 0 modulo 4 (each lane's CMEM port reaches banks k and k + 4),
+    # C[a0] four words after it modulo 8 (eight CMEM banks), four per cycle
+    assert path(Op.VNQA, 8, 0, 4) == path(Op.VUMAX2, 12, 9, 8) == path(Op.VNQA, 0, 0, 4) == "wide"
     assert path(Op.VNQA, 6, 0, 4) == path(Op.VNQA, 2, 0, 4) == "slow"
-    assert path(Op.VNQA, 3, 0, 8) == "slow" and path(Op.VNQA, 2, 0, 8) == "slow" and path(Op.VQ, 2, 0, 0) == "slow"
-    assert path(Op.VGLU, 2, 0, 0) == "slow" and set(WIDE_ELEMENT_CYCLES) == {Op.VNQA, Op.VUMAX2, Op.VGLU, Op.VREC}
+    assert path(Op.VUMAX2, 3, 9, 7) == path(Op.VNQA, 6, 0, 2) == "slow"          # a0 - a2 = 4, a2 not aligned
+    assert path(Op.VNQA, 3, 0, 8) == "slow" and path(Op.VNQA, 2, 0, 8) == "slow"
+    assert path(Op.VQ, 2, 0, 0) == path(Op.VQ, 1, 7, 12) == "wide"
+    assert path(Op.VQ, 0, 0, 1) == path(Op.VQ, 0, 0, 6) == path(Op.VQ, 0, 0, 11) == "slow"
+    assert CMEM_PORT_REACH[0] == tuple(range(8)) and len(CMEM_PORT_REACH) == 8
+    for k in range(1, 4):       # lane k of the a2 stream and of the a0 stream
+        assert CMEM_PORT_REACH[k] == CMEM_PORT_REACH[4 + k] == (k, k + 4)
+    assert path(Op.VGLU, 2, 0, 0) == "slow"
+    assert set(WIDE_ELEMENT_CYCLES) == {Op.VNQA, Op.VUMAX2, Op.VQ, Op.VGLU, Op.VREC}
     assert path(Op.VGLU, 0, 1, 3) == path(Op.VGLU, 0, 5, 3) == "wide" and path(Op.VGLU, 0, 1, 2) == "slow"
     assert cycles(Op.VNQA, 12, "wide") == cycles(Op.VNQA, 9, "wide") == 2 + 2 + WIDE_ELEMENT_CYCLES[Op.VNQA]
     assert cycles(Op.VGLU, 10, "wide") == cycles(Op.VGLU, 9, "wide") == 2 + 4 + WIDE_ELEMENT_CYCLES[Op.VGLU]
@@ -61,9 +69,10 @@ def test_cycle_table_covers_the_vector_opcodes():
     assert cycles(Op.VEMB, 10, "wide") == cycles(Op.VEMB, 10)
     with pytest.raises(ValueError, match="path"):
         cycles(Op.VNQA, 3, True)
-    # VQ: four codes per cycle (element groups)
-    assert cycles(Op.VQ, 12) == cycles(Op.VQ, 9) == 2 + 2 + ELEMENT_CYCLES[Op.VQ] and GROUPED == {Op.VQ: 4, Op.VARGMAX: 4}
-    assert cycles(Op.VQ, 13) == 2 + 3 + ELEMENT_CYCLES[Op.VQ] and cycles(Op.VQ, 1) == 2 + ELEMENT_CYCLES[Op.VQ]
+    # VQ: four codes per cycle on the wide path (element groups), one on the slow path
+    assert cycles(Op.VQ, 12, "wide") == cycles(Op.VQ, 9, "wide") == 2 + 2 + ELEMENT_CYCLES[Op.VQ]
+    assert cycles(Op.VQ, 13, "wide") == 2 + 3 + ELEMENT_CYCLES[Op.VQ] and cycles(Op.VQ, 1, "wide") == 2 + ELEMENT_CYCLES[Op.VQ]
+    assert cycles(Op.VQ, 13) == 2 + 12 + ELEMENT_CYCLES[Op.VQ] and GROUPED == {Op.VARGMAX: 4}
     with pytest.raises(ValueError, match="multiple of 4"):
         VectorUnit(lanes=5)
 

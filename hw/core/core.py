@@ -47,7 +47,7 @@ from ..gemv import GemvEngine
 from ..link.protocol import CorePortSignature, MemPortSignature
 from ..pe.adder_tree import acc_width
 from .gemv_writeback import GemvWriteback
-from .ports import READ_LATENCY, BankedMemory
+from .ports import READ_LATENCY, BankedMemory, exclusive
 from .scalar_unit import ScalarUnit
 from .vector_unit import CMEM_BANKS, CMEM_PORT_REACH, VectorUnit
 
@@ -553,10 +553,15 @@ class AcceleratorCore(wiring.Component):
         # The vector unit and the writeback never write in the same cycle (no vector instruction
         # that writes VMEM issues while a GEMV is outstanding); the lanes of each write
         # consecutive words (different banks); the link writes only while the core is idle.
-        vmem.write([(vu.vmem_wr.addr, vu.vmem_wr.data, vu.vmem_wr.en),
-                    (vu.vmem_wr2.addr, vu.vmem_wr2.data, vu.vmem_wr2.en),
-                    *[(w.addr, w.data, w.en) for w in wb.wr_ports],
-                    (waddr[:_bits(p["vmem_depth"])], word_data(VMEM_BITS), wr_en[M.VMEM])])
+        # So the unit's first write lane, the writeback's first and the link share one requester,
+        # the unit's second lane and the writeback's second another (two per bank with the default
+        # two-lane writeback; a four-lane one's other two lanes are requesters of their own).
+        link_w = (waddr[:_bits(p["vmem_depth"])], word_data(VMEM_BITS), wr_en[M.VMEM])
+        wb_w = [(w.addr, w.data, w.en) for w in wb.wr_ports]
+        vu_w = [(w.addr, w.data, w.en) for w in (vu.vmem_wr, vu.vmem_wr2)]
+        vmem.write([exclusive(m, "vmw0", [vu_w[0], wb_w[0], link_w])]
+                   + ([exclusive(m, "vmw1", [vu_w[1], wb_w[1]])] if len(wb_w) > 1 else [vu_w[1]])
+                   + wb_w[2:])
         with m.If(tk_seq_wen):
             m.d.comb += [tk_w.addr.eq(tk_seq_waddr), tk_w.data.eq(tk_seq_wdata), tk_w.en.eq(1)]
         with m.Else():
@@ -566,9 +571,12 @@ class AcceleratorCore(wiring.Component):
         link_re = {k: Signal(name=f"link_re_{k.name.lower()}") for k in M}
         for k in M:
             m.d.comb += link_re[k].eq(take_r & (mid == k))
+        # (the link reads VMEM, SIGMEM only while the core is idle: it shares the unit's first port)
         vm_ports = [vu.vmem_rd, vu.vmem_rd2, vu.vmem_rd3, vu.vmem_rd4, *wb.rd_ports]
-        vm_data = vmem.read([(r.addr, r.en) for r in vm_ports] + [(waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])
-        vm_link_data = vm_data[-1]
+        vm_data = vmem.read([exclusive(m, "vmr0", [(vu.vmem_rd.addr, vu.vmem_rd.en),
+                                                   (waddr[:_bits(p["vmem_depth"])], link_re[M.VMEM])])]
+                            + [(r.addr, r.en) for r in vm_ports[1:]])
+        vm_link_data = vm_data[0]
         m.d.comb += [r.data.eq(d) for r, d in zip(vm_ports, vm_data)]
         # CMEM: the vector unit's first port, SLDC and the link share one requester (they never read
         # in the same cycle: SLDC issues only while the unit is idle and holds the sequencer until
@@ -576,17 +584,16 @@ class AcceleratorCore(wiring.Component):
         # the unit's other seven ports are its four-lane paths' lanes, each wired to the two banks
         # it can address (CMEM_PORT_REACH): three requesters per bank.
         vu_cm = [getattr(vu, f"cmem_rd{k}") for k in ("", "2", "3", "4", "5", "6", "7", "8")]
-        cm0_addr, cm0_en = Signal.like(vu.cmem_rd.addr), Signal()
-        m.d.comb += [cm0_en.eq(vu.cmem_rd.en | cm_seq_en | link_re[M.CMEM]),
-                     cm0_addr.eq(Mux(vu.cmem_rd.en, vu.cmem_rd.addr,
-                                     Mux(cm_seq_en, cm_seq_addr, waddr[:_bits(p["cmem_depth"])])))]
+        cm0_addr, cm0_en = exclusive(m, "cm0", [(vu.cmem_rd.addr, vu.cmem_rd.en), (cm_seq_addr, cm_seq_en),
+                                                (waddr[:_bits(p["cmem_depth"])], link_re[M.CMEM])])
         cm_data = cmem.read([(cm0_addr, cm0_en, CMEM_PORT_REACH[0])]
                             + [(r.addr, r.en, reach) for r, reach in zip(vu_cm[1:], CMEM_PORT_REACH[1:])])
         m.d.comb += [r.data.eq(d) for r, d in zip(vu_cm, cm_data)]
         m.d.comb += [cm_seq_data.eq(cm_data[0]), cm_link_data.eq(cm_data[0])]
-        sg_data = sigmem.read([(vu.sig_rd.addr, vu.sig_rd.en), (vu.sig_rd2.addr, vu.sig_rd2.en),
-                               (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])])
-        sg_link_data = sg_data[2]
+        sg_data = sigmem.read([exclusive(m, "sgr0", [(vu.sig_rd.addr, vu.sig_rd.en),
+                                                     (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])]),
+                               (vu.sig_rd2.addr, vu.sig_rd2.en)])
+        sg_link_data = sg_data[0]
         m.d.comb += [vu.sig_rd.data.eq(sg_data[0]), vu.sig_rd2.data.eq(sg_data[1])]
         sg_data_b = sigmem_b.read([(vu.sig_rd3.addr, vu.sig_rd3.en), (vu.sig_rd4.addr, vu.sig_rd4.en)])
         m.d.comb += [vu.sig_rd3.data.eq(sg_data_b[0]), vu.sig_rd4.data.eq(sg_data_b[1])]

@@ -22,7 +22,7 @@ from amaranth.lib.wiring import In, Out
 from sw.isa import INSTR_BITS, REG_BITS
 
 __all__ = ["MemReadSignature", "MemWriteSignature", "UNIT_CMD_LAYOUT", "UnitResultSignature", "READ_LATENCY",
-           "pipelined_read", "BankedMemory"]
+           "pipelined_read", "BankedMemory", "exclusive"]
 
 
 class MemReadSignature(wiring.Signature):
@@ -90,6 +90,35 @@ def pipelined_read(m, port, name: str):
     m.d.sync += [addr_q.eq(addr), port.en.eq(en), data.eq(port.data)]
     m.d.comb += port.addr.eq(addr_q)
     return addr, en, data
+
+
+def exclusive(m, name: str, requests):
+    """One request from requesters that never request in the same cycle.
+
+    ``requests`` are tuples ``(*fields, en)`` alike (``(addr, en)`` for reads, ``(addr, data, en)``
+    for writes), in priority order; the result is such a tuple: ``en`` is any of theirs, each field
+    the first enabled requester's. A memory port then sees one requester where it saw several, so
+    its address multiplexer (and a read's data multiplexer) is built once, in front of the banks,
+    not once per bank.
+    """
+    from amaranth import Signal
+    width = len(requests[0])
+    assert all(len(r) == width for r in requests)
+    out = []
+    for f in range(width - 1):
+        v = requests[-1][f]
+        for r in reversed(requests[:-1]):
+            v = Mux(r[-1], r[f], v)
+        sig = Signal(max(len(r[f]) for r in requests), name=f"{name}_f{f}")
+        m.d.comb += sig.eq(v)
+        out.append(sig)
+    en = Signal(max(len(r[-1]) for r in requests), name=f"{name}_en")
+    m.d.comb += en.eq(requests[0][-1])
+    for r in requests[1:]:
+        en_ = Signal.like(en)
+        m.d.comb += en_.eq(en | r[-1])
+        en = en_
+    return (*out, en)
 
 
 class BankedMemory:

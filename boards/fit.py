@@ -8,7 +8,9 @@ memories alone need: the SoC's estimate is 180 against 184 DP16KD used by its ro
 :func:`check_fit` uses it to refuse, before synthesis, a design that cannot fit the part.
 """
 
-__all__ = ["DP16KD_SHAPES", "dp16kd_count", "check_fit", "DoesNotFit"]
+import re
+
+__all__ = ["DP16KD_SHAPES", "dp16kd_count", "column_width", "check_fit", "DoesNotFit"]
 
 DP16KD_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 
@@ -34,13 +36,27 @@ def dp16kd_count(depth: int, width: int) -> int:
     return min(_ceil(depth, d) * _ceil(width, w) for d, w in DP16KD_SHAPES)
 
 
+def column_width(depth: int) -> int | None:
+    """The widest DP16KD shape that holds ``depth`` words in one block RAM (None beyond 16384): a
+    wide memory built as columns of this width needs no output multiplexer, each block RAM's data
+    pins being the columns' bits."""
+    if depth < 1:
+        raise ValueError(f"depth must be positive, not {depth}")
+    fits = [w for d, w in DP16KD_SHAPES if d >= depth]
+    return max(fits) if fits else None
+
+
 def check_fit(memories, available: int, part: str) -> int:
     """Sum :func:`dp16kd_count` over ``memories`` (``(name, depth, width)``); raise
     :class:`DoesNotFit` naming the largest memories when it exceeds ``available``."""
     counts = [(dp16kd_count(d, w), name) for name, d, w in memories]
     total = sum(c for c, _ in counts)
     if total > available:
-        big = ", ".join(f"{name} {c}" for c, name in sorted(counts, reverse=True)[:3])
+        per = {}        # a memory's banks or columns (name0, name1, ...) counted as one memory
+        for c, name in counts:
+            key = re.sub(r"\d+$", "", name) or name
+            per[key] = per.get(key, 0) + c
+        big = ", ".join(f"{name} {c}" for name, c in sorted(per.items(), key=lambda x: (-x[1], x[0]))[:3])
         raise DoesNotFit(f"the design's memories need {total} DP16KD block RAMs and the {part} has "
                          f"{available} (largest: {big}); use a larger part (ulx3s-85f) or smaller memories")
     return total

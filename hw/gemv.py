@@ -8,10 +8,14 @@ engine then streams ``groups * chunks`` beats into a :class:`hw.pe.adder_tree.Te
 While it runs on one bank, the other bank can be written with the next vector.
 """
 
+from types import SimpleNamespace
+
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
+
+from boards.fit import column_width
 
 from .pe.adder_tree import TernaryAdderTree, WEIGHT_FORMATS, acc_width, row_weight_bits
 
@@ -118,6 +122,14 @@ class GemvEngine(wiring.Component):
         return self._rows * self._row_bits
 
     @property
+    def weight_columns(self) -> list[int]:
+        """Widths of the weight memory's columns, each ``weight_depth`` deep and at most one block
+        RAM (``boards.fit.column_width``; one column when the depth exceeds a block RAM)."""
+        w = column_width(self._depth) or self.word_bits
+        n, r = divmod(self.word_bits, w)
+        return [w] * n + ([r] if r else [])
+
+    @property
     def weight_bits(self) -> int:
         """Total weight memory in bits."""
         return self._depth * self.word_bits
@@ -126,12 +138,23 @@ class GemvEngine(wiring.Component):
         m = Module()
         lanes, rows = self._lanes, self._rows
         m.submodules.pe = pe = self._pe
-        m.submodules.wmem = wmem = memory.Memory(shape=unsigned(self.word_bits), depth=self._depth, init=[])
+        # The weight memory as columns one block RAM deep (``weight_columns``): each block RAM's
+        # data pins are bits of the word, so no output multiplexer selects between block RAMs by
+        # address (a 2:1 one over the whole 448-bit word, and its select reaching every bit, for a
+        # 4096-deep memory in 2048 x 9 blocks).
+        w_rd = SimpleNamespace(addr=Signal(range(self._depth)), data=Signal(self.word_bits))
+        w_wp = SimpleNamespace(addr=Signal(range(self._depth)), data=Signal(self.word_bits), en=Signal())
+        lo = 0
+        for i, width in enumerate(self.weight_columns):
+            col = memory.Memory(shape=unsigned(width), depth=self._depth, init=[])
+            m.submodules[f"wmem{i}"] = col
+            rp, wp = col.read_port(), col.write_port()
+            m.d.comb += [rp.addr.eq(w_rd.addr), w_rd.data[lo:lo + width].eq(rp.data),
+                         wp.addr.eq(w_wp.addr), wp.data.eq(w_wp.data[lo:lo + width]), wp.en.eq(w_wp.en)]
+            lo += width
         m.submodules.amem = amem = memory.Memory(shape=unsigned(8 * lanes), depth=2 * self._chunks_max,
                                                  init=[])
-        w_rd = wmem.read_port()
         a_rd = amem.read_port()
-        w_wp = wmem.write_port()
         a_wp = amem.write_port(granularity=8)
         m.d.comb += [w_wp.addr.eq(self.w_wr.addr), w_wp.data.eq(self.w_wr.data), w_wp.en.eq(self.w_wr.en),
                      a_wp.addr.eq(self.a_wr.addr), a_wp.data.eq(self.a_wr.data), a_wp.en.eq(self.a_wr.en)]

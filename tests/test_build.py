@@ -254,16 +254,22 @@ def test_placer_density_reaches_nextpnr(tmp_path, monkeypatch):
 
 
 def test_engine_shapes_share_the_weight_block_ram():
-    """Every --engine-rows keeps the weight memory in the same 100 DP16KD, and the writeback has
-    one lane per four rows (at most one per VMEM bank), so a beat takes 4 cycles at any shape."""
-    from boards.fit import dp16kd_count
+    """Every --engine-rows keeps the weight memory's 32768 x 56-bit words (trits5: 32 lanes per
+    row), in columns one block RAM deep (no output multiplexer between block RAMs): 112 DP16KD
+    at 4 and 8 rows (8192 x 2, 4096 x 4), 100 at 16 (2048 x 9); and the writeback has one lane
+    per four rows (at most one per VMEM bank), so a beat takes 4 cycles at any shape."""
+    from boards.fit import column_width, dp16kd_count
     from hw.core.core import BANKS, AcceleratorCore
     from hw.gemv import GemvEngine
-    for rows in (4, 8, 16):
+    assert [column_width(d) for d in (512, 513, 2048, 4096, 8192, 16384, 16385)] == [36, 18, 9, 4, 2, 1, None]
+    for rows, brams in ((4, 112), (8, 112), (16, 100)):
         depth = AcceleratorCore.weight_depth_for(rows)
         eng = GemvEngine(lanes=32, rows=rows, weight_depth=depth, k_max=512, weight_format="trits5")
         eng._MustUse__silence = True
-        assert dp16kd_count(depth, eng.word_bits) == 100, rows
+        cols = eng.weight_columns
+        assert sum(cols) == eng.word_bits == rows * 56 and depth * rows == 32768
+        assert sum(dp16kd_count(depth, w) for w in cols) == brams, rows
+        assert all(dp16kd_count(depth, w) == 1 for w in cols)
         lanes = AcceleratorCore.writeback_lanes(rows)
         assert lanes == rows // 4 and lanes <= BANKS["vmem"] and -(-rows // lanes) == 4
     core = AcceleratorCore()

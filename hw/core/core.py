@@ -145,14 +145,14 @@ class AcceleratorCore(wiring.Component):
 
     @property
     def block_memories(self) -> list[tuple[str, int, int]]:
-        """``(name, depth, width)`` of every memory of the core meant for block RAM (the two banks
-        of VMEM, CMEM and the two copies of SIGMEM, the engine's weight and activation memories, PMEM,
-        TOKMEM, TMEM); the register file and the FIFOs are left out."""
+        """``(name, depth, width)`` of every memory of the core meant for block RAM (the banks of
+        VMEM, CMEM and the two copies of SIGMEM, the columns of the engine's weight memory, its
+        activation memory, PMEM, TOKMEM, TMEM); the register file and the FIFOs are left out."""
         p = self._p
-        mems = [("wmem", p["wmem_depth"], self._engine.word_bits),
-                ("amem", 2 * (p["k_max"] // p["lanes"]), 8 * p["lanes"]),
-                ("pmem", p["pmem_depth"], INSTR_BITS), ("tokmem", p["tokmem_depth"], 16),
-                ("tmem", p["tmem_depth"], TMEM_BITS)]
+        mems = [(f"wmem{i}", p["wmem_depth"], w) for i, w in enumerate(self._engine.weight_columns)]
+        mems += [("amem", 2 * (p["k_max"] // p["lanes"]), 8 * p["lanes"]),
+                 ("pmem", p["pmem_depth"], INSTR_BITS), ("tokmem", p["tokmem_depth"], 16),
+                 ("tmem", p["tmem_depth"], TMEM_BITS)]
         for name, depth, width in (("vmem", p["vmem_depth"], VMEM_BITS), ("cmem", p["cmem_depth"], CMEM_BITS),
                                    ("sigmem", p["sig_depth"], TMEM_BITS)):
             nb = BANKS[name]

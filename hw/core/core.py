@@ -193,7 +193,7 @@ class AcceleratorCore(wiring.Component):
         tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
 
         # ------------------------------------------------------------------ sequencer state
-        ir = Signal(INSTR_BITS)
+        ir = Signal(INSTR_BITS, reset_less=True)     # (read only in the states that loaded it)
         op, sat, rd, ra, rb, rc = ir[0:6], ir[6:12], ir[12:17], ir[17:22], ir[22:27], ir[27:32]
         a1, a2 = ir[68:88], ir[88:108]
         imm = ir[108:128].as_signed()

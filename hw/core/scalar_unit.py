@@ -233,7 +233,7 @@ class ScalarUnit(wiring.Component):
         W = REG_BITS
 
         # ---------------------------------------------------------------- control
-        ir = Signal(INSTR_BITS)
+        ir = Signal(INSTR_BITS, reset_less=True)     # (read only while ex)
         ex = Signal()                       # an instruction is executing
         step = Signal(range(max(LATENCY.values())))
         op, rd, ra, rb, rc = ir[0:6], ir[12:17], ir[17:22], ir[22:27], ir[27:32]

@@ -102,7 +102,8 @@ cycle apart, it runs on its wide path, otherwise on the slow one (no layout is r
 loop elements are groups of ``WIDE_LANES`` vector elements on as many datapath lanes, one group
 per cycle (VNQA, VUMAX2: four elements, their eight CMEM words in the eight banks when ``a2`` is
 0 modulo 4 and ``a0 - a2 = 4`` modulo 8; VQ: four elements when ``a2`` is 0 modulo 4, as each
-lane's CMEM port reaches two banks, :data:`CMEM_PORT_REACH`; VGLU: two, its four VMEM words in the four banks when ``a2 - a1 = 2`` modulo 4);
+lane's CMEM port reaches two banks, :data:`CMEM_PORT_REACH`; VGLU: two, its four VMEM words in
+the four banks when ``a2 - a1 = 2`` modulo 4);
 VREC's wide path is one element per cycle, reading ``s[j]`` :data:`VREC_S_LAG` elements behind
 ``f`` and ``i`` from a third bank. The compiler lays VMEM and CMEM out so that the shipped
 programs run every ``VNQA``, ``VUMAX2``, ``VQ``, ``VGLU`` and ``VREC`` on its wide path. The path
@@ -336,8 +337,9 @@ class VectorUnit(wiring.Component):
         RL = READ_LATENCY
 
         # ------------------------------------------------------------ instruction registers
-        ir = Signal(128)
-        rA, rB, rC = Signal(signed(REG_BITS)), Signal(signed(REG_BITS)), Signal(signed(REG_BITS))
+        # (no reset: loaded when an instruction is accepted, read only while it runs)
+        ir = Signal(128, reset_less=True)
+        rA, rB, rC = (Signal(signed(REG_BITS), name=f"r{x}", reset_less=True) for x in "ABC")
         op, sat = ir[0:6], ir[6:12]
         rc_f = ir[27:32]
         n, a0, a1, a2 = ir[32:48], ir[48:68], ir[68:88], ir[88:108]
@@ -347,11 +349,12 @@ class VectorUnit(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(~self.busy), accept.eq(self.cmd.valid & self.cmd.ready)]
 
         # ------------------------------------------------------------ per-instruction set-up
-        shz = Signal(signed(_SH))    # clamp(R[rb]): z' / y shift (VNQA, VUMAX2, VQ, VGLU), VEMB shift
-        shc = Signal(signed(_SH))    # clamp(R[rc]): VQ t, VREC target shift
-        fsh = [Signal(unsigned(7), name=f"fsh{k}") for k in range(2)]   # max(F - 16, 0), clamped
-        fb = [Signal(range(11), name=f"fb{k}") for k in range(2)]       # min(F, 16) - 6
-        sat_hi, sat_lo = Signal(signed(38)), Signal(signed(38))
+        # (no reset: set in SETUP, read while the instruction runs)
+        shz = Signal(signed(_SH), reset_less=True)   # clamp(R[rb]): z' / y shift (VNQA, VUMAX2, VQ, VGLU), VEMB shift
+        shc = Signal(signed(_SH), reset_less=True)   # clamp(R[rc]): VQ t, VREC target shift
+        fsh = [Signal(unsigned(7), name=f"fsh{k}", reset_less=True) for k in range(2)]   # max(F - 16, 0), clamped
+        fb = [Signal(range(11), name=f"fb{k}", reset_less=True) for k in range(2)]       # min(F, 16) - 6
+        sat_hi, sat_lo = Signal(signed(38), reset_less=True), Signal(signed(38), reset_less=True)
 
         # ------------------------------------------------------------ element pipeline
         # Element e starts (step 0) in cycle e * II of the RUN state; a start token (its index and a
@@ -507,11 +510,12 @@ class VectorUnit(wiring.Component):
             return c[:VMEM_BITS].as_signed()
 
         # ------------------------------------------------------------ reductions
-        mx = Signal(_PROD_Z)      # max |written| / max |x| / max |z' C[a2]|
-        mx_c = Signal(_PROD_Z)    # max |z' C[a0]|
-        acc = Signal(64)                    # sum of squares
-        best = Signal(signed(VMEM_BITS))
-        arg = Signal(16)
+        # (no reset: cleared when an instruction is accepted)
+        mx = Signal(_PROD_Z, reset_less=True)      # max |written| / max |x| / max |z' C[a2]|
+        mx_c = Signal(_PROD_Z, reset_less=True)    # max |z' C[a0]|
+        acc = Signal(64, reset_less=True)                    # sum of squares
+        best = Signal(signed(VMEM_BITS), reset_less=True)
+        arg = Signal(16, reset_less=True)
 
         def saturated(v, name):
             """``(w, |w|)``: v of two steps back saturated to ``sat`` bits (the clamp comparisons are
@@ -628,7 +632,7 @@ class VectorUnit(wiring.Component):
             RL + SL + 2: lambda: vwrite(SZ.r),
         })
 
-        x1 = Signal(signed(VMEM_BITS))
+        x1 = Signal(signed(VMEM_BITS), reset_less=True)
 
         def vadd_x1():
             m.d.sync += x1.eq(X)
@@ -851,7 +855,7 @@ class VectorUnit(wiring.Component):
 
         # VREC, II = 4: f read in step 0, i in 2, s in a step of residue 1 or 3; SIGMEM (both
         # ports) for f in RL + RD0, for i two steps later; CMEM (1 - lb) once.
-        sv = Signal(signed(max(VMEM_BITS, len(c16w)) + 1), name="snew")
+        sv = Signal(signed(max(VMEM_BITS, len(c16w)) + 1), name="snew", reset_less=True)
 
         def rec_sum():                                          # s + rshift(om (target - s), 16)
             m.d.sync += sv.eq(dly(X, ML + 1, "sv") + c16w)
@@ -969,7 +973,8 @@ class VectorUnit(wiring.Component):
                 a0s = (a0 - VREC_S_LAG)[0:2]
                 wide_c = wide4_c | wideq_c | wide2_c | ((op == Op.VREC) & (a1[0] ^ a2[0]) & ((a0s - a1)[0:2] != 0)
                                               & ((a0s - a2)[0:2] != 0))
-                groups = Mux((op == Op.VARGMAX) | wide4_c | wideq_c, (n + 3) >> 2, Mux(wide2_c, (n + 1) >> 1, n))   # loop elements
+                groups = Mux((op == Op.VARGMAX) | wide4_c | wideq_c, (n + 3) >> 2,     # loop elements
+                             Mux(wide2_c, (n + 1) >> 1, n))
                 m.d.sync += [shz.eq(clamp_sh(rB)), shc.eq(clamp_sh(rC)),
                              sat_hi.eq((Const(1, 38) << (sat - 1)[:6]) - 1),
                              sat_lo.eq(-(Const(1, 38) << (sat - 1)[:6])),

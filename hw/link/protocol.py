@@ -229,7 +229,7 @@ class LinkProtocol(wiring.Component):
         # --- state ------------------------------------------------------------------------------
         manifest = self._manifest.pack()
         rbuf_bytes = max(len(manifest), P.Status.SIZE, 4, 2)
-        rbuf = Signal(8 * rbuf_bytes)             # payload of a short reply, sent LSB first
+        rbuf = Signal(8 * rbuf_bytes, reset_less=True)   # payload of a short reply, sent LSB first (set before it)
         rtype = Signal(8)
         rlen = Signal(16)
         rmem = Signal()                           # reply payload comes from memory reads

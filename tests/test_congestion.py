@@ -50,3 +50,14 @@ def test_missing_netlist_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         c.main([str(tmp_path / "nothing")])
     assert e.value.code == 2 and "top.json not found" in capsys.readouterr().err
+
+
+def test_placer_density_reaches_nextpnr(tmp_path, capsys):
+    c = _load()
+    args = c.nextpnr_args({"device": "LFE5U-45F"}, "x.tim", 0.6)
+    assert args[args.index("--placer-heap-beta") + 1] == "0.6" and "--45k" in args
+    assert "--placer-heap-beta" not in c.nextpnr_args({}, "x.tim") and "--85k" in c.nextpnr_args({}, "x.tim")
+    (tmp_path / "top.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        c.main([str(tmp_path), "--placer-density", "0.2"])
+    assert e.value.code == 2 and "--placer-density must lie in [0.3, 1]" in capsys.readouterr().err

@@ -15,6 +15,9 @@
   numbers are the instruction's ``rd`` and ``rc`` fields).
 """
 
+import functools
+import operator
+
 from amaranth import Cat, Mux, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -113,11 +116,7 @@ def exclusive(m, name: str, requests):
         m.d.comb += sig.eq(v)
         out.append(sig)
     en = Signal(max(len(r[-1]) for r in requests), name=f"{name}_en")
-    m.d.comb += en.eq(requests[0][-1])
-    for r in requests[1:]:
-        en_ = Signal.like(en)
-        m.d.comb += en_.eq(en | r[-1])
-        en = en_
+    m.d.comb += en.eq(functools.reduce(operator.or_, [r[-1] for r in requests]))
     return (*out, en)
 
 
@@ -182,6 +181,7 @@ class BankedMemory:
             if not reach or not set(reach) <= set(every):
                 raise ValueError(f"{self._name}: reach {reach!r} must be banks of 0 .. {self.nbanks - 1}")
             reqs.append((a, e, reach))
+
         def bits_of(reach):
             """The address bits that tell the banks of ``reach`` apart, and each bank's value of them."""
             bits = [k for k in range(bb) if len({(b >> k) & 1 for b in reach}) > 1]

@@ -186,8 +186,7 @@ class AcceleratorCore(wiring.Component):
         # CMEM: eight banks by address modulo 8 (hw.core.ports.BankedMemory), so the vector unit reads
         # four words of each of two constant streams per cycle (VNQA, VUMAX2, VQ four-lane paths)
         cmem = BankedMemory(m, "cmem", signed(CMEM_BITS), p["cmem_depth"], BANKS["cmem"])
-        cm_seq_data = Signal(signed(CMEM_BITS))
-        cm_link_data = Signal(signed(CMEM_BITS))
+        cm0_data = Signal(signed(CMEM_BITS))     # CMEM's shared requester (SLDC, the link): its word
         sigmem = BankedMemory(m, "sigmem", unsigned(TMEM_BITS), p["sig_depth"], BANKS["sigmem"])
         sigmem_b = BankedMemory(m, "sigmemb", unsigned(TMEM_BITS), p["sig_depth"], BANKS["sigmem"])
         tk_r, tk_lr, tk_w = tokmem.read_port(), tokmem.read_port(), tokmem.write_port()
@@ -446,7 +445,7 @@ class AcceleratorCore(wiring.Component):
                 with m.If(sldc_wait != 0):
                     m.d.sync += sldc_wait.eq(sldc_wait - 1)
                 with m.Else():
-                    m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm_seq_data)]
+                    m.d.comb += [su_w.en.eq(1), su_w.addr.eq(rd), su_w.data.eq(cm0_data)]
                     next_instr()
             with m.State("VECTOR"):
                 m.d.comb += pf_drive.eq(1)
@@ -589,7 +588,7 @@ class AcceleratorCore(wiring.Component):
         cm_data = cmem.read([(cm0_addr, cm0_en, CMEM_PORT_REACH[0])]
                             + [(r.addr, r.en, reach) for r, reach in zip(vu_cm[1:], CMEM_PORT_REACH[1:])])
         m.d.comb += [r.data.eq(d) for r, d in zip(vu_cm, cm_data)]
-        m.d.comb += [cm_seq_data.eq(cm_data[0]), cm_link_data.eq(cm_data[0])]
+        m.d.comb += cm0_data.eq(cm_data[0])
         sg_data = sigmem.read([exclusive(m, "sgr0", [(vu.sig_rd.addr, vu.sig_rd.en),
                                                      (waddr[:_bits(p["sig_depth"])], link_re[M.SIGMEM])]),
                                (vu.sig_rd2.addr, vu.sig_rd2.en)])
@@ -658,7 +657,7 @@ class AcceleratorCore(wiring.Component):
             with m.Case(M.TOKMEM):
                 m.d.comb += sel_a.eq(byte_of(tk_q, 16))
             with m.Case(M.CMEM):
-                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(cm_link_data, CMEM_BITS), 0))
+                m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(cm0_data, CMEM_BITS), 0))
             with m.Case(M.SIGMEM):
                 m.d.comb += sel_b.eq(Mux(r_byte < 3, byte_of(sg_link_data, TMEM_BITS), 0))
             with m.Case(M.VMEM):

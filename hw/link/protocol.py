@@ -232,6 +232,12 @@ class LinkProtocol(wiring.Component):
         rbuf = Signal(8 * rbuf_bytes, reset_less=True)   # payload of a short reply, sent LSB first (set before it)
         rtype = Signal(8)
         rlen = Signal(16)
+        # What R_HDR loads into rbuf in its first cycle: the states that decide a reply set only
+        # this small code (and ``rcode``), so rbuf's 8 * rbuf_bytes enables and data inputs hang
+        # on two state bits, not on the whole next-state logic of the command dispatcher.
+        R_ERROR, R_MANIFEST, R_STATUS, R_CRC = range(4)
+        rsel = Signal(2)
+        rcode = Signal(8)
         rmem = Signal()                           # reply payload comes from memory reads
         ftype = Signal(8)
         seq = Signal(8)
@@ -300,8 +306,7 @@ class LinkProtocol(wiring.Component):
                      buf_rd.addr.eq(pidx), buf_rd.en.eq(1)]
 
         def reply_error(code):
-            m.d.sync += [rtype.eq(P.ERROR_TYPE), rbuf.eq(Cat(Const(int(code), 8) if isinstance(code, int)
-                                                            else code, ftype)),
+            m.d.sync += [rtype.eq(P.ERROR_TYPE), rsel.eq(R_ERROR), rcode.eq(code),
                          rlen.eq(2), rmem.eq(0), hidx.eq(0), frames_err.eq(frames_err + 1)]
             m.next = "R_HDR"
 
@@ -309,7 +314,7 @@ class LinkProtocol(wiring.Component):
             m.d.sync += [rtype.eq(ftype | P.REPLY_FLAG), rlen.eq(nbytes), rmem.eq(from_mem),
                          hidx.eq(0), frames_ok.eq(frames_ok + 1)]
             if payload is not None:
-                m.d.sync += rbuf.eq(payload)
+                m.d.sync += rsel.eq(payload)
             m.next = "R_HDR"
 
         def timed(next_on_timeout_code):
@@ -396,15 +401,12 @@ class LinkProtocol(wiring.Component):
                         with m.If(length != 0):
                             reply_error(E.BAD_LENGTH)
                         with m.Else():
-                            reply_ok(Const(int.from_bytes(manifest, "little"), 8 * len(manifest)),
-                                     len(manifest))
+                            reply_ok(R_MANIFEST, len(manifest))
                     with m.Case(C.STATUS):
                         with m.If(length != 0):
                             reply_error(E.BAD_LENGTH)
                         with m.Else():
-                            reply_ok(Cat(cycles, frames_ok, frames_err, uart_errors,
-                                         self.core.busy, Const(0, 31), self.core.cycles),
-                                     P.Status.SIZE)
+                            reply_ok(R_STATUS, P.Status.SIZE)
                     with m.Case(C.WRITE):
                         with m.If(length < P.ARG_BYTES):
                             reply_error(E.BAD_LENGTH)
@@ -485,7 +487,7 @@ class LinkProtocol(wiring.Component):
                     m.d.comb += mem_crc.en.eq(1)
                     m.next = "MEMCRC_REQ"
             with m.State("MEMCRC_DONE"):
-                reply_ok(mem_crc.crc, 4)
+                reply_ok(R_CRC, 4)
 
             with m.State("CORE"):
                 with m.If(self.core.done):
@@ -505,6 +507,18 @@ class LinkProtocol(wiring.Component):
                                                       Const(0, 8), Const(0, 8), Const(0, 8)])[hidx])
                 with m.If(hidx == 0):
                     m.d.comb += tx_crc.clear.eq(1)
+                    # Sampled one cycle after the command was decided: frames_ok already counts
+                    # this STATUS reply, which the host expects to see counted by the next one.
+                    with m.Switch(rsel):
+                        with m.Case(R_ERROR):
+                            m.d.sync += rbuf.eq(Cat(rcode, ftype))
+                        with m.Case(R_MANIFEST):
+                            m.d.sync += rbuf.eq(Const(int.from_bytes(manifest, "little"), 8 * len(manifest)))
+                        with m.Case(R_STATUS):
+                            m.d.sync += rbuf.eq(Cat(cycles, (frames_ok - 1)[:32], frames_err, uart_errors,
+                                                    self.core.busy, Const(0, 31), self.core.cycles))
+                        with m.Case(R_CRC):
+                            m.d.sync += rbuf.eq(mem_crc.crc)
                 with m.If(self.tx.ready):
                     m.d.sync += hidx.eq(hidx + 1)
                     with m.If(hidx == 4):

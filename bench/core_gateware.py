@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         eng = max(e for _, e in per_token)
         assert all(c == cyc for c, _ in per_token), "cycles per token vary with the data"
 
-        breakdown = {}
+        breakdown, by_pc = {}, []
         if not args.no_breakdown:
             print(f"per-opcode breakdown: {len(cm.program)} prefixes of the token program ...", flush=True)
             prog = cm.program_image()
@@ -128,8 +128,10 @@ def main(argv=None) -> int:
                 c = _step(dev, tokens[0]).step_cycles
                 dev.client.write(M.PMEM, 16 * (pc + 1), prog[16 * (pc + 1):16 * (pc + 2)])
                 breakdown[ins.op.name] = breakdown.get(ins.op.name, 0) + (c - prev)
+                by_pc.append({"pc": pc, "instr": str(ins), "cycles": c - prev, "end": c})
                 prev = c
             breakdown["HALT"] = breakdown.get("HALT", 0) + cyc - prev
+            by_pc.append({"pc": len(cm.program) - 1, "instr": "HALT", "cycles": cyc - prev, "end": cyc})
 
     soc_hz, fsrc = _soc_clock(args.report, info)
     macs = cm.gemv_macs / (info.lanes * info.rows)
@@ -152,6 +154,8 @@ def main(argv=None) -> int:
                                            "tokens_per_s_75mhz": SYS_CLK_HZ / proj.cycles.total},
         "board_model_wall_s_per_token": wall / len(tokens), "upload": upload,
         "cycles_by_opcode": dict(sorted(breakdown.items(), key=lambda kv: -kv[1])),
+        # how much longer the token gets by each instruction (the program cut after it), in order
+        "cycles_by_instruction": by_pc,
     }
     print(f"cycles/token (measured, gateware): {cyc:,}  = engine {eng:,} + other {cyc - eng:,}")
     print(f"PE utilisation (derived): {100 * macs / cyc:.1f} %  ({macs:,.0f} useful MAC cycles)")

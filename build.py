@@ -125,6 +125,10 @@ def main(argv=None) -> int:
                              "on the ULX3S 45 for the soc, where its build meets timing, 75 for the others); "
                              "the link's baud rate must divide it exactly and the PLL make it from 25 MHz "
                              "(30, 45, 60, 75, ...)")
+    parser.add_argument("--timeout-min", type=float, default=240, metavar="MIN",
+                        help="stop a tool (synthesis, place and route) that runs longer than this many minutes "
+                             "(default 240: the accelerator SoC's place and route takes 1-2 hours on a 2-core "
+                             "machine)")
     parser.add_argument("--program", action="store_true", help="load the bitstream with openFPGALoader")
     args = parser.parse_args(argv)
 
@@ -136,6 +140,8 @@ def main(argv=None) -> int:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
     if args.placer_density is not None and not 0.3 <= args.placer_density <= 1.0:
         parser.exit(2, f"error: --placer-density must lie in [0.3, 1], not {args.placer_density}\n")
+    if not args.timeout_min > 0:
+        parser.exit(2, f"error: --timeout-min must be positive, not {args.timeout_min}\n")
     mhz = args.sys_clock_mhz
     if mhz is None and args.design == "soc":
         mhz = board.soc_clk_hz / 1e6
@@ -154,7 +160,7 @@ def main(argv=None) -> int:
         parser.exit(2, f"error: {args.design} on {board.name}: {exc}\n")
     try:
         result = run_flow(design, board, out, seed=args.seed, router=args.router, placer_density=args.placer_density,
-                          progress=lambda msg: print(msg, flush=True))
+                          progress=lambda msg: print(msg, flush=True), timeout=60 * args.timeout_min)
     except FlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -275,3 +275,25 @@ def test_engine_shapes_share_the_weight_block_ram():
     core = AcceleratorCore()
     core._MustUse__silence = True
     assert (core._p["rows"], core._p["wmem_depth"]) == (8, AcceleratorCore.weight_depth_for(8))
+
+
+def test_timeout_reaches_the_flow(monkeypatch):
+    """--timeout-min M becomes the flow's per-tool limit of 60 M seconds (240 minutes when not
+    given); a limit that is not positive is refused."""
+    import importlib.util
+    from boards import flow
+    spec = importlib.util.spec_from_file_location("build_script", ROOT / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    seen = []
+
+    def fake_flow(design, board, out, **kw):
+        seen.append(kw["timeout"])
+        raise flow.FlowError("stopped here")
+    monkeypatch.setattr(flow, "run_flow", fake_flow)
+    for args, want in ((["--timeout-min", "1.5"], 90.0), ([], 240 * 60.0)):
+        assert build.main(["--board", "ulx3s", "--design", "demo", *args]) == 1
+        assert seen[-1] == want
+    r = subprocess.run([sys.executable, str(ROOT / "build.py"), "--timeout-min", "0"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--timeout-min must be positive" in r.stderr

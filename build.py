@@ -27,6 +27,10 @@ sys.path.insert(0, str(ROOT))
 from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
 from boards.flow import ROUTERS  # noqa: E402
 
+#: nextpnr placement density of the accelerator SoC: at nextpnr's default (0.9) its router congests
+#: and stalls; the current core's SoC builds that routed were placed at 0.6 (docs/core.md).
+SOC_PLACER_DENSITY = 0.6
+
 DESIGNS = {
     "demo": "PLL + a ternary adder-tree PE fed by LFSRs, result on the LEDs (--lanes, --rows)",
     "link": "PLL + the UART link (framed protocol, HELLO/WRITE/READ/CRC/STATUS/RESET) with a test memory",
@@ -112,8 +116,9 @@ def main(argv=None) -> int:
                         help="nextpnr router (default router1; router2 negotiates congestion, often faster "
                              "on a full chip)")
     parser.add_argument("--placer-density", type=float, metavar="D",
-                        help="maximum placement density of nextpnr's analytic placer, 0.3 to 1 (default "
-                             "nextpnr's 0.9); lower spreads the logic, for a design that congests the router")
+                        help="maximum placement density of nextpnr's analytic placer, 0.3 to 1 (default: "
+                             f"{SOC_PLACER_DENSITY} for the soc, whose router congests at nextpnr's 0.9; 0.9 for "
+                             "the others); lower spreads the logic")
     parser.add_argument("--lanes", type=int, default=64, help="demo design: PE lanes (activations per cycle)")
     parser.add_argument("--rows", type=int, default=1, help="demo design: PE output rows in parallel")
     parser.add_argument("--engine-rows", type=int, choices=(4, 8, 16),
@@ -158,8 +163,11 @@ def main(argv=None) -> int:
         design = make_design(args.design, board, args)
     except DoesNotFit as exc:
         parser.exit(2, f"error: {args.design} on {board.name}: {exc}\n")
+    density = args.placer_density
+    if density is None and args.design == "soc":
+        density = SOC_PLACER_DENSITY
     try:
-        result = run_flow(design, board, out, seed=args.seed, router=args.router, placer_density=args.placer_density,
+        result = run_flow(design, board, out, seed=args.seed, router=args.router, placer_density=density,
                           progress=lambda msg: print(msg, flush=True), timeout=60 * args.timeout_min)
     except FlowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -277,9 +277,10 @@ def test_engine_shapes_share_the_weight_block_ram():
     assert (core._p["rows"], core._p["wmem_depth"]) == (8, AcceleratorCore.weight_depth_for(8))
 
 
-def test_timeout_reaches_the_flow(monkeypatch):
+def test_timeout_and_density_reach_the_flow(monkeypatch):
     """--timeout-min M becomes the flow's per-tool limit of 60 M seconds (240 minutes when not
-    given); a limit that is not positive is refused."""
+    given), a limit that is not positive is refused; the SoC's placement density defaults to
+    SOC_PLACER_DENSITY, the other designs' to nextpnr's."""
     import importlib.util
     from boards import flow
     spec = importlib.util.spec_from_file_location("build_script", ROOT / "build.py")
@@ -288,12 +289,17 @@ def test_timeout_reaches_the_flow(monkeypatch):
     seen = []
 
     def fake_flow(design, board, out, **kw):
-        seen.append(kw["timeout"])
+        seen.append((kw["timeout"], kw["placer_density"]))
         raise flow.FlowError("stopped here")
     monkeypatch.setattr(flow, "run_flow", fake_flow)
-    for args, want in ((["--timeout-min", "1.5"], 90.0), ([], 240 * 60.0)):
-        assert build.main(["--board", "ulx3s", "--design", "demo", *args]) == 1
-        assert seen[-1] == want
+    for args, want in ((["--design", "demo", "--timeout-min", "1.5"], (90.0, None)),
+                       (["--design", "demo"], (240 * 60.0, None)),
+                       # the SoC is placed sparser unless told otherwise
+                       (["--design", "soc"], (240 * 60.0, build.SOC_PLACER_DENSITY)),
+                       (["--design", "soc", "--placer-density", "0.8"], (240 * 60.0, 0.8))):
+        assert build.main(["--board", "ulx3s", *args]) == 1
+        assert seen[-1] == want, args
+    assert build.SOC_PLACER_DENSITY < 0.9
     r = subprocess.run([sys.executable, str(ROOT / "build.py"), "--timeout-min", "0"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "--timeout-min must be positive" in r.stderr

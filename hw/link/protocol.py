@@ -310,11 +310,12 @@ class LinkProtocol(wiring.Component):
                          rlen.eq(2), rmem.eq(0), hidx.eq(0), frames_err.eq(frames_err + 1)]
             m.next = "R_HDR"
 
-        def reply_ok(payload=None, nbytes=0, from_mem=False):
+        def reply_ok(source=None, nbytes=0, from_mem=False):
+            """``source``: which R_* payload R_HDR loads (None: no payload, or one from memory)."""
             m.d.sync += [rtype.eq(ftype | P.REPLY_FLAG), rlen.eq(nbytes), rmem.eq(from_mem),
                          hidx.eq(0), frames_ok.eq(frames_ok + 1)]
-            if payload is not None:
-                m.d.sync += rsel.eq(payload)
+            if source is not None:
+                m.d.sync += rsel.eq(source)
             m.next = "R_HDR"
 
         def timed(next_on_timeout_code):
@@ -507,14 +508,14 @@ class LinkProtocol(wiring.Component):
                                                       Const(0, 8), Const(0, 8), Const(0, 8)])[hidx])
                 with m.If(hidx == 0):
                     m.d.comb += tx_crc.clear.eq(1)
-                    # Sampled one cycle after the command was decided: frames_ok already counts
-                    # this STATUS reply, which the host expects to see counted by the next one.
                     with m.Switch(rsel):
                         with m.Case(R_ERROR):
                             m.d.sync += rbuf.eq(Cat(rcode, ftype))
                         with m.Case(R_MANIFEST):
                             m.d.sync += rbuf.eq(Const(int.from_bytes(manifest, "little"), 8 * len(manifest)))
                         with m.Case(R_STATUS):
+                            # sampled one cycle after the command was decided: frames_ok already
+                            # counts this reply, which the host expects to see only in the next one
                             m.d.sync += rbuf.eq(Cat(cycles, (frames_ok - 1)[:32], frames_err, uart_errors,
                                                     self.core.busy, Const(0, 31), self.core.cycles))
                         with m.Case(R_CRC):

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from boards import BOARDS, UnknownBoard, get_board  # noqa: E402
-from boards.flow import ROUTERS  # noqa: E402
+from boards.flow import ROUTERS, placer_density_args  # noqa: E402
 
 #: nextpnr placement density of the accelerator SoC: at nextpnr's default (0.9) its router congests
 #: and stalls; the current core's SoC builds that routed were placed at 0.6 (docs/core.md).
@@ -143,7 +143,9 @@ def main(argv=None) -> int:
         parser.exit(2, f"error: {exc}\n")
     if args.design not in DESIGNS:
         parser.exit(2, f"error: unknown design {args.design!r}; known designs: {', '.join(DESIGNS)}\n")
-    if args.placer_density is not None and not 0.3 <= args.placer_density <= 1.0:
+    try:
+        placer_density_args(args.placer_density)
+    except ValueError:
         parser.exit(2, f"error: --placer-density must lie in [0.3, 1], not {args.placer_density}\n")
     if not args.timeout_min > 0:
         parser.exit(2, f"error: --timeout-min must be positive, not {args.timeout_min}\n")

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from boards.flow import ROUTER2_PASS  # noqa: E402
+from boards.flow import ROUTER2_PASS, placer_density_args  # noqa: E402
 from sim.toolchain import yowasp_tool  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def nextpnr_args(report: dict, log: str, placer_density: float | None = None) ->
     density (``build.py --placer-density``) when given."""
     device = {"LFE5U-85F": "--85k", "LFE5U-45F": "--45k", "LFE5U-25F": "--25k", "LFE5U-12F": "--12k"}[
         report.get("device", "LFE5U-85F")]
-    density = [] if placer_density is None else ["--placer-heap-beta", f"{placer_density:g}"]
+    density = placer_density_args(placer_density)
     return ["--quiet", "--log", log, device, "--package", report.get("package", "CABGA381"), "--speed",
             str(report.get("speed", "6")), "--seed", "1", "--json", "top.json", "--lpf", "top.lpf", *density,
             "--router", "router2", "--router2-heatmap", "heat/h"]
@@ -124,7 +124,9 @@ def main(argv=None) -> int:
                          "default nextpnr's 0.9)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "congestion.json")
     args = ap.parse_args(argv)
-    if args.placer_density is not None and not 0.3 <= args.placer_density <= 1.0:
+    try:
+        placer_density_args(args.placer_density)
+    except ValueError:
         ap.error(f"--placer-density must lie in [0.3, 1], not {args.placer_density}")
     if not (args.build / "top.json").exists():
         ap.error(f"{args.build / 'top.json'} not found: run python build.py --out {args.build} first "

@@ -140,6 +140,21 @@ def _run(step: str, cmd: list[str], cwd: Path, log: Path, progress, timeout: flo
 ROUTERS = ("router1", "router2")
 
 
+def placer_density_args(placer_density: float | None) -> list[str]:
+    """nextpnr-ecp5's arguments for the analytic placer's maximum density (none: nextpnr's 0.9).
+
+    Raises
+    ------
+    ValueError
+        A density outside [0.3, 1].
+    """
+    if placer_density is None:
+        return []
+    if not 0.3 <= placer_density <= 1.0:
+        raise ValueError(f"placer_density must lie in [0.3, 1.0], not {placer_density!r}")
+    return ["--placer-heap-beta", f"{placer_density:g}"]
+
+
 def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1, router: str = "router1",
              bitstream: bool = True, synth_opts: str = "-abc9", progress=print,
              timeout: float = 7200, placer_density: float | None = None) -> FlowResult:
@@ -165,9 +180,7 @@ def run_flow(design, board, build_dir: Path, *, name: str = "top", seed: int = 1
     """
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
-    if placer_density is not None and not 0.3 <= placer_density <= 1.0:
-        raise ValueError(f"placer_density must lie in [0.3, 1.0], not {placer_density!r}")
-    density_args = [] if placer_density is None else ["--placer-heap-beta", f"{placer_density:g}"]
+    density_args = placer_density_args(placer_density)
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     platform = board.make_platform()
